@@ -1,0 +1,1 @@
+"""Subcommands of the ``genssd`` CLI, one module each."""

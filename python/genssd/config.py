@@ -1,0 +1,181 @@
+"""Configuration dataclasses with YAML loading and ``key=value`` overrides.
+
+Unknown keys are errors (a typo in a config must not silently run the default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from genssd.errors import UsageError
+
+
+@dataclass
+class SearchConfig:
+    """Gen-SSD search settings (DESIGN §3). ``method`` names the preset these came from."""
+
+    method: str = "gen-ssd"
+    num_candidates: int = 4
+    beam_width: int = 1
+    chunk_tokens: int = 32
+    step_delimiter: str | None = None
+    margin: float = 0.5
+    max_ppl: float | None = None
+    score_scope: str = "trajectory"
+    max_new_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 1.0
+    batch_size: int = 8
+    seed: int = 0
+    record_candidates: bool = False
+    select: bool = True
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.num_candidates >= 1, f"num_candidates must be >= 1, got {self.num_candidates}"),
+            (self.beam_width >= 1, f"beam_width must be >= 1, got {self.beam_width}"),
+            (self.chunk_tokens >= 1, f"chunk_tokens must be >= 1, got {self.chunk_tokens}"),
+            (self.margin >= 0, f"margin must be >= 0, got {self.margin}"),
+            (self.max_ppl is None or self.max_ppl > 1, f"max_ppl must be > 1 or null, got {self.max_ppl}"),
+            (self.score_scope in ("trajectory", "chunk"), f"score_scope must be 'trajectory' or 'chunk', got {self.score_scope!r}"),
+            (self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}"),
+            (self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"),
+            (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+
+    @property
+    def min_score(self) -> float:
+        """The absolute floor on a candidate's mean log-prob implied by ``max_ppl``."""
+        import math
+
+        return float("-inf") if self.max_ppl is None else -math.log(self.max_ppl)
+
+
+# DESIGN §3: every baseline is a configuration of the same engine.
+METHOD_PRESETS: dict[str, dict[str, Any]] = {
+    "gen-ssd": {},
+    "standard": {"num_candidates": 1, "beam_width": 1, "select": False},
+    "best-of-n": {"beam_width": 1, "chunk_tokens": 1_000_000, "margin": float("inf")},
+    "random": {},
+    "token-level": {"chunk_tokens": 1},
+}
+
+
+@dataclass
+class TrainConfig:
+    """Supervised fine-tuning of the student on trajectories (DESIGN §4)."""
+
+    lr: float = 5e-5
+    epochs: int = 1
+    max_steps: int | None = None
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_length: int = 1024
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    seed: int = 0
+    save_every: int = 0
+    bf16: bool = True
+    gradient_checkpointing: bool = False
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1 or null, got {self.max_steps}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}"),
+            (self.max_length >= 2, f"max_length must be >= 2, got {self.max_length}"),
+            (0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}"),
+            (self.save_every >= 0, f"save_every must be >= 0, got {self.save_every}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+
+
+@dataclass
+class EvalConfig:
+    """Accuracy of a model on a task split."""
+
+    batch_size: int = 16
+    max_new_tokens: int = 256
+    num_samples: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+
+def _coerce(value: str, current: Any, name: str) -> Any:
+    """Parse an override string with YAML, checking it against the field's current type."""
+    parsed = yaml.safe_load(value)
+    if isinstance(current, bool) and not isinstance(parsed, bool):
+        raise UsageError(f"{name} takes true or false, got {value!r}")
+    if isinstance(current, float) and isinstance(parsed, int) and not isinstance(parsed, bool):
+        parsed = float(parsed)
+    if isinstance(parsed, str) and parsed.lower() in (".inf", "inf", "+inf"):
+        parsed = float("inf")
+    return parsed
+
+
+def build_config(cls, *, yaml_path: str | Path | None = None, overrides: list[str] | None = None, **base: Any):
+    """Build ``cls`` from keyword defaults, then a YAML file, then ``key=value`` overrides."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = dict(base)
+    if yaml_path is not None:
+        path = Path(yaml_path)
+        if not path.is_file():
+            raise UsageError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise UsageError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise UsageError(f"config file {path} must hold a mapping of keys to values")
+        values.update(loaded)
+    for item in overrides or []:
+        if "=" not in item:
+            raise UsageError(f"--set takes key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if key not in names:
+            raise UsageError(f"unknown config key {key!r} for {cls.__name__}; known keys: {', '.join(sorted(names))}")
+        default = names[key].default if names[key].default is not dataclasses.MISSING else None
+        values[key] = _coerce(raw, values.get(key, default), key)
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise UsageError(f"unknown config key(s) {', '.join(map(repr, unknown))} for {cls.__name__}; known keys: {', '.join(sorted(names))}")
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise UsageError(f"bad {cls.__name__}: {exc}") from None
+
+
+def search_config_for(method: str, **overrides: Any) -> SearchConfig:
+    """The preset of ``method`` with ``overrides`` applied on top."""
+    if method not in METHOD_PRESETS:
+        raise UsageError(f"unknown method {method!r}; choose one of {', '.join(METHOD_PRESETS)}")
+    return SearchConfig(**{**METHOD_PRESETS[method], **overrides, "method": method})
+
+
+def config_hash(config: Any) -> str:
+    """A short stable hash of a config dataclass (recorded with every output row)."""
+    payload = json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+__all__ = [
+    "EvalConfig", "METHOD_PRESETS", "SearchConfig", "TrainConfig", "build_config", "config_hash", "search_config_for",
+]

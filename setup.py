@@ -21,10 +21,16 @@ REQUIRE_EXT = os.environ.get("GENSSD_REQUIRE_EXT", "0") == "1"
 EXT_NAME = "genssd_kernels._C"
 
 
+# pip runs setup.py for metadata (egg_info, dist_info) before the build itself; the warning is
+# only given by the run that builds, so an install prints it once.
+METADATA_COMMANDS = {"egg_info", "dist_info", "sdist"}
+
+
 def _fail(reason):
     if REQUIRE_EXT:
         raise RuntimeError(f"genssd: the C++ extension could not be built ({reason}) and GENSSD_REQUIRE_EXT=1")
-    warnings.warn(f"genssd: building without the C++ extension ({reason}); the 'cpp' backend will be unavailable")
+    if METADATA_COMMANDS.isdisjoint(sys.argv[1:]):
+        warnings.warn(f"genssd: building without the C++ extension ({reason}); the 'cpp' backend will be unavailable")
 
 
 def _cuda_available(torch_utils):
@@ -46,7 +52,9 @@ def _extensions():
         return [], {}
 
     sources = ["csrc/ops.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+    # torch's own flags: without FP traps and errno, GCC vectorizes the kernels' exp/select loops
+    # (IEEE results are unchanged; this is not -ffast-math).
+    cxx_flags = ["-O3", "-std=c++17", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"]
     with_cuda, why_not = _cuda_available(cpp_extension)
     if with_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))

@@ -32,8 +32,10 @@ def report() -> str:
     lines.append(f"extension     {extension.build_info() if extension is not None else error}")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for device in devices:
-        for name, reason in available_backends(device).items():
-            lines.append(f"{device:5s} {name:10s} {'available' if reason is None else 'unavailable: ' + reason}")
+        for op in ("logprob_gather", "branch_prune"):
+            for name, reason in available_backends(device, op).items():
+                status = "available" if reason is None else "unavailable: " + reason
+                lines.append(f"{device:5s} {op:15s} {name:10s} {status}")
     return "\n".join(lines)
 
 

@@ -16,9 +16,9 @@ import pytest  # noqa: E402
 from genssd_kernels import available_backends  # noqa: E402
 
 
-def backends_on(device: str) -> list[str]:
-    """The backends that can run on ``device`` in this environment."""
-    return [name for name, reason in available_backends(device).items() if reason is None]
+def backends_on(device: str, op: str) -> list[str]:
+    """The backends that can run ``op`` on ``device`` in this environment."""
+    return [name for name, reason in available_backends(device, op).items() if reason is None]
 
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

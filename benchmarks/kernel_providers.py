@@ -1,0 +1,132 @@
+"""Providers for the kernel benchmarks: genssd's fused ops and the peers they are judged against.
+
+Every provider is a function ``make(hidden, weight, targets, cu_seqlens) -> callable`` returning
+a zero-argument closure that runs one forward (or forward+backward). Peers that are not
+importable return None and their rows are skipped.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from genssd_kernels import branch_prune, linear_cross_entropy, logprob_gather
+
+# (N, d, V) shapes of the speed issue: a 0.5B, a 1.5B and a 7B-class student head.
+SHAPES = {"A": (8192, 896, 151936), "B": (16384, 2048, 151936), "C": (32768, 4096, 152064)}
+
+
+def naive_logprobs(hidden, weight, targets):
+    logits = (hidden @ weight.T).float()
+    return torch.log_softmax(logits, -1).gather(1, targets[:, None]).squeeze(1)
+
+
+def naive_loss(hidden, weight, targets):
+    return torch.nn.functional.cross_entropy((hidden @ weight.T).float(), targets)
+
+
+_compiled = {}
+
+
+def _compiled_fn(fn):
+    if fn not in _compiled:
+        _compiled[fn] = torch.compile(fn, dynamic=False)
+    return _compiled[fn]
+
+
+def forward_providers():
+    """name -> make(hidden, weight, targets, cu_seqlens) for the no-grad forward."""
+
+    def matmul(h, w, t, cu):
+        return lambda: h @ w.T
+
+    def naive(h, w, t, cu):
+        return lambda: naive_logprobs(h, w, t)
+
+    def compiled(h, w, t, cu):
+        fn = _compiled_fn(naive_logprobs)
+        return lambda: fn(h, w, t)
+
+    def genssd_triton(h, w, t, cu):
+        return lambda: logprob_gather(h, w, t, cu_seqlens=cu, backend="triton", check_values=False)
+
+    def genssd_triton_entropy(h, w, t, cu):
+        return lambda: logprob_gather(h, w, t, cu_seqlens=cu, return_entropy=True, backend="triton", check_values=False)
+
+    def liger(h, w, t, cu):
+        try:
+            from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
+        except ImportError:
+            return None
+        loss = LigerFusedLinearCrossEntropyLoss(reduction="none")
+        return lambda: loss(w, h, t)
+
+    def cce(h, w, t, cu):
+        try:
+            from cut_cross_entropy import linear_cross_entropy as cce_loss
+        except ImportError:
+            return None
+        return lambda: cce_loss(h, w, t, reduction="none")
+
+    return {
+        "matmul": matmul, "genssd": genssd_triton, "genssd+entropy": genssd_triton_entropy,
+        "torch.compile": compiled, "liger": liger, "cce": cce, "naive": naive,
+    }
+
+
+def _with_backward(loss_fn, hidden, weight):
+    """A closure running ``loss_fn()`` forward and backward, clearing the grads first."""
+
+    def run():
+        hidden.grad = weight.grad = None
+        loss_fn().backward()
+
+    return run
+
+
+def train_providers():
+    """name -> make(...) for forward+backward of the mean cross-entropy (inputs require grad)."""
+
+    def matmul(h, w, t, cu):
+        return lambda: h @ w.T
+
+    def genssd_triton(h, w, t, cu):
+        return _with_backward(lambda: linear_cross_entropy(h, w, t, backend="triton", check_values=False), h, w)
+
+    def compiled(h, w, t, cu):
+        fn = _compiled_fn(naive_loss)
+        return _with_backward(lambda: fn(h, w, t), h, w)
+
+    def liger(h, w, t, cu):
+        try:
+            from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
+        except ImportError:
+            return None
+        loss = LigerFusedLinearCrossEntropyLoss(reduction="mean")
+        return _with_backward(lambda: loss(w, h, t), h, w)
+
+    def cce(h, w, t, cu):
+        try:
+            from cut_cross_entropy import linear_cross_entropy as cce_loss
+        except ImportError:
+            return None
+        return _with_backward(lambda: cce_loss(h, w, t, reduction="mean"), h, w)
+
+    return {"matmul": matmul, "genssd": genssd_triton, "torch.compile": compiled, "liger": liger, "cce": cce}
+
+
+def prune_providers():
+    """name -> make(scores, offsets, k) for branch_prune."""
+
+    def torch_chain(scores, offsets, k, margin):
+        # The equivalent PyTorch chain a user would write for fixed-size groups.
+        groups = scores.view(offsets.numel() - 1, -1)
+        mean = groups.mean(1, keepdim=True)
+        masked = torch.where(groups >= mean - margin, groups, float("-inf"))
+        top = masked.topk(k, dim=1)
+        return top.indices, top.values > float("-inf")
+
+    return {
+        "genssd-triton": lambda s, o, k, m: (lambda: branch_prune(s, o, margin=m, k=k, backend="triton", check_values=False)),
+        "genssd-cuda-cpp": lambda s, o, k, m: (lambda: branch_prune(s, o, margin=m, k=k, backend="cpp", check_values=False)),
+        "torch-chain": lambda s, o, k, m: (lambda: torch_chain(s, o, k, m)),
+    }

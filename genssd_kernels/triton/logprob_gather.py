@@ -1,0 +1,606 @@
+"""Triton ``logprob_gather``: fused ``hidden @ weight.T`` -> log-softmax -> gather, with its backward.
+
+Forward (three launches, no ``[N, V]`` buffer):
+
+1. ``_forward_partials_kernel``, grid = row blocks x vocabulary splits. Each program walks its
+   strip of the vocabulary in ``[BLOCK_N, BLOCK_V]`` logit tiles (``tl.dot`` over ``d``, fp32
+   accumulation) and keeps an online max / sum-exp (/ entropy sum) per row. It writes one small
+   partial record per (split, row). Splitting the vocabulary gives the GPU many programs for any
+   ``N`` (the grid of a row-blocks-only design is 64 programs at N=8192 on a 132-SM card).
+2. ``_combine_kernel``, one program per row block: folds the splits in a fixed order (so the
+   result is bit-identical run to run), and computes the target logit as one dot product per
+   row (a gather, far cheaper than testing every logit against the target inside the tile loop).
+3. ``_segment_mean_kernel``: per-segment means of the valid log-probs.
+
+Backward (deterministic, peak memory bounded): the vocabulary is cut into chunks of ``Vc``
+columns. For each chunk ``_grad_logits_kernel`` recomputes the logit tiles and writes
+``grad_z = g / T * (onehot - softmax)`` for the chunk (``[N, Vc]`` in the input dtype), then
+cuBLAS adds ``grad_z @ weight[chunk]`` into an fp32 ``grad_hidden`` accumulator and writes
+``grad_weight[chunk] = grad_z.T @ hidden``. Forward + backward is four matmul-sized passes:
+the floor for a method that recomputes the logits instead of storing them.
+
+Statistics are kept in base 2: ``u = z * log2(e) / T - m`` feeds ``exp2`` directly, and ``m`` /
+``log2(sum)`` are stored separately so that huge logits (|z| ~ 1e4) never round a large
+log-sum-exp before the subtraction.
+
+No kernel uses atomics and every reduction runs in a fixed order, so outputs and gradients are
+bit-identical run to run (pruning compares near-equal means). Inputs may have arbitrary
+strides: the kernels take the strides of ``hidden`` and ``weight``, which are never copied.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from genssd_kernels.triton import INTERPRETED, check_kernel_dtype, device_guard
+
+LOG2E = 1.0 / math.log(2.0)
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """Tile shape and launch parameters of a logit-tile kernel.
+
+    ``group_rows`` row blocks share each vocabulary strip (forward) or column panel (backward)
+    among consecutively numbered programs, so the programs resident at one time reuse the same
+    ``weight`` and ``hidden`` panels from L2. ``programs_per_sm`` is the expected occupancy, used
+    only to size the vocabulary splits.
+    """
+
+    block_n: int
+    block_v: int
+    block_d: int
+    num_warps: int
+    num_stages: int
+    group_rows: int
+    programs_per_sm: int = 1
+    max_registers: int | None = None
+
+    def launch_options(self) -> dict:
+        """``num_warps`` / ``num_stages`` / ``maxnreg`` keyword arguments of a kernel launch."""
+        options = dict(num_warps=self.num_warps, num_stages=self.num_stages)
+        if self.max_registers is not None:
+            options["maxnreg"] = self.max_registers
+        return options
+
+
+# A fixed table instead of @triton.autotune: autotuning costs device time per shape and could
+# pick different tiles in different processes, which would change the bits of the results
+# (the reduction order follows the tiles). See NOTES.md for the reasoning behind each entry.
+if INTERPRETED:
+    # The interpreter pays per operation: small tiles, and small splits/chunks so that the tests
+    # run every multi-split and multi-chunk path on tiny shapes.
+    _SMALL = TileConfig(block_n=32, block_v=64, block_d=32, num_warps=4, num_stages=1, group_rows=2)
+    FORWARD_CONFIGS = {"d<=1024": _SMALL, "d>1024": _SMALL, "fp32": _SMALL}
+    BACKWARD_CONFIGS = {"16-bit": _SMALL, "fp32": _SMALL}
+else:
+    FORWARD_CONFIGS = {
+        # Small d: the exp epilogue is ~15% of a tile's MMA time at d=896, so two programs per SM
+        # (128x128 tiles, 3 stages = 96 KiB of shared memory each) let one's epilogue run under
+        # the other's tensor-core work.
+        "d<=1024": TileConfig(128, 128, 64, num_warps=8, num_stages=3, group_rows=16, programs_per_sm=2,
+                              max_registers=128),
+        # Large d: the epilogue is <= 6% of a tile, so the wider tile's lower L2 traffic wins.
+        "d>1024": TileConfig(128, 256, 64, num_warps=8, num_stages=3, group_rows=16, programs_per_sm=1),
+        # fp32 runs the exact ("ieee") dot on CUDA cores: smaller tiles keep it in registers.
+        "fp32": TileConfig(64, 64, 32, num_warps=4, num_stages=2, group_rows=8, programs_per_sm=2),
+    }
+    BACKWARD_CONFIGS = {
+        "16-bit": TileConfig(128, 128, 64, num_warps=8, num_stages=3, group_rows=8, programs_per_sm=2,
+                             max_registers=128),
+        "fp32": TileConfig(64, 64, 32, num_warps=4, num_stages=2, group_rows=8),
+    }
+
+# Forward: each program owns at most 1/32 of one SM slot's share of the tiles, so the last wave
+# leaves at most ~3% of the card idle; the partial records stay under PARTIAL_BYTES.
+SPLITS_PER_SLOT = 32
+PARTIAL_BYTES = 32 * 2**20
+INTERPRETED_TILES_PER_SPLIT = 2
+# Combine / segment kernels.
+COMBINE_ROWS, COMBINE_SPLITS, COMBINE_D = (16, 4, 32) if INTERPRETED else (32, 32, 128)
+BLOCK_SEG = 128
+# Backward: the [N, Vc] grad-logits chunk in the input dtype stays under CHUNK_BYTES. With the
+# [N, d] fp32 accumulator (512 MiB at N=32768, d=4096) the backward peaks at ~1.25 GiB; a larger
+# chunk means fewer read-modify-writes of that accumulator (13 chunks at that shape).
+CHUNK_BYTES = 8 * 2**10 if INTERPRETED else 768 * 2**20
+CHUNK_ALIGN = 1 if INTERPRETED else 128
+
+
+def forward_config(d: int, dtype: torch.dtype) -> TileConfig:
+    """The forward tile configuration for hidden size ``d`` and input ``dtype``."""
+    if dtype == torch.float32:
+        return FORWARD_CONFIGS["fp32"]
+    return FORWARD_CONFIGS["d<=1024" if d <= 1024 else "d>1024"]
+
+
+def backward_config(dtype: torch.dtype) -> TileConfig:
+    """The grad-logits tile configuration for input ``dtype``."""
+    return BACKWARD_CONFIGS["fp32" if dtype == torch.float32 else "16-bit"]
+
+
+# INTERP_BF16 (bfloat16 inputs under the interpreter) works around two interpreter gaps so that
+# it computes what a GPU computes: it multiplies bf16 tiles as their raw uint16 bits, and it
+# truncates fp32 -> bf16 casts instead of rounding to nearest even.
+
+
+@triton.jit
+def _dot(a, b, acc, INTERP_BF16: tl.constexpr):
+    """``acc + a @ b`` with fp32 accumulation."""
+    if INTERP_BF16:
+        # Products of bf16 values are exact in fp32, so this equals a GPU bf16 dot.
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    if a.dtype == tl.float32:
+        # "ieee": fp32 inputs would otherwise run in tf32 (~1e-3 relative), far outside the fp32
+        # tolerance. 16-bit inputs keep the default (tensor cores, exact products).
+        return tl.dot(a, b, acc, input_precision="ieee")
+    return tl.dot(a, b, acc)
+
+
+@triton.jit
+def _round_bf16(x, INTERP_BF16: tl.constexpr):
+    """fp32 ``x``; under the interpreter with bf16 inputs, rounded to the nearest bf16 value
+    (ties to even), so that the truncating cast that follows is exact."""
+    if INTERP_BF16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+        x = bits.to(tl.float32, bitcast=True)
+    return x
+
+
+@triton.jit
+def _logit_tile(h_ptr, w_ptr, row0, col0, N, V, D, stride_hn, stride_hd, stride_wv, stride_wd,
+                BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
+                INTERP_BF16: tl.constexpr):
+    """``[BLOCK_N, BLOCK_V]`` fp32 tile of ``hidden[row0:] @ weight[col0:].T`` (no temperature).
+
+    ``row0``/``col0`` are int64. Rows past ``N`` and columns past ``V`` repeat the last row /
+    column, so every load is in bounds without a mask (the caller masks what it writes); only a
+    ragged ``d`` (``EVEN_D`` false) masks the last slice of the reduction.
+    """
+    # Scalar int64 bases + int32 in-tile offsets: no 64-bit address math per element.
+    r = tl.minimum(tl.arange(0, BLOCK_N), (N - 1 - row0).to(tl.int32))
+    c = tl.minimum(tl.arange(0, BLOCK_V), (V - 1 - col0).to(tl.int32))
+    k = tl.arange(0, BLOCK_D)
+    h_ptrs = h_ptr + row0 * stride_hn + (r[:, None] * stride_hn + k[None, :] * stride_hd)
+    w_ptrs = w_ptr + col0 * stride_wv + (c[:, None] * stride_wv + k[None, :] * stride_wd)
+    acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        if EVEN_D:
+            h = tl.load(h_ptrs)
+            w = tl.load(w_ptrs)
+        else:
+            k_mask = k < D - d0
+            h = tl.load(h_ptrs, mask=k_mask[None, :], other=0.0)
+            w = tl.load(w_ptrs, mask=k_mask[None, :], other=0.0)
+        acc = _dot(h, tl.trans(w), acc, INTERP_BF16)
+        h_ptrs += BLOCK_D * stride_hd
+        w_ptrs += BLOCK_D * stride_wd
+    return acc
+
+
+@triton.jit
+def _exp_sums(a, scale, neg_max, valid, RETURN_ENTROPY: tl.constexpr, MASKED: tl.constexpr):
+    """Row sums of ``exp2(u)`` and (if asked) ``exp2(u) * u`` for ``u = a * scale + neg_max``."""
+    # fma: a * scale is exact inside it, so u is accurate even when a and the max are huge.
+    u = tl.fma(a, scale, neg_max)
+    e = tl.exp2(u)
+    if MASKED:
+        # Padded columns repeat the last real one, so u is finite there; drop their terms.
+        e = tl.where(valid, e, 0.0)
+    total = tl.sum(e, axis=1)
+    entropy_sum = total
+    if RETURN_ENTROPY:
+        entropy_sum = tl.sum(e * u, axis=1)
+    return total, entropy_sum
+
+
+@triton.jit
+def _online_update(acc, run_max, run_sum, run_ent, scale, n_valid,
+                   RETURN_ENTROPY: tl.constexpr, MASKED: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BLOCK_V: tl.constexpr):
+    """Fold one raw logit tile into the running per-row statistics (base 2).
+
+    ``run_max`` = max of ``z * scale``; ``run_sum`` = sum ``exp2(u)``; ``run_ent`` = sum
+    ``exp2(u) * u``, with ``u = z * scale - run_max`` (kept relative to the running max, so huge
+    logits leave small terms). ``MASKED`` (the vocabulary's last, partial tile only) drops the
+    columns from ``n_valid`` on; every other tile pays no masking.
+    """
+    valid_even = 0
+    valid_odd = 0
+    if MASKED:
+        valid = tl.arange(0, BLOCK_V) < n_valid
+        tile_max = tl.max(tl.where(valid[None, :], acc, float("-inf")), axis=1)
+        valid_even, valid_odd = tl.split(tl.reshape(valid, (BLOCK_V // 2, 2)))
+        valid_even = valid_even[None, :]
+        valid_odd = valid_odd[None, :]
+    else:
+        tile_max = tl.max(acc, axis=1)
+    # Every tile has a real column, so new_max is finite. scale > 0 keeps the order of z.
+    new_max = tl.maximum(run_max, tile_max * scale)
+    neg_max = -new_max[:, None]
+    # The exp pass runs on the even and the odd columns in turn (a free split of the MMA
+    # accumulator layout): with entropy, exp2(u) and u of the whole tile are never live at once,
+    # which keeps the small-d tile at <= 128 registers (two programs per SM).
+    even, odd = tl.split(tl.reshape(acc, (BLOCK_N, BLOCK_V // 2, 2)))
+    sum_even, ent_even = _exp_sums(even, scale, neg_max, valid_even, RETURN_ENTROPY, MASKED)
+    sum_odd, ent_odd = _exp_sums(odd, scale, neg_max, valid_odd, RETURN_ENTROPY, MASKED)
+    alpha = tl.exp2(run_max - new_max)  # 0 on the first tile (run_max = -inf)
+    if RETURN_ENTROPY:
+        # The first tile has run_sum == 0 and a -inf shift: 0 * -inf would be NaN.
+        shift = tl.where(run_sum > 0, run_max - new_max, 0.0)
+        run_ent = alpha * (run_ent + run_sum * shift) + (ent_even + ent_odd)
+    run_sum = run_sum * alpha + (sum_even + sum_odd)
+    return new_max, run_sum, run_ent
+
+
+@triton.jit
+def _forward_partials_kernel(h_ptr, w_ptr, part_ptr, N, V, D, n_splits, tiles_per_split,
+                             stride_hn, stride_hd, stride_wv, stride_wd, scale,
+                             RETURN_ENTROPY: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
+                             BLOCK_D: tl.constexpr, GROUP_ROWS: tl.constexpr, EVEN_D: tl.constexpr,
+                             INTERP_BF16: tl.constexpr):
+    """One program per (row block, vocabulary split); writes the split's per-row statistics.
+
+    ``part`` is ``[2 or 3, n_splits, N]`` fp32: max, sum-exp and (with entropy) the entropy sum,
+    as defined in ``_online_update``. Programs are numbered so that ``GROUP_ROWS`` consecutive
+    ones take consecutive row blocks of the same split: those resident together walk the same
+    weight tiles at about the same time and keep their hidden panels in L2.
+    """
+    pid = tl.program_id(0)
+    n_row_blocks = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_ROWS * n_splits
+    first_block = (pid // per_group) * GROUP_ROWS
+    blocks_here = tl.minimum(n_row_blocks - first_block, GROUP_ROWS)
+    local = pid % per_group
+    row0 = (first_block + local % blocks_here).to(tl.int64) * BLOCK_N
+    split = local // blocks_here
+
+    tile0 = split * tiles_per_split
+    tile_end = tl.minimum(tile0 + tiles_per_split, tl.cdiv(V, BLOCK_V))
+    full_end = tl.minimum(tile_end, V // BLOCK_V)
+    run_max = tl.full((BLOCK_N,), float("-inf"), dtype=tl.float32)
+    run_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    run_ent = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for t in range(tile0, full_end):
+        acc = _logit_tile(h_ptr, w_ptr, row0, tl.cast(t, tl.int64) * BLOCK_V, N, V, D, stride_hn, stride_hd,
+                          stride_wv, stride_wd, BLOCK_N, BLOCK_V, BLOCK_D, EVEN_D, INTERP_BF16)
+        run_max, run_sum, run_ent = _online_update(acc, run_max, run_sum, run_ent, scale, BLOCK_V,
+                                                   RETURN_ENTROPY, False, BLOCK_N, BLOCK_V)
+    if full_end < tile_end:  # this strip holds the vocabulary's last, partial tile
+        col0 = full_end.to(tl.int64) * BLOCK_V
+        acc = _logit_tile(h_ptr, w_ptr, row0, col0, N, V, D, stride_hn, stride_hd, stride_wv, stride_wd,
+                          BLOCK_N, BLOCK_V, BLOCK_D, EVEN_D, INTERP_BF16)
+        run_max, run_sum, run_ent = _online_update(acc, run_max, run_sum, run_ent, scale, V - col0,
+                                                   RETURN_ENTROPY, True, BLOCK_N, BLOCK_V)
+
+    rows = row0 + tl.arange(0, BLOCK_N)
+    row_mask = rows < N
+    # int32 offsets suffice: the partial records hold at most PARTIAL_BYTES.
+    plane = n_splits * N
+    out = part_ptr + split * N + rows
+    tl.store(out, run_max, mask=row_mask)
+    tl.store(out + plane, run_sum, mask=row_mask)
+    if RETURN_ENTROPY:
+        tl.store(out + 2 * plane, run_ent, mask=row_mask)
+
+
+@triton.jit
+def _combine_kernel(part_ptr, h_ptr, w_ptr, t_ptr, logp_ptr, max_ptr, log2sum_ptr, ent_ptr,
+                    N, D, n_splits, stride_hn, stride_hd, stride_wv, stride_wd, scale, ignore_index,
+                    RETURN_ENTROPY: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr,
+                    BLOCK_D: tl.constexpr):
+    """One program per ``BLOCK_R`` rows: fold the split records in a fixed order; gather the target logit.
+
+    Writes ``logp [N]``, the base-2 row statistics ``max [N]`` and ``log2(sum) [N]`` (the
+    backward's softmax is ``exp2(z * scale - max - log2sum)``) and, if asked, ``entropy [N]``.
+    """
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_mask = rows < N
+    rows_in = tl.minimum(rows, N - 1)  # padded rows repeat the last row: finite, never stored
+    plane = n_splits * N  # int32: the partial records hold at most PARTIAL_BYTES
+    lanes = tl.arange(0, BLOCK_S)
+
+    row_max = tl.full((BLOCK_R,), float("-inf"), dtype=tl.float32)
+    for s0 in range(0, n_splits, BLOCK_S):
+        splits = s0 + lanes
+        ptrs = part_ptr + splits[:, None] * N + rows_in[None, :]
+        m = tl.load(ptrs, mask=(splits < n_splits)[:, None], other=float("-inf"))
+        row_max = tl.maximum(row_max, tl.max(m, axis=0))
+    total = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    total_ent = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    for s0 in range(0, n_splits, BLOCK_S):
+        splits = s0 + lanes
+        split_mask = (splits < n_splits)[:, None]
+        ptrs = part_ptr + splits[:, None] * N + rows_in[None, :]
+        m = tl.load(ptrs, mask=split_mask, other=float("-inf"))
+        s = tl.load(ptrs + plane, mask=split_mask, other=0.0)
+        shift = tl.where(split_mask, m - row_max[None, :], 0.0)  # -inf - max on padded splits
+        weight = tl.exp2(shift)
+        total += tl.sum(tl.where(split_mask, weight * s, 0.0), axis=0)
+        if RETURN_ENTROPY:
+            # Re-base each split's sum of exp2(u) * u from its own max to the row max.
+            ent = tl.load(ptrs + 2 * plane, mask=split_mask, other=0.0)
+            total_ent += tl.sum(tl.where(split_mask, weight * (ent + s * shift), 0.0), axis=0)
+
+    # Target logit: one gathered dot product per row (fp32 products of the input values).
+    target = tl.load(t_ptr + rows, mask=row_mask, other=ignore_index)
+    valid = row_mask & (target != ignore_index)
+    safe_target = tl.where(valid, target, 0)
+    z_target = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    k = tl.arange(0, BLOCK_D)
+    for d0 in range(0, D, BLOCK_D):
+        ks = d0 + k
+        k_mask = (ks < D)[None, :]
+        h = tl.load(h_ptr + rows_in[:, None] * stride_hn + ks[None, :] * stride_hd, mask=k_mask, other=0.0)
+        w = tl.load(w_ptr + safe_target[:, None] * stride_wv + ks[None, :] * stride_wd, mask=k_mask, other=0.0)
+        z_target += tl.sum(h.to(tl.float32) * w.to(tl.float32), axis=1)
+
+    log2_sum = tl.log2(total)
+    ln2 = 0.6931471805599453
+    logp = (tl.fma(z_target, scale, -row_max) - log2_sum) * ln2
+    tl.store(logp_ptr + rows, tl.where(valid, logp, 0.0), mask=row_mask)
+    tl.store(max_ptr + rows, row_max, mask=row_mask)
+    tl.store(log2sum_ptr + rows, log2_sum, mask=row_mask)
+    if RETURN_ENTROPY:
+        # H = ln 2 * (log2(sum) - sum p u), with u and the sums relative to the row max.
+        tl.store(ent_ptr + rows, (log2_sum - total_ent / total) * ln2, mask=row_mask)
+
+
+@triton.jit
+def _segment_mean_kernel(logp_ptr, t_ptr, cu_ptr, out_ptr, ignore_index, BLOCK: tl.constexpr):
+    """One program per segment: float64 mean of its valid log-probs, in a fixed order; -inf if none."""
+    seg = tl.program_id(0)
+    start = tl.load(cu_ptr + seg).to(tl.int64)
+    end = tl.load(cu_ptr + seg + 1).to(tl.int64)
+    total = tl.zeros((BLOCK,), dtype=tl.float64)
+    count = tl.zeros((BLOCK,), dtype=tl.int64)
+    for r0 in range(start, end, BLOCK):
+        rows = r0 + tl.arange(0, BLOCK)
+        in_segment = rows < end
+        target = tl.load(t_ptr + rows, mask=in_segment, other=ignore_index)
+        valid = in_segment & (target != ignore_index)
+        total += tl.load(logp_ptr + rows, mask=valid, other=0.0).to(tl.float64)
+        count += valid.to(tl.int64)
+    n = tl.sum(count, axis=0)
+    mean = tl.sum(total, axis=0) / tl.maximum(n, 1).to(tl.float64)
+    mean = tl.where(n > 0, mean, float("-inf"))
+    tl.store(out_ptr + seg, mean.to(tl.float32))
+
+
+@triton.jit
+def _grad_logits_kernel(h_ptr, w_ptr, t_ptr, g_ptr, max_ptr, log2sum_ptr, gz_ptr,
+                        N, V, D, col_start, width, stride_hn, stride_hd, stride_wv, stride_wd, stride_g,
+                        stride_gz, scale, inv_temperature, ignore_index,
+                        BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
+                        GROUP_ROWS: tl.constexpr, EVEN_D: tl.constexpr, INTERP_BF16: tl.constexpr):
+    """``gz [N, width]`` (input dtype) = d loss / d logits for columns ``col_start:col_start+width``.
+
+    ``gz[n, j] = g[n] / T * (onehot(target[n])[c] - softmax(z[n] / T)[c])`` with ``c = col_start + j``,
+    0 on ignored rows. One program per output tile, numbered in groups of ``GROUP_ROWS`` row
+    blocks per column panel (the usual L2-friendly matmul order).
+    """
+    pid = tl.program_id(0)
+    n_row_blocks = tl.cdiv(N, BLOCK_N)
+    n_col_blocks = tl.cdiv(width, BLOCK_V)
+    per_group = GROUP_ROWS * n_col_blocks
+    first_block = (pid // per_group) * GROUP_ROWS
+    blocks_here = tl.minimum(n_row_blocks - first_block, GROUP_ROWS)
+    local = pid % per_group
+    row0 = (first_block + local % blocks_here).to(tl.int64) * BLOCK_N
+    local_col0 = (local // blocks_here).to(tl.int64) * BLOCK_V
+
+    acc = _logit_tile(h_ptr, w_ptr, row0, col_start + local_col0, N, V, D, stride_hn, stride_hd, stride_wv,
+                      stride_wd, BLOCK_N, BLOCK_V, BLOCK_D, EVEN_D, INTERP_BF16)
+    rows = row0 + tl.arange(0, BLOCK_N)
+    row_mask = rows < N
+    target = tl.load(t_ptr + rows, mask=row_mask, other=ignore_index)
+    g = tl.load(g_ptr + rows * stride_g, mask=row_mask, other=0.0).to(tl.float32)
+    coef = tl.where(row_mask & (target != ignore_index), g * inv_temperature, 0.0)
+    row_max = tl.load(max_ptr + rows, mask=row_mask, other=0.0)
+    log2_sum = tl.load(log2sum_ptr + rows, mask=row_mask, other=0.0)
+    p = tl.exp2(tl.fma(acc, scale, -row_max[:, None]) - log2_sum[:, None])
+    # Column indices relative to the tile (int32 constants per thread, no 64-bit index math):
+    # the target's column in this tile, out of range when it lies elsewhere or is ignored.
+    lanes = tl.arange(0, BLOCK_V)
+    target_lane = tl.where((target >= col_start + local_col0) & (target < col_start + local_col0 + BLOCK_V),
+                           target - col_start - local_col0, -1).to(tl.int32)
+    onehot = lanes[None, :] == target_lane[:, None]
+    grad = coef[:, None] * (tl.where(onehot, 1.0, 0.0) - p)
+    out = gz_ptr + row0 * stride_gz + local_col0 + (tl.arange(0, BLOCK_N)[:, None] * stride_gz + lanes[None, :])
+    tl.store(out, _round_bf16(grad, INTERP_BF16).to(gz_ptr.dtype.element_ty),
+             mask=row_mask[:, None] & (lanes < width - local_col0)[None, :])
+
+
+def _interp_bf16(hidden: torch.Tensor) -> bool:
+    """Whether the interpreter workarounds for bfloat16 apply (see ``_dot`` and ``_round_bf16``)."""
+    return INTERPRETED and hidden.dtype == torch.bfloat16
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _tiles_per_split(n: int, n_tiles: int, planes: int, config: TileConfig, device: torch.device) -> int:
+    """Vocabulary tiles per forward program.
+
+    Enough programs that the last wave is short (each program at most 1/SPLITS_PER_SLOT of one
+    SM slot's share of the work), few enough that the partial records ``[planes, splits, N]``
+    fit in PARTIAL_BYTES.
+    """
+    if device.type != "cuda":
+        tiles = INTERPRETED_TILES_PER_SPLIT
+    else:
+        slots = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+        slots *= config.programs_per_sm
+        share = triton.cdiv(n, config.block_n) * n_tiles / slots
+        tiles = max(1, int(share // SPLITS_PER_SLOT))
+    max_splits = max(1, PARTIAL_BYTES // (planes * 4 * n))
+    return min(n_tiles, max(tiles, triton.cdiv(n_tiles, max_splits)))
+
+
+def forward(hidden, weight, targets, cu_seqlens=None, *, temperature=1.0, ignore_index=-100,
+            return_entropy=False, config: TileConfig | None = None):
+    """Launch the forward kernels (no autograd, no validation; ``targets`` contiguous).
+
+    Args:
+        hidden: ``[N, d]``, weight: ``[V, d]`` (fp16/bf16/fp32, any strides), targets: ``[N]`` int64,
+        cu_seqlens: ``[S+1]`` or None. ``config`` overrides :func:`forward_config` (for tile sweeps).
+    Returns:
+        ``logp [N]``, ``entropy [N] | None``, ``segment_mean [S] | None`` (fp32) and the base-2 row
+        statistics ``row_max [N]``, ``log2_sum [N]`` that the backward needs.
+    """
+    n, d = hidden.shape
+    v = weight.shape[0]
+    config = config or forward_config(d, hidden.dtype)
+    f32 = dict(dtype=torch.float32, device=hidden.device)
+    logp, row_max, log2_sum = torch.empty(n, **f32), torch.empty(n, **f32), torch.empty(n, **f32)
+    entropy = torch.empty(n, **f32) if return_entropy else None
+    scale = LOG2E / temperature
+    strides = (hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1))
+    if n:
+        planes = 3 if return_entropy else 2
+        n_tiles = triton.cdiv(v, config.block_v)
+        tiles_per_split = _tiles_per_split(n, n_tiles, planes, config, hidden.device)
+        n_splits = triton.cdiv(n_tiles, tiles_per_split)
+        partials = torch.empty(planes, n_splits, n, **f32)
+        grid = (triton.cdiv(n, config.block_n) * n_splits,)
+        _forward_partials_kernel[grid](
+            hidden, weight, partials, n, v, d, n_splits, tiles_per_split, *strides, scale,
+            RETURN_ENTROPY=return_entropy, BLOCK_N=config.block_n, BLOCK_V=config.block_v,
+            BLOCK_D=config.block_d, GROUP_ROWS=config.group_rows, EVEN_D=d % config.block_d == 0,
+            INTERP_BF16=_interp_bf16(hidden), **config.launch_options(),
+        )
+        _combine_kernel[(triton.cdiv(n, COMBINE_ROWS),)](
+            partials, hidden, weight, targets, logp, row_max, log2_sum, entropy if return_entropy else logp,
+            n, d, n_splits, *strides, scale, ignore_index, RETURN_ENTROPY=return_entropy,
+            BLOCK_R=COMBINE_ROWS, BLOCK_S=COMBINE_SPLITS, BLOCK_D=COMBINE_D, num_warps=4,
+        )
+    means = None
+    if cu_seqlens is not None:
+        segments = cu_seqlens.numel() - 1
+        means = torch.empty(segments, **f32)
+        if segments:
+            _segment_mean_kernel[(segments,)](logp, targets, cu_seqlens.contiguous(), means, ignore_index,
+                                              BLOCK=BLOCK_SEG, num_warps=4)
+    return logp, entropy, means, row_max, log2_sum
+
+
+def _chunk_columns(n: int, v: int, element_size: int) -> int:
+    """Columns per backward chunk: ``[n, Vc]`` grad-logits within CHUNK_BYTES, chunks of equal width."""
+    chunks = triton.cdiv(n * v * element_size, CHUNK_BYTES)
+    width = triton.cdiv(triton.cdiv(v, chunks), CHUNK_ALIGN) * CHUNK_ALIGN
+    return min(v, width)
+
+
+def _accumulate_product(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``acc += a @ b`` with ``acc`` fp32, in a fixed order (cuBLAS is deterministic per shape)."""
+    if a.dtype == acc.dtype:
+        acc.addmm_(a, b)
+    elif acc.is_cuda:
+        # 16-bit operands, fp32 accumulate in cuBLAS's epilogue (torch >= 2.8): no 16-bit rounding
+        # of each chunk's partial product and no temporary.
+        torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+    else:
+        # CPU (the interpreter tests) has no mixed-dtype GEMM.
+        acc.add_(torch.mm(a, b))
+
+
+def backward(grad_logp, hidden, weight, targets, row_max, log2_sum, *, temperature, ignore_index,
+             need_hidden=True, need_weight=True, config: TileConfig | None = None):
+    """Gradients of ``sum(grad_logp * logp)`` by vocabulary chunks.
+
+    Args:
+        grad_logp: ``[N]`` fp32, any stride; hidden ``[N, d]``, weight ``[V, d]``, targets ``[N]``
+        (contiguous); row_max, log2_sum: ``[N]`` from :func:`forward`.
+    Returns:
+        ``grad_hidden [N, d] | None`` and ``grad_weight [V, d] | None`` in the input dtype.
+
+    Peak extra memory: the ``[N, Vc]`` chunk (<= CHUNK_BYTES) plus an ``[N, d]`` fp32 accumulator
+    for 16-bit inputs.
+    """
+    n, d = hidden.shape
+    v = weight.shape[0]
+    dtype, device = hidden.dtype, hidden.device
+    config = config or backward_config(dtype)
+    grad_weight = torch.empty(v, d, dtype=dtype, device=device) if need_weight else None
+    acc = None
+    if need_hidden:
+        acc = torch.zeros(n, d, dtype=torch.float32, device=device)
+    if n == 0:
+        if grad_weight is not None:
+            grad_weight.zero_()
+        return (acc.to(dtype) if acc is not None else None), grad_weight
+
+    chunk = _chunk_columns(n, v, hidden.element_size())
+    buffer = torch.empty(n, chunk, dtype=dtype, device=device)
+    scale = LOG2E / temperature
+    for c0 in range(0, v, chunk):
+        width = min(chunk, v - c0)
+        grad_logits = buffer[:, :width]
+        grid = (triton.cdiv(n, config.block_n) * triton.cdiv(width, config.block_v),)
+        _grad_logits_kernel[grid](
+            hidden, weight, targets, grad_logp, row_max, log2_sum, grad_logits, n, v, d, c0, width,
+            hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), grad_logp.stride(0),
+            grad_logits.stride(0), scale, 1.0 / temperature, ignore_index,
+            BLOCK_N=config.block_n, BLOCK_V=config.block_v, BLOCK_D=config.block_d, GROUP_ROWS=config.group_rows,
+            EVEN_D=d % config.block_d == 0, INTERP_BF16=_interp_bf16(hidden), **config.launch_options(),
+        )
+        if need_hidden:
+            _accumulate_product(acc, grad_logits, weight[c0:c0 + width])
+        if need_weight:
+            torch.mm(grad_logits.t(), hidden, out=grad_weight[c0:c0 + width])
+    del buffer
+    grad_hidden = None
+    if need_hidden:
+        grad_hidden = acc if dtype == torch.float32 else acc.to(dtype)
+    return grad_hidden, grad_weight
+
+
+class LogprobGatherFunction(torch.autograd.Function):
+    """Differentiable in ``hidden`` and ``weight`` through ``token_logprobs`` only; the entropy and
+    the segment means are statistics (non-differentiable outputs)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, cu_seqlens, temperature, ignore_index, return_entropy):
+        targets = targets.contiguous()
+        logp, entropy, means, row_max, log2_sum = forward(
+            hidden, weight, targets, cu_seqlens, temperature=temperature, ignore_index=ignore_index,
+            return_entropy=return_entropy)
+        ctx.save_for_backward(hidden, weight, targets, row_max, log2_sum)
+        ctx.temperature = temperature
+        ctx.ignore_index = ignore_index
+        ctx.mark_non_differentiable(*[t for t in (entropy, means) if t is not None])
+        return logp, entropy, means
+
+    @staticmethod
+    def backward(ctx, grad_logp, _grad_entropy, _grad_means):
+        hidden, weight, targets, row_max, log2_sum = ctx.saved_tensors
+        with device_guard(hidden):
+            grad_hidden, grad_weight = backward(
+                grad_logp, hidden, weight, targets, row_max, log2_sum, temperature=ctx.temperature,
+                ignore_index=ctx.ignore_index, need_hidden=ctx.needs_input_grad[0],
+                need_weight=ctx.needs_input_grad[1])
+        return grad_hidden, grad_weight, None, None, None, None, None
+
+
+def logprob_gather(hidden, weight, targets, cu_seqlens, temperature, ignore_index, return_entropy):
+    """See :func:`genssd_kernels.ops.logprob_gather`; arguments are already validated.
+
+    Args:
+        hidden: ``[N, d]`` fp16/bf16/fp32, any strides; weight: ``[V, d]`` same dtype, any strides.
+        targets: ``[N]`` int64; cu_seqlens: ``[S+1]`` int32/int64 or None.
+    Returns:
+        ``token_logprobs [N]`` fp32, ``entropy [N]`` fp32 or None, ``segment_mean [S]`` fp32 or None.
+    """
+    check_kernel_dtype("hidden", hidden)
+    with device_guard(hidden):
+        return LogprobGatherFunction.apply(
+            hidden, weight, targets, cu_seqlens, temperature, ignore_index, return_entropy)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +19,19 @@ from genssd.errors import UsageError
 
 @dataclass
 class SearchConfig:
-    """Gen-SSD search settings (DESIGN §3). ``method`` names the preset these came from."""
+    """Gen-SSD search settings (DESIGN §3). ``method`` names the preset these came from.
+
+    ``chunk_tokens=None`` makes one chunk the whole answer (up to ``max_new_tokens``).
+    ``select=False`` compares nothing: the first round's first ``beam_width`` candidates become the
+    beams and each continues on its own, so ``num_candidates = beam_width = n`` draws n plain
+    samples per prompt (rejection sampling then keeps the correct ones).
+    ``scorer`` is ``"student"`` (likelihood in ``score_scope``) or ``"random"``.
+    """
 
     method: str = "gen-ssd"
     num_candidates: int = 4
     beam_width: int = 1
-    chunk_tokens: int = 32
+    chunk_tokens: int | None = 32
     step_delimiter: str | None = None
     margin: float = 0.5
     max_ppl: float | None = None
@@ -32,16 +39,19 @@ class SearchConfig:
     max_new_tokens: int = 256
     temperature: float = 0.7
     top_p: float = 1.0
-    batch_size: int = 8
+    # How many prompts share a batch: speed only (results do not depend on it), so not hashed.
+    batch_size: int = field(default=8, metadata={"hash": False})
     seed: int = 0
     record_candidates: bool = False
     select: bool = True
+    scorer: str = "student"
 
     def __post_init__(self) -> None:
         checks = [
             (self.num_candidates >= 1, f"num_candidates must be >= 1, got {self.num_candidates}"),
             (self.beam_width >= 1, f"beam_width must be >= 1, got {self.beam_width}"),
-            (self.chunk_tokens >= 1, f"chunk_tokens must be >= 1, got {self.chunk_tokens}"),
+            (self.chunk_tokens is None or self.chunk_tokens >= 1,
+             f"chunk_tokens must be >= 1 or null, got {self.chunk_tokens}"),
             (self.margin >= 0, f"margin must be >= 0, got {self.margin}"),
             (self.max_ppl is None or self.max_ppl > 1, f"max_ppl must be > 1 or null, got {self.max_ppl}"),
             (self.score_scope in ("trajectory", "chunk"), f"score_scope must be 'trajectory' or 'chunk', got {self.score_scope!r}"),
@@ -49,6 +59,10 @@ class SearchConfig:
             (self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"),
             (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.scorer in ("student", "random"),
+             f"scorer must be 'student' or 'random', got {self.scorer!r}"),
+            (self.step_delimiter is None or (isinstance(self.step_delimiter, str) and self.step_delimiter),
+             f"step_delimiter must be a non-empty string or null, got {self.step_delimiter!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -62,13 +76,15 @@ class SearchConfig:
         return float("-inf") if self.max_ppl is None else -math.log(self.max_ppl)
 
 
-# DESIGN §3: every baseline is a configuration of the same engine.
+# DESIGN §3: every baseline is a configuration of the same engine. Best-of-n samples
+# ``num_candidates`` whole answers and keeps the one the student likes best (no margin pruning).
 METHOD_PRESETS: dict[str, dict[str, Any]] = {
     "gen-ssd": {},
     "standard": {"num_candidates": 1, "beam_width": 1, "select": False},
-    "best-of-n": {"beam_width": 1, "chunk_tokens": 1_000_000, "margin": float("inf")},
-    "random": {},
-    "token-level": {"chunk_tokens": 1},
+    "best-of-n": {"beam_width": 1, "chunk_tokens": None, "step_delimiter": None, "margin": float("inf"),
+                  "max_ppl": None},
+    "random": {"scorer": "random"},
+    "token-level": {"chunk_tokens": 1, "step_delimiter": None},
 }
 
 
@@ -89,6 +105,9 @@ class TrainConfig:
     bf16: bool = True
     gradient_checkpointing: bool = False
     log_every: int = 10
+    max_grad_norm: float = 1.0  # 0 turns clipping off
+    keep_checkpoints: int = 2  # the newest checkpoints kept in the output folder; 0 keeps all
+    only_correct: bool = False  # train only on rows whose answer is correct (rejection sampling)
 
     def __post_init__(self) -> None:
         checks = [
@@ -100,6 +119,10 @@ class TrainConfig:
             (self.max_length >= 2, f"max_length must be >= 2, got {self.max_length}"),
             (0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}"),
             (self.save_every >= 0, f"save_every must be >= 0, got {self.save_every}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
+            (self.max_grad_norm >= 0, f"max_grad_norm must be >= 0, got {self.max_grad_norm}"),
+            (self.keep_checkpoints >= 0, f"keep_checkpoints must be >= 0, got {self.keep_checkpoints}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -117,6 +140,20 @@ class EvalConfig:
     top_p: float = 1.0
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        checks = [
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}"),
+            (self.num_samples >= 1, f"num_samples must be >= 1, got {self.num_samples}"),
+            (self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"),
+            (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
+            (self.num_samples == 1 or self.temperature > 0,
+             f"num_samples={self.num_samples} needs temperature > 0 (greedy decoding gives one answer)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+
 
 def _coerce(value: str, current: Any, name: str) -> Any:
     """Parse an override string with YAML, checking it against the field's current type."""
@@ -127,7 +164,17 @@ def _coerce(value: str, current: Any, name: str) -> Any:
         parsed = float(parsed)
     if isinstance(parsed, str) and parsed.lower() in (".inf", "inf", "+inf"):
         parsed = float("inf")
-    return parsed
+    return _float_field(parsed, current, name)
+
+
+def _float_field(value: Any, current: Any, name: str) -> Any:
+    """YAML 1.1 reads ``2e-5`` (no dot) as a string; a float field takes it as the number."""
+    if isinstance(current, float) and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise UsageError(f"{name} takes a number, got {value!r}") from None
+    return value
 
 
 def build_config(cls, *, yaml_path: str | Path | None = None, overrides: list[str] | None = None, **base: Any):
@@ -144,7 +191,9 @@ def build_config(cls, *, yaml_path: str | Path | None = None, overrides: list[st
             raise UsageError(f"config file {path} is not valid YAML: {exc}") from None
         if not isinstance(loaded, dict):
             raise UsageError(f"config file {path} must hold a mapping of keys to values")
-        values.update(loaded)
+        for key, value in loaded.items():
+            default = names[key].default if key in names else None
+            values[key] = _float_field(value, default, key)
     for item in overrides or []:
         if "=" not in item:
             raise UsageError(f"--set takes key=value, got {item!r}")
@@ -171,8 +220,13 @@ def search_config_for(method: str, **overrides: Any) -> SearchConfig:
 
 
 def config_hash(config: Any) -> str:
-    """A short stable hash of a config dataclass (recorded with every output row)."""
-    payload = json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
+    """A short stable hash of a config dataclass (recorded with every output row).
+
+    Fields marked ``metadata={"hash": False}`` (settings that cannot change results) are left out.
+    """
+    fields = [f for f in dataclasses.fields(config) if f.metadata.get("hash", True)]
+    values = {f.name: getattr(config, f.name) for f in fields}
+    payload = json.dumps(values, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 

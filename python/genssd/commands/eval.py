@@ -1,0 +1,95 @@
+"""``genssd eval``: accuracy of a model (or of given predictions) on a task split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from genssd.errors import UsageError
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def load_student(path: str, *, device, dtype: str = "auto", trust_remote_code: bool = False):
+    """The tokenizer and causal LM of a local model folder; the model on ``device`` in eval mode.
+
+    ``dtype="auto"`` is bfloat16 on CUDA and float32 elsewhere.
+    """
+    import torch
+
+    from genssd.models import load_model, load_tokenizer
+
+    if not Path(path).is_dir():
+        raise UsageError(f"model directory not found: {path}")
+    device = torch.device(device)
+    if dtype == "auto":
+        dtype = "bfloat16" if device.type == "cuda" else "float32"
+    tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+    return load_model(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code), tokenizer
+
+
+def quiet_transformers() -> None:
+    """Hide the Hugging Face loading bars (for --no-progress)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def register(subparsers) -> None:
+    from genssd.config import EvalConfig
+    from genssd.tasks import TASK_NAMES
+
+    defaults = EvalConfig()
+    parser = subparsers.add_parser(
+        "eval",
+        help="accuracy of a model on a task split (or score given predictions)",
+        description="Generate answers with --model (greedy pass@1, or --num-samples samples at --temperature: "
+        "mean accuracy and pass@n) or score the texts of --predictions; print the accuracy.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="folder of a Hugging Face causal LM and its tokenizer")
+    source.add_argument("--predictions", help="JSONL of texts to score instead of generating "
+                        "(fields predictions | prediction | trajectories; matched by uid, else by order)")
+    parser.add_argument("--task", required=True, choices=TASK_NAMES)
+    parser.add_argument("--data", required=True, help="JSONL file of problems")
+    parser.add_argument("--limit", type=int, help="evaluate the first N problems only")
+    parser.add_argument("--out", help="write per-problem predictions here (JSONL)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    parser.add_argument("--num-samples", type=int, default=defaults.num_samples)
+    parser.add_argument("--temperature", type=float, default=defaults.temperature)
+    parser.add_argument("--top-p", type=float, default=defaults.top_p)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument("--dtype", choices=DTYPES, default="auto", help="model dtype (auto: bfloat16 on CUDA, else float32)")
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own Python code")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from genssd.config import EvalConfig
+    from genssd.evaluate import evaluate, read_predictions, score_predictions, summary_line, write_records
+    from genssd.tasks import get_task
+
+    config = EvalConfig(
+        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, num_samples=args.num_samples,
+        temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+    )
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit must be >= 1, got {args.limit}")
+    task = get_task(args.task)
+    rows = task.load(args.data)[: args.limit]
+    if args.predictions is not None:
+        result = score_predictions(task, rows, read_predictions(args.predictions, rows))
+    else:
+        import torch
+
+        if args.no_progress:
+            quiet_transformers()
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model, tokenizer = load_student(args.model, device=device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+        result = evaluate(model, tokenizer, task, rows, config, progress=not args.no_progress)
+    if args.out:
+        write_records(args.out, result["records"])
+    print(summary_line(result))
+    return 0

@@ -1,0 +1,211 @@
+"""Accuracy of a model on a task split: batched generation, answer extraction, scoring.
+
+``evaluate`` generates (greedy for pass@1, or ``num_samples`` samples per problem at a
+temperature) and scores with the task's checker; ``score_predictions`` scores given texts the
+same way, so a file of predictions (or a search output) can be rescored without a model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from genssd.config import EvalConfig
+from genssd.errors import UsageError
+
+
+def _left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``input_ids [B, T]`` and ``attention_mask [B, T]`` (int64) with padding on the left, so
+    every prompt ends at the last column where generation continues."""
+    width = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for b, ids in enumerate(sequences):
+        input_ids[b, width - len(ids) :] = torch.tensor(list(ids), dtype=torch.long)
+        attention_mask[b, width - len(ids) :] = 1
+    return input_ids, attention_mask
+
+
+def _until_eos(ids: list[int], eos_ids: set[int]) -> list[int]:
+    for i, token in enumerate(ids):
+        if token in eos_ids:
+            return ids[:i]
+    return ids
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: Sequence[str], config: EvalConfig, *, progress: bool = False) -> list[list[str]]:
+    """``config.num_samples`` completions of each prompt (greedy when ``temperature == 0``).
+
+    Prompts are batched ``config.batch_size`` at a time, longest first so a batch holds similar
+    lengths, and left-padded. Returns, per prompt in the given order, the decoded texts of the
+    new tokens up to (not including) the first EOS.
+    """
+    from transformers import GenerationConfig
+
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise UsageError("the tokenizer has no EOS token; set eos_token in its tokenizer_config.json")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    eos_ids = {eos} | set(_as_list(getattr(model.generation_config, "eos_token_id", None)))
+    sampling = config.temperature > 0
+    generation_config = GenerationConfig(
+        max_new_tokens=config.max_new_tokens,
+        do_sample=sampling,
+        temperature=config.temperature if sampling else None,
+        top_p=config.top_p if sampling else None,
+        top_k=None,
+        num_return_sequences=config.num_samples,
+        pad_token_id=pad_id,
+        eos_token_id=sorted(eos_ids),
+    )
+    device = next(model.parameters()).device
+    encoded = [tokenizer(p)["input_ids"] for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    results: list[list[str]] = [[] for _ in prompts]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(prompts), desc="eval", unit="problem", dynamic_ncols=True)
+    was_training = model.training
+    model.eval()
+    torch.manual_seed(config.seed)
+    for start in range(0, len(order), config.batch_size):
+        chunk = order[start : start + config.batch_size]
+        input_ids, attention_mask = _left_pad([encoded[i] for i in chunk], pad_id)
+        out = model.generate(
+            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=generation_config
+        )
+        new_tokens = out[:, input_ids.shape[1] :].tolist()  # [B * num_samples, <= max_new_tokens]
+        for j, ids in enumerate(new_tokens):
+            text = tokenizer.decode(_until_eos(ids, eos_ids), skip_special_tokens=True)
+            results[chunk[j // config.num_samples]].append(text)
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    model.train(was_training)
+    return results
+
+
+def _as_list(value) -> list[int]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def score_predictions(task, rows: Sequence[dict], predictions: Sequence[str | Sequence[str]]) -> dict:
+    """Score prediction texts against the rows' gold answers.
+
+    Args:
+        task: a task from ``genssd.tasks.get_task``.
+        rows: the problems (as ``task.load`` returns them).
+        predictions: per row, one text or a list of sampled texts (the same count for every row).
+
+    Returns:
+        ``{"task", "problems", "num_samples", "accuracy", "pass@<n>", "correct", "records"}``:
+        ``accuracy`` is the mean over all samples (pass@1 for one sample per problem),
+        ``pass@<n>`` the share of problems with at least one correct sample, ``correct`` the
+        number of correct samples, and ``records`` one dict per problem (``uid``,
+        ``question``, ``gold_answer``, ``predictions``, ``predicted_answers``, ``correct``).
+    """
+    if len(predictions) != len(rows):
+        raise UsageError(f"{len(predictions)} predictions for {len(rows)} problems")
+    if not rows:
+        raise UsageError("no problems to score")
+    samples = [[p] if isinstance(p, str) else list(p) for p in predictions]
+    num_samples = len(samples[0])
+    if num_samples == 0 or any(len(s) != num_samples for s in samples):
+        raise UsageError("every problem needs the same number (>= 1) of predictions")
+    records, correct, solved = [], 0, 0
+    for row, texts in zip(rows, samples):
+        verdicts = [bool(task.is_correct(text, row)) for text in texts]
+        correct += sum(verdicts)
+        solved += any(verdicts)
+        records.append({
+            "uid": row.get("uid"),
+            "question": row.get("question"),
+            "gold_answer": task.gold_answer(row),
+            "predictions": texts,
+            "predicted_answers": [task.extract_answer(text) for text in texts],
+            "correct": verdicts,
+        })
+    return {
+        "task": task.name,
+        "problems": len(rows),
+        "num_samples": num_samples,
+        "accuracy": correct / (len(rows) * num_samples),
+        f"pass@{num_samples}": solved / len(rows),
+        "correct": correct,
+        "records": records,
+    }
+
+
+def evaluate(model, tokenizer, task, rows: Sequence[dict], config: EvalConfig | None = None, *, progress: bool = True) -> dict:
+    """Generate answers to ``rows`` with ``model`` and score them; see :func:`score_predictions`."""
+    config = config or EvalConfig()
+    if not rows:
+        raise UsageError("no problems to evaluate")
+    texts = generate(model, tokenizer, [task.prompt(row) for row in rows], config, progress=progress)
+    return score_predictions(task, rows, texts)
+
+
+def read_predictions(path: str | Path, rows: Sequence[dict]) -> list[list[str]]:
+    """Prediction texts for ``rows`` from a JSONL file, matched by ``uid`` (else by line order).
+
+    A line may hold ``predictions`` (list of texts, as ``genssd eval --out`` writes),
+    ``prediction`` (one text), or ``trajectories`` (a ``genssd search`` output row).
+    """
+    from genssd.tasks import read_rows
+
+    def texts_of(line: dict, where: str) -> list[str]:
+        if isinstance(line.get("predictions"), list):
+            texts = line["predictions"]
+        elif isinstance(line.get("prediction"), str):
+            texts = [line["prediction"]]
+        elif isinstance(line.get("trajectories"), list) and line["trajectories"]:
+            texts = [t.get("text") if isinstance(t, dict) else None for t in line["trajectories"]]
+        else:
+            raise UsageError(f"{where}: needs 'predictions', 'prediction' or 'trajectories'")
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise UsageError(f"{where}: predictions must be strings")
+        return texts
+
+    lines = read_rows(path)
+    if all("uid" in line for _, line in lines) and all("uid" in row for row in rows):
+        by_uid = {str(line["uid"]): texts_of(line, f"{path}:{n}") for n, line in lines}
+        missing = [str(row["uid"]) for row in rows if str(row["uid"]) not in by_uid]
+        if missing:
+            raise UsageError(f"{path} has no prediction for {len(missing)} problem(s), e.g. uid {missing[0]!r}")
+        return [by_uid[str(row["uid"])] for row in rows]
+    if len(lines) < len(rows):
+        raise UsageError(f"{path} has {len(lines)} predictions for {len(rows)} problems (and no uids to match them)")
+    return [texts_of(line, f"{path}:{n}") for n, line in lines[: len(rows)]]
+
+
+def write_records(path: str | Path, records: Sequence[dict]) -> None:
+    """Write per-problem records as JSONL (parent folders created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def summary_line(result: dict) -> str:
+    """One printable line: accuracy, and pass@n with several samples."""
+    n = result["num_samples"]
+    total = result["problems"] * n
+    if n == 1:
+        return f"{result['task']}: accuracy {result['accuracy']:.4f} ({result['correct']}/{total}) pass@1"
+    return (
+        f"{result['task']}: mean accuracy {result['accuracy']:.4f} over {n} samples ({result['correct']}/{total}), "
+        f"pass@{n} {result[f'pass@{n}']:.4f} ({result['problems']} problems)"
+    )
+
+
+__all__ = ["evaluate", "generate", "read_predictions", "score_predictions", "summary_line", "write_records"]

@@ -1,0 +1,98 @@
+"""MATH: competition problems whose solutions put the final answer in ``\\boxed{...}``.
+
+The answer is the content of the last ``\\boxed{}`` (or ``\\fbox{}``), braces matched so nested
+expressions such as ``\\boxed{\\frac{1}{2}}`` come out whole. Two answers are equal when
+math-verify finds them mathematically equivalent (``\\frac12`` = ``0.5``, ``x^2+1`` =
+``1+x^2``); identical strings (after whitespace removal) match without parsing.
+
+Rows may use the Hendrycks field names ``problem``/``solution``; a row that also has a short
+``answer`` (MATH-500) keeps it as ``final_answer``, used when the solution has no box.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+
+from genssd.tasks import Task
+
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)\b")
+# math-verify times out with SIGALRM, which only the main thread may use.
+_TIMEOUT_SECONDS = 5
+
+
+def last_boxed(text: str) -> str | None:
+    """The content of the last ``\\boxed{...}``/``\\fbox{...}`` (nested braces matched), or None.
+
+    ``\\boxed 5`` (no braces) gives the token after the space. An unclosed brace gives None.
+    """
+    starts = [m.end() for m in _BOX_RE.finditer(text)]
+    if not starts:
+        return None
+    i = starts[-1]
+    if i < len(text) and text[i] == " ":
+        match = re.match(r"\s*([^\s$]+)", text[i:])
+        return match.group(1) if match else None
+    while i < len(text) and text[i].isspace():
+        i += 1
+    if i >= len(text) or text[i] != "{":
+        return None
+    depth = 0
+    for j in range(i, len(text)):
+        if text[j] == "{" and text[j - 1] != "\\":
+            depth += 1
+        elif text[j] == "}" and text[j - 1] != "\\":
+            depth -= 1
+            if depth == 0:
+                return text[i + 1 : j].strip()
+    return None
+
+
+def _compact(answer: str) -> str:
+    return re.sub(r"\s+", "", answer)
+
+
+def equivalent(predicted: str, gold: str) -> bool:
+    """Whether two LaTeX answers are mathematically equivalent (math-verify), or identical."""
+    if _compact(predicted) == _compact(gold):
+        return True
+    from math_verify import parse, verify
+
+    timeout = _TIMEOUT_SECONDS if threading.current_thread() is threading.main_thread() else None
+    gold_parsed = parse(f"${gold}$", parsing_timeout=timeout)
+    predicted_parsed = parse(f"${predicted}$", parsing_timeout=timeout)
+    if not gold_parsed or not predicted_parsed:
+        return False
+    return bool(verify(gold_parsed, predicted_parsed, timeout_seconds=timeout))
+
+
+class MathTask(Task):
+    """The MATH benchmark (Hendrycks et al.) and its subsets such as MATH-500."""
+
+    name = "math"
+    question_fields = ("question", "problem")
+    answer_fields = ("solution", "answer")
+
+    def normalize(self, raw: dict, where: str = "row") -> dict:
+        source = dict(raw)
+        short = source.get("answer")
+        if isinstance(source.get("solution"), str) and isinstance(short, str) and short != source["solution"]:
+            source.setdefault("final_answer", short)
+        return super().normalize(source, where)
+
+    def prompt(self, row: dict) -> str:
+        return f"Problem: {row['question']}\nGive the final answer in \\boxed{{}}.\nSolution:\n"
+
+    def extract_answer(self, text: str) -> str | None:
+        return last_boxed(text)
+
+    def gold_answer(self, row: dict) -> str | None:
+        """The boxed answer of the gold solution, else ``final_answer``, else the whole ``answer``."""
+        boxed = last_boxed(row["answer"])
+        if boxed is not None:
+            return boxed
+        final = row.get("final_answer")
+        return final if isinstance(final, str) and final.strip() else row["answer"].strip()
+
+    def answers_match(self, predicted: str, gold: str) -> bool:
+        return equivalent(predicted, gold)

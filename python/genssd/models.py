@@ -1,0 +1,176 @@
+"""Hugging Face models and tokenizers: loading, tokenizer pairing, and the internals the search uses.
+
+The search calls models through their ``forward`` with an explicit ``DynamicCache``. The name of
+that argument changed between transformers releases (``past_key_values`` in 5.17, ``cache`` in
+5.24, which still accepts the old name with a deprecation warning), so it is read from the
+signature once per model instead of relying on the deprecated alias.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import torch
+
+from genssd.errors import UsageError
+
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def resolve_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
+    """``"bf16"``/``"bfloat16"``/... -> ``torch.dtype``; None and ``"auto"`` -> None (the checkpoint's)."""
+    if name is None or isinstance(name, torch.dtype):
+        return name
+    if name == "auto":
+        return None
+    if name not in DTYPES:
+        raise UsageError(f"unknown dtype {name!r}; choose one of auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def load_model(
+    model_or_path,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    device_map: str | None = None,
+    trust_remote_code: bool = False,
+):
+    """A causal LM in eval mode: an ``nn.Module`` is returned as it is, a path is loaded.
+
+    Args:
+        model_or_path: a ``PreTrainedModel`` or a directory/hub name for ``AutoModelForCausalLM``.
+        device: where to put a loaded model (ignored with ``device_map``).
+        dtype: weights dtype for a loaded model (None keeps the checkpoint's).
+        device_map: passed to ``from_pretrained`` (e.g. ``"auto"``, which needs accelerate).
+        trust_remote_code: off unless the user asks; remote code is arbitrary code.
+    """
+    if isinstance(model_or_path, torch.nn.Module):
+        return model_or_path.eval()
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"trust_remote_code": trust_remote_code}
+    torch_dtype = resolve_dtype(dtype)
+    if torch_dtype is not None:
+        kwargs["dtype"] = torch_dtype
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(model_or_path), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot load a causal LM from {model_or_path}: {_first_line(exc)}") from None
+    if device_map is None and device is not None:
+        model = model.to(device)
+    return model.eval()
+
+
+def load_tokenizer(tokenizer_or_path, *, trust_remote_code: bool = False):
+    """A tokenizer object is returned as it is; a path is loaded with ``AutoTokenizer``."""
+    if tokenizer_or_path is None or not isinstance(tokenizer_or_path, (str, Path)):
+        return tokenizer_or_path
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(tokenizer_or_path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot load a tokenizer from {tokenizer_or_path}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def same_vocabulary(teacher_tokenizer, student_tokenizer) -> bool:
+    """True when token ids mean the same strings in both tokenizers (ids can pass straight through)."""
+    if student_tokenizer is None or student_tokenizer is teacher_tokenizer:
+        return True
+    return teacher_tokenizer.get_vocab() == student_tokenizer.get_vocab()
+
+
+def input_device(model) -> torch.device:
+    """The device of the input embeddings: where input ids must live (also under a device map)."""
+    return model.get_input_embeddings().weight.device
+
+
+def cache_argument(module) -> str:
+    """The name under which ``module.forward`` takes its KV cache (``cache`` or ``past_key_values``)."""
+    params = inspect.signature(module.forward).parameters
+    if "cache" in params:
+        return "cache"
+    if "past_key_values" in params:
+        return "past_key_values"
+    raise UsageError(f"{type(module).__name__}.forward takes neither `cache` nor `past_key_values`")
+
+
+def new_cache(model):
+    """An empty ``DynamicCache`` laid out for ``model`` (its config decides full vs sliding layers)."""
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=model.config)
+    except TypeError:  # releases whose DynamicCache takes no config
+        return DynamicCache()
+
+
+def decoder_and_head(model) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The base decoder (final hidden states, no logits) and the LM head weight ``[V, d]``.
+
+    Scoring calls the decoder and feeds its hidden states with this weight to ``logprob_gather``,
+    so the student's ``[N, V]`` logits are never materialized. That is exact only for a plain
+    linear head, so heads with a bias or a logit soft-cap are refused.
+    """
+    head = model.get_output_embeddings()
+    if head is None or not isinstance(getattr(head, "weight", None), torch.Tensor):
+        raise UsageError(f"{type(model).__name__} has no linear LM head to score with")
+    if getattr(head, "bias", None) is not None:
+        raise UsageError(f"{type(model).__name__}: LM heads with a bias are not supported for scoring")
+    if getattr(model.config, "final_logit_softcapping", None):
+        raise UsageError(f"{type(model).__name__}: soft-capped logits are not supported for scoring")
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
+    if decoder is None or decoder is model:
+        decoder = model.base_model
+    if decoder is model:
+        raise UsageError(f"cannot find the base decoder of {type(model).__name__}")
+    return decoder, head.weight
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """End-of-sequence ids: the model's generation config, else the tokenizer's."""
+    generation_config = getattr(model, "generation_config", None)
+    eos = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
+    if eos is None:
+        eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is None:
+        return []
+    return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
+
+
+def pad_token_id(tokenizer, eos_ids: list[int]) -> int:
+    """The id written into padded positions (masked out, so any valid id works)."""
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if pad is not None:
+        return int(pad)
+    return eos_ids[0] if eos_ids else 0
+
+
+__all__ = [
+    "cache_argument",
+    "decoder_and_head",
+    "eos_token_ids",
+    "input_device",
+    "load_model",
+    "load_tokenizer",
+    "new_cache",
+    "pad_token_id",
+    "resolve_dtype",
+    "same_vocabulary",
+]

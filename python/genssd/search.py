@@ -1,0 +1,501 @@
+"""The Gen-SSD search engine (DESIGN §3): the teacher proposes, a scorer scores, the selector prunes.
+
+Per prompt the engine keeps up to ``beam_width`` live beams. Each round every live beam is
+forked into ``num_candidates`` candidates, the teacher samples a chunk for each
+(``teacher.TeacherSampler``), the student's incremental likelihood is updated
+(``student.StudentTracker``), the scorer turns the batch into one score per candidate and
+``genssd_kernels.branch_prune`` selects per prompt. Survivors that emitted EOS or reached
+``max_new_tokens`` are finished trajectories; the others become the next round's beams, and
+both KV caches are index-selected to them.
+
+Between the student's forward pass and the selection nothing waits for the device: scores,
+pruning and the index tensors stay there; the host reads the round's results once, after
+``branch_prune``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+import genssd_kernels
+from genssd.config import SearchConfig
+from genssd.errors import UsageError
+from genssd.models import input_device, load_model, load_tokenizer, same_vocabulary
+from genssd.sampling import combine, text_key
+from genssd.scorers import CandidateBatch, RandomScorer, Scorer, StudentLikelihoodScorer
+from genssd.student import StudentTracker
+from genssd.teacher import Chunk, TeacherSampler
+
+
+@dataclass
+class ChunkRecord:
+    """One round in the history of a trajectory.
+
+    Attributes:
+        candidate_scores: the scores of every candidate of the prompt's group that round.
+        chosen: the index in ``candidate_scores`` of the candidate this trajectory continued.
+        num_candidates: the group's size (live beams x ``num_candidates``).
+        num_tokens: teacher tokens in the chosen chunk.
+        candidates: the candidates' chunk texts (only with ``record_candidates``).
+    """
+
+    candidate_scores: list[float]
+    chosen: int
+    num_candidates: int
+    num_tokens: int
+    candidates: list[str] | None = None
+
+    def to_dict(self) -> dict:
+        out = {
+            "candidate_scores": self.candidate_scores,
+            "chosen": self.chosen,
+            "num_candidates": self.num_candidates,
+            "num_tokens": self.num_tokens,
+        }
+        if self.candidates is not None:
+            out["candidates"] = self.candidates
+        return out
+
+
+@dataclass
+class Trajectory:
+    """A finished completion: its text, teacher token ids and the student's mean log-prob."""
+
+    text: str
+    token_ids: list[int]
+    student_score: float
+    num_tokens: int
+    chunks: list[ChunkRecord]
+
+    def to_dict(self) -> dict:
+        return {
+            "text": self.text,
+            "student_score": self.student_score,
+            "num_tokens": self.num_tokens,
+            "chunks": [c.to_dict() for c in self.chunks],
+        }
+
+
+@dataclass
+class SearchResult:
+    """The outcome for one prompt.
+
+    Attributes:
+        trajectories: finished trajectories, best student score first (at most ``beam_width``).
+        pruned_early: the prompt stopped because no candidate survived a selection.
+        teacher_tokens: teacher tokens sampled for this prompt, over all candidates.
+        student_tokens: tokens the student ran for this prompt's candidates.
+    """
+
+    prompt: str
+    trajectories: list[Trajectory]
+    pruned_early: bool
+    teacher_tokens: int
+    student_tokens: int
+
+    @property
+    def best(self) -> Trajectory | None:
+        return self.trajectories[0] if self.trajectories else None
+
+    def to_dict(self) -> dict:
+        return {
+            "trajectories": [t.to_dict() for t in self.trajectories],
+            "pruned_early": self.pruned_early,
+            "teacher_tokens": self.teacher_tokens,
+            "student_tokens": self.student_tokens,
+        }
+
+
+@dataclass
+class _Beam:
+    """A live row: its prompt (index in the batch), rank among the prompt's beams, and history."""
+
+    prompt: int
+    rank: int
+    ids: list[int]
+    chunks: list[ChunkRecord]
+
+
+@dataclass
+class _PromptState:
+    key: int
+    finished: list[Trajectory] = field(default_factory=list)
+    pruned: bool = False
+    teacher_tokens: int = 0
+    student_tokens: int = 0
+
+
+def _has_tokenizer(path) -> bool:
+    """Whether ``path`` is a local checkpoint folder saved with its tokenizer."""
+    if not isinstance(path, (str, os.PathLike)) or not os.path.isdir(path):
+        return False
+    return any(
+        os.path.isfile(os.path.join(path, name)) for name in ("tokenizer.json", "tokenizer_config.json")
+    )
+
+
+def default_scorer(config: SearchConfig) -> Scorer:
+    """The scorer a config names: the student's likelihood in its scope, or random."""
+    if config.scorer == "random":
+        return RandomScorer(config.seed)
+    return StudentLikelihoodScorer(config.score_scope)
+
+
+class Searcher:
+    """Chunked teacher sampling with student-in-the-loop selection.
+
+    Args:
+        teacher, student: Hugging Face causal LMs, or paths to load them from.
+        tokenizer: the teacher's tokenizer or its path (None: load it from the teacher's path).
+        student_tokenizer: the student's (None: the one saved with a student path, else the
+            teacher's). With the same vocabulary token ids pass straight through; otherwise the
+            student re-tokenizes the text.
+        config: search settings (``SearchConfig``; a method preset via ``search_config_for``).
+        scorer: overrides the config's scorer (anything with ``score(batch) -> Tensor[C]``).
+        device, dtype: placement of models loaded from paths.
+        trust_remote_code: allow model code from the checkpoint (off by default).
+        backend: ``genssd_kernels`` backend for the student's log-probs and the pruning.
+    """
+
+    def __init__(
+        self,
+        teacher,
+        student,
+        tokenizer=None,
+        student_tokenizer=None,
+        config: SearchConfig | None = None,
+        scorer: Scorer | None = None,
+        *,
+        device=None,
+        dtype=None,
+        trust_remote_code: bool = False,
+        backend: str | None = None,
+    ):
+        if student is None:
+            raise UsageError("a student model is required (it scores the candidates)")
+        self.config = config if config is not None else SearchConfig()
+        if tokenizer is None and isinstance(teacher, (str, os.PathLike)):
+            tokenizer = teacher
+        self.tokenizer = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
+        if self.tokenizer is None:
+            raise UsageError("the teacher's tokenizer is required when the teacher is not a path")
+        if student_tokenizer is None and _has_tokenizer(student):
+            student_tokenizer = student
+        student_tokenizer = load_tokenizer(student_tokenizer, trust_remote_code=trust_remote_code)
+        self.student_tokenizer = student_tokenizer if student_tokenizer is not None else self.tokenizer
+        self.teacher = load_model(teacher, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        self.student = load_model(student, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        self.device = input_device(self.teacher)
+        student_device = input_device(self.student)
+        if student_device != self.device:
+            raise UsageError(
+                f"teacher and student must be on the same device; the teacher's inputs are on "
+                f"{self.device} but the student is on {student_device}"
+            )
+        self.backend = backend
+        if scorer is not None and not isinstance(scorer, Scorer):
+            raise UsageError(f"scorer must have a score(batch) method, got {type(scorer).__name__}")
+        self.scorer = scorer if scorer is not None else default_scorer(self.config)
+        shared = same_vocabulary(self.tokenizer, self.student_tokenizer)
+        student_vocab = self.student.get_output_embeddings().weight.shape[0]
+        self.sampler = TeacherSampler(
+            self.teacher,
+            self.tokenizer,
+            temperature=self.config.temperature,
+            top_p=self.config.top_p,
+            step_delimiter=self.config.step_delimiter,
+            vocab_limit=student_vocab if shared else None,
+        )
+        self.tracker = StudentTracker(
+            self.student, self.student_tokenizer, shared_vocab=shared, backend=backend
+        )
+
+    def run(
+        self, prompts: Sequence[str], *, uids: Sequence[str] | None = None, progress: bool = False
+    ) -> list[SearchResult]:
+        """Search every prompt; one ``SearchResult`` per prompt, in order.
+
+        ``uids`` (one per prompt) key the random draws; without them the prompt text does. Either
+        way a prompt's result does not depend on the batch it ran in.
+        """
+        return list(self.iter_results(prompts, uids=uids, progress=progress))
+
+    def iter_results(
+        self, prompts: Sequence[str], *, uids: Sequence[str] | None = None, progress: bool = False
+    ) -> Iterator[SearchResult]:
+        """Like ``run``, yielding results in order as each batch of prompts finishes."""
+        prompts = list(prompts)
+        for i, prompt in enumerate(prompts):
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise UsageError(f"prompt {i} is empty or not a string")
+        if uids is not None and len(uids) != len(prompts):
+            raise UsageError(f"got {len(uids)} uids for {len(prompts)} prompts")
+        names = [str(u) for u in uids] if uids is not None else prompts
+        keys = [combine(self.config.seed, text_key(name)) for name in names]
+        meter = _Progress(len(prompts), enabled=progress)
+        size = self.config.batch_size
+        try:
+            for start in range(0, len(prompts), size):
+                yield from self._search_batch(
+                    prompts[start : start + size], keys[start : start + size], meter
+                )
+        finally:
+            meter.close()
+
+    @torch.no_grad()
+    def _search_batch(self, prompts: list[str], keys: list[int], meter: _Progress) -> list[SearchResult]:
+        teacher_ids = [self.tokenizer(p)["input_ids"] for p in prompts]
+        for prompt, ids in zip(prompts, teacher_ids):
+            if not ids:
+                raise UsageError(f"prompt {prompt[:40]!r} encodes to no tokens")
+        self.sampler.start(teacher_ids)
+        self.tracker.start(prompts, teacher_ids)
+        states = [_PromptState(key) for key in keys]
+        beams = [_Beam(p, 0, [], []) for p in range(len(prompts))]
+        round_index = 0
+        while beams:
+            beams = self._round(round_index, prompts, beams, states, meter)
+            round_index += 1
+            meter.round(live=len(beams), states=states)
+        meter.prompts_done(len(prompts), states)
+        results = []
+        for prompt, state in zip(prompts, states):
+            trajectories = sorted(state.finished, key=lambda t: -t.student_score)
+            results.append(
+                SearchResult(prompt, trajectories, state.pruned, state.teacher_tokens, state.student_tokens)
+            )
+        return results
+
+    def _round(
+        self,
+        round_index: int,
+        prompts: list[str],
+        beams: list[_Beam],
+        states: list[_PromptState],
+        meter: _Progress,
+    ) -> list[_Beam]:
+        """Propose, score, select; returns the next round's live beams."""
+        cfg, device = self.config, self.device
+        # Without selection candidates are never compared: the first round draws the beams, after
+        # which every beam continues on its own (num_candidates = beam_width = n: n samples).
+        k = cfg.num_candidates if cfg.select or round_index == 0 else 1
+        chunk_cap = cfg.chunk_tokens or cfg.max_new_tokens
+        parent_rows = [b for b in range(len(beams)) for _ in range(k)]
+        parent = torch.arange(len(beams), device=device).repeat_interleave(k)
+        keys = torch.tensor(
+            [combine(states[b.prompt].key, round_index, b.rank, j) for b in beams for j in range(k)],
+            dtype=torch.long,
+            device=device,
+        )
+        left = [cfg.max_new_tokens - len(b.ids) for b in beams for _ in range(k)]
+        chunk = self.sampler.propose(
+            parent, keys, [min(chunk_cap, n) for n in left], [chunk_cap >= n for n in left]
+        )
+        groups, offsets_host = _groups(beams, k)
+        offsets = torch.tensor(offsets_host, dtype=torch.long, device=device)
+        host = _HostChunk(chunk)
+
+        def completions() -> list[str]:
+            return [
+                self.tokenizer.decode(beams[b].ids + ids, skip_special_tokens=True)
+                for b, ids in zip(parent_rows, host.ids)
+            ]
+
+        if self.tracker.shared_vocab:
+            student = self.tracker.score(parent, chunk)
+        else:
+            student = self.tracker.score(
+                parent, chunk, parent_rows=parent_rows, texts=completions(), ended=host.ended
+            )
+        batch = CandidateBatch(
+            round=round_index,
+            group_offsets=offsets,
+            parent=parent,
+            keys=keys,
+            chunk_ids=chunk.ids,
+            chunk_mask=chunk.mask,
+            student_trajectory_scores=student.trajectory,
+            student_chunk_scores=student.chunk,
+            decode=lambda: ([prompts[beams[b].prompt] for b in parent_rows], completions()),
+        )
+        scores, kept_idx, kept_count = self._select(batch, offsets)
+
+        # The one host read of the round, after the selection (the chunk too, unless the text
+        # path or the scorer needed it earlier).
+        fetched = _fetch(
+            scores, student.total, student.count, student.fed, kept_idx, kept_count, *host.pending()
+        )
+        host.receive(fetched[6:])
+        scores_h, total_h, count_h, fed_h, kept_idx_h, kept_count_h = (t.tolist() for t in fetched[:6])
+        meter.teacher_tokens(sum(host.lengths))
+
+        next_beams: list[_Beam] = []
+        index: list[int] = []
+        for g, (p, _) in enumerate(groups):
+            lo, hi = offsets_host[g], offsets_host[g + 1]
+            state = states[p]
+            state.teacher_tokens += sum(host.lengths[lo:hi])
+            state.student_tokens += int(sum(fed_h[lo:hi]))
+            quota = cfg.beam_width - len(state.finished)
+            if cfg.select:
+                kept = kept_idx_h[g][: min(int(kept_count_h[g]), quota)]
+            else:  # no selection: the candidates in order
+                kept = list(range(lo, hi))[:quota]
+            if not kept:
+                state.pruned = True
+                continue
+            texts = None
+            if cfg.record_candidates:
+                texts = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in host.ids[lo:hi]]
+            rank = 0
+            for c in kept:
+                beam = beams[parent_rows[c]]
+                ids = beam.ids + host.ids[c]
+                chunks = beam.chunks + [ChunkRecord(scores_h[lo:hi], c - lo, hi - lo, host.lengths[c], texts)]
+                if host.ended[c] or len(ids) >= cfg.max_new_tokens:
+                    score = total_h[c] / count_h[c] if count_h[c] else 0.0
+                    text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                    state.finished.append(Trajectory(text, ids, score, len(ids), chunks))
+                else:
+                    next_beams.append(_Beam(p, rank, ids, chunks))
+                    index.append(c)
+                    rank += 1
+        index_t = torch.tensor(index, dtype=torch.long, device=device)
+        self.sampler.select(index_t)
+        self.tracker.commit(index_t, index)
+        return next_beams
+
+    def _select(self, batch: CandidateBatch, offsets: torch.Tensor):
+        """Scores ``[C]`` fp32 and, with selection on, ``branch_prune``'s kept indices and counts."""
+        scores = self.scorer.score(batch)
+        count = batch.parent.numel()
+        if not isinstance(scores, torch.Tensor) or scores.shape != (count,):
+            shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+            raise ValueError(f"{self.scorer!r}.score returned {shape}; expected a tensor of shape ({count},)")
+        scores = scores.to(device=self.device, dtype=torch.float32)
+        if not self.config.select:
+            return scores, torch.empty(0, device=self.device), torch.empty(0, device=self.device)
+        _, kept_idx, kept_count, _ = genssd_kernels.branch_prune(
+            scores,
+            offsets,
+            margin=self.config.margin,
+            k=self.config.beam_width,
+            min_score=self.config.min_score,
+            backend=self.backend,
+            check_values=False,
+        )
+        return scores, kept_idx, kept_count
+
+
+def _groups(beams: list[_Beam], k: int) -> tuple[list[tuple[int, int]], list[int]]:
+    """The round's prompt groups ``(prompt, candidates)`` in beam order, and their offsets ``[G+1]``."""
+    groups: list[tuple[int, int]] = []
+    for beam in beams:
+        if groups and groups[-1][0] == beam.prompt:
+            groups[-1] = (beam.prompt, groups[-1][1] + k)
+        else:
+            groups.append((beam.prompt, k))
+    offsets = [0]
+    for _, size in groups:
+        offsets.append(offsets[-1] + size)
+    return groups, offsets
+
+
+class _HostChunk:
+    """The round's chunk on the host, read once: early when the text path or a scorer needs the
+    texts, else together with the selection's results."""
+
+    def __init__(self, chunk: Chunk):
+        self.chunk = chunk
+        self._ids: list[list[int]] | None = None
+
+    def pending(self) -> tuple[torch.Tensor, ...]:
+        """The tensors still to read (none once read)."""
+        return () if self._ids is not None else (self.chunk.ids, self.chunk.lengths, self.chunk.ended)
+
+    def receive(self, tensors) -> None:
+        """Take the host copies of ``pending()``'s tensors (ignored once read)."""
+        if self._ids is None:
+            ids, lengths, ended = tensors
+            self._lengths = lengths.tolist()
+            self._ids = [row[:n] for row, n in zip(ids.tolist(), self._lengths)]
+            self._ended = [bool(e) for e in ended.tolist()]
+
+    def _read(self) -> None:
+        if self._ids is None:
+            self.receive(_fetch(*self.pending()))
+
+    @property
+    def ids(self) -> list[list[int]]:
+        """Each candidate's new token ids."""
+        self._read()
+        return self._ids
+
+    @property
+    def ended(self) -> list[bool]:
+        """Whether each candidate emitted end-of-sequence."""
+        self._read()
+        return self._ended
+
+    @property
+    def lengths(self) -> list[int]:
+        """Each candidate's number of new tokens."""
+        self._read()
+        return self._lengths
+
+
+def _fetch(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Copy tensors to the host with one synchronization (packed as float64; ids < 2**53 are exact)."""
+    flat = [t.reshape(-1).to(torch.float64) for t in tensors]
+    host = torch.cat(flat).cpu() if flat else torch.empty(0, dtype=torch.float64)
+    out, start = [], 0
+    for t, f in zip(tensors, flat):
+        piece = host[start : start + f.numel()].reshape(t.shape)
+        out.append(piece if t.is_floating_point() else piece.to(torch.long))
+        start += f.numel()
+    return out
+
+
+class _Progress:
+    """A tqdm bar: prompts done, live beams, the share of prompts pruned early, teacher tokens/s."""
+
+    def __init__(self, total: int, *, enabled: bool):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, unit="prompt", desc="search", disable=not enabled, dynamic_ncols=True)
+        self.start = time.perf_counter()
+        self.tokens = 0
+        self.done = 0
+        self.pruned = 0
+
+    def teacher_tokens(self, count: int) -> None:
+        self.tokens += count
+
+    def _postfix(self, live: int, pruned: int, done: int) -> dict:
+        rate = self.tokens / max(time.perf_counter() - self.start, 1e-9)
+        share = pruned / done if done else 0.0
+        return {"live": live, "pruned": f"{share:.0%}", "teacher tok/s": f"{rate:,.0f}"}
+
+    def round(self, *, live: int, states: list[_PromptState]) -> None:
+        batch_pruned = sum(s.pruned for s in states)
+        self.bar.set_postfix(
+            self._postfix(live, self.pruned + batch_pruned, self.done + len(states)), refresh=False
+        )
+        self.bar.refresh()
+
+    def prompts_done(self, count: int, states: list[_PromptState]) -> None:
+        self.done += count
+        self.pruned += sum(s.pruned for s in states)
+        self.bar.set_postfix(self._postfix(0, self.pruned, self.done), refresh=False)
+        self.bar.update(count)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+__all__ = ["ChunkRecord", "SearchResult", "Searcher", "Trajectory", "default_scorer"]

@@ -1,0 +1,247 @@
+"""The student's running log-likelihood of every live beam, computed incrementally.
+
+Per live row the tracker keeps the student's KV cache of the prompt and the completion so far,
+the final hidden state of the row's last token (which predicts the next token) and the running
+sum and count of the completion's token log-probs. Scoring a round forks the rows to the
+candidates, runs only the new tokens through the student's base decoder, and turns the hidden
+states into log-probs with ``genssd_kernels.logprob_gather`` and the LM head weight: the
+student's logits are never materialized.
+
+Token ids pass straight through when teacher and student share a vocabulary (the fast path:
+no host work, no host synchronization). Otherwise (the text path) the student tokenizes the
+prompt and, separately, the completion's text; as the text grows, the re-tokenization may change
+the last few student tokens, so each candidate keeps the longest common prefix with its parent's
+tokens, turns the rest into cache holes, takes their log-probs out of the running sum and
+re-runs from the last kept token. Either way the score of a completion is exactly the from-scratch
+mean log-prob of ``student_tokens(prompt) + student_tokens(completion)`` over the completion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+import genssd_kernels
+from genssd.cache import BatchedCache
+from genssd.errors import UsageError
+from genssd.models import decoder_and_head, eos_token_ids, input_device, pad_token_id
+from genssd.teacher import Chunk, left_pad
+
+IGNORE = -100
+
+
+@dataclass
+class StudentScores:
+    """Per-candidate student statistics of one round (``C`` candidates).
+
+    Attributes:
+        trajectory: ``[C]`` fp32 mean log-prob of the whole completion so far.
+        chunk: ``[C]`` fp32 mean log-prob of the tokens new this round.
+        total: ``[C]`` fp64 running sum of the completion's token log-probs.
+        count: ``[C]`` int64 number of completion tokens in ``total``.
+        fed: ``[C]`` int64 tokens run through the student this round.
+    """
+
+    trajectory: torch.Tensor
+    chunk: torch.Tensor
+    total: torch.Tensor
+    count: torch.Tensor
+    fed: torch.Tensor
+
+
+@dataclass
+class _TextState:
+    """Host-side token bookkeeping of one row on the text path."""
+
+    tokens: list[int]  # prompt + completion, student ids
+    columns: list[int]  # the cache column of each token
+    prompt_len: int
+    logprobs: list[float]  # one per completion token
+
+
+class StudentTracker:
+    """Incremental student likelihood of the live beams (see the module docstring).
+
+    Args:
+        student: the student causal LM.
+        tokenizer: the student's tokenizer (used on the text path and for the prompts).
+        shared_vocab: True when teacher token ids are student token ids (the fast path).
+        backend: ``genssd_kernels`` backend (None chooses).
+    """
+
+    def __init__(self, student, tokenizer, *, shared_vocab: bool, backend: str | None = None):
+        self.decoder, self.weight = decoder_and_head(student)
+        self.device = input_device(student)
+        self.tokenizer = tokenizer
+        self.shared_vocab = shared_vocab
+        self.backend = backend
+        eos = eos_token_ids(student, tokenizer)
+        self.eos_id = eos[0] if eos else None
+        self.pad_id = pad_token_id(tokenizer, eos)
+        self.cache: BatchedCache | None = None
+        self._pending: dict | None = None
+
+    @torch.no_grad()
+    def start(self, prompts: list[str], teacher_prompt_ids: list[list[int]]) -> None:
+        """Encode the prompts: one live row per prompt."""
+        if self.shared_vocab:
+            ids = teacher_prompt_ids
+        else:
+            ids = [self.tokenizer(p)["input_ids"] for p in prompts]
+            for prompt, seq in zip(prompts, ids):
+                if not seq:
+                    raise UsageError(f"prompt {prompt[:40]!r} encodes to no student tokens")
+        ids_t, valid = left_pad(ids, self.pad_id, self.device)
+        self.cache = BatchedCache(self.decoder, len(ids), self.device)
+        hidden = self.cache.extend(ids_t, valid).last_hidden_state
+        self.last_hidden = hidden[:, -1]
+        self.total = torch.zeros(len(ids), dtype=torch.float64, device=self.device)
+        self.count = torch.zeros(len(ids), dtype=torch.long, device=self.device)
+        width = ids_t.shape[1]
+        self.text_rows = (
+            None
+            if self.shared_vocab
+            else [_TextState(list(seq), list(range(width - len(seq), width)), len(seq), []) for seq in ids]
+        )
+
+    @torch.no_grad()
+    def score(
+        self,
+        parent: torch.Tensor,
+        chunk: Chunk,
+        *,
+        parent_rows: list[int] | None = None,
+        texts: list[str] | None = None,
+        ended: list[bool] | None = None,
+    ) -> StudentScores:
+        """Score every candidate; the candidates become pending until ``commit``.
+
+        Args:
+            parent: ``[C]`` int64, the live row each candidate continues.
+            chunk: the candidates' new teacher tokens (used as they are on the fast path).
+            parent_rows, texts, ended: text path only: ``parent`` as a list, each candidate's
+                whole completion text, and whether it ended with end-of-sequence.
+        """
+        self.cache.reindex(parent)
+        prev_hidden = self.last_hidden[parent]
+        if self.shared_vocab:
+            feed, valid = chunk.ids, chunk.mask
+            first_scored = torch.ones(parent.numel(), dtype=torch.bool, device=self.device)
+            dropped_sum = dropped_count = 0
+            text_plan = None
+        else:
+            feed, valid, first_scored, dropped_sum, dropped_count, text_plan = self._text_feed(
+                parent_rows, texts, ended
+            )
+        columns_before = self.cache.mask.shape[1]
+        hidden = self.cache.extend(feed, valid).last_hidden_state  # [C, L, d]
+        rows, width = feed.shape
+
+        # Position j is predicted by the hidden state before it: the row's last hidden state for
+        # j = 0, else the new hidden state j - 1. On the text path a re-run token (the last one
+        # kept after a rollback) is only there to produce a hidden state and is not scored.
+        predictors = torch.cat([prev_hidden[:, None], hidden[:, :-1]], dim=1)
+        scored = valid.clone()
+        scored[:, 0] &= first_scored
+        targets = torch.where(scored, feed, IGNORE)
+        token_logprobs, _, _ = genssd_kernels.logprob_gather(
+            predictors.reshape(rows * width, -1),
+            self.weight,
+            targets.reshape(-1),
+            backend=self.backend,
+            check_values=False,
+        )
+        token_logprobs = token_logprobs.view(rows, width)
+        new_sum = token_logprobs.sum(1, dtype=torch.float64)
+        new_count = scored.sum(1)
+        total = self.total[parent] - dropped_sum + new_sum
+        count = self.count[parent] - dropped_count + new_count
+        fed = valid.sum(1)
+        last = hidden[torch.arange(rows, device=self.device), (fed - 1).clamp_min(0)]
+        self._pending = {
+            "total": total,
+            "count": count,
+            "last_hidden": torch.where((fed > 0)[:, None], last, prev_hidden),
+            "token_logprobs": token_logprobs,
+            "scored": scored,
+            "text_plan": text_plan,
+            "columns_before": columns_before,
+        }
+        trajectory = torch.where(count > 0, total / count.clamp_min(1), 0.0)
+        chunk_mean = torch.where(new_count > 0, new_sum / new_count.clamp_min(1), trajectory)
+        return StudentScores(
+            trajectory=trajectory.float(), chunk=chunk_mean.float(), total=total, count=count, fed=fed
+        )
+
+    def _text_feed(self, parent_rows, texts, ended):
+        """Plan each candidate's student tokens on the text path (host work)."""
+        plan, feeds, firsts, drop_rows, drop_cols, drop_sum, drop_count = [], [], [], [], [], [], []
+        for c, (r, text, end) in enumerate(zip(parent_rows, texts, ended)):
+            old = self.text_rows[r]
+            completion = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if end and self.eos_id is not None:
+                completion = completion + [self.eos_id]
+            new = old.tokens[: old.prompt_len] + completion
+            keep = _common_prefix(old.tokens, new)
+            # Re-run from the last kept token when tokens are rolled back: its hidden state
+            # (which predicts new[keep]) was not kept.
+            start = keep if keep == len(old.tokens) else keep - 1
+            feeds.append(new[start:])
+            firsts.append(start == keep)
+            drop_rows += [c] * (len(old.tokens) - start)
+            drop_cols += old.columns[start:]
+            drop_sum.append(sum(old.logprobs[keep - old.prompt_len :]))
+            drop_count.append(len(old.tokens) - keep)
+            plan.append((r, new, start, keep))
+        width = max(1, max(len(f) for f in feeds))
+        ids = torch.full((len(feeds), width), self.pad_id, dtype=torch.long)
+        valid = torch.zeros(len(feeds), width, dtype=torch.bool)
+        for c, f in enumerate(feeds):
+            ids[c, : len(f)] = torch.tensor(f, dtype=torch.long)
+            valid[c, : len(f)] = True
+        if drop_rows:
+            self.cache.drop_columns(
+                torch.tensor(drop_rows, device=self.device), torch.tensor(drop_cols, device=self.device)
+            )
+        device = self.device
+        return (
+            ids.to(device),
+            valid.to(device),
+            torch.tensor(firsts, dtype=torch.bool, device=device),
+            torch.tensor(drop_sum, dtype=torch.float64, device=device),
+            torch.tensor(drop_count, dtype=torch.long, device=device),
+            plan,
+        )
+
+    @torch.no_grad()
+    def commit(self, index: torch.Tensor, index_list: list[int]) -> None:
+        """Keep pending candidates ``index`` (``[R']`` int64; ``index_list`` the same on the host)."""
+        pending, self._pending = self._pending, None
+        self.cache.reindex(index)
+        self.total = pending["total"][index]
+        self.count = pending["count"][index]
+        self.last_hidden = pending["last_hidden"][index]
+        if pending["text_plan"] is None:
+            return
+        logprobs = pending["token_logprobs"][index].tolist()
+        scored = pending["scored"][index].tolist()
+        base = pending["columns_before"]
+        rows = []
+        for c, lps, flags in zip(index_list, logprobs, scored):
+            r, new, start, keep = pending["text_plan"][c]
+            old = self.text_rows[r]
+            new_lps = [lp for lp, flag in zip(lps, flags) if flag]
+            columns = old.columns[:start] + list(range(base, base + len(new) - start))
+            rows.append(
+                _TextState(new, columns, old.prompt_len, old.logprobs[: keep - old.prompt_len] + new_lps)
+            )
+        self.text_rows = rows
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n

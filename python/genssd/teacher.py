@@ -1,0 +1,164 @@
+"""The teacher's side of a search round: fork every live beam and sample a chunk per candidate.
+
+One batched sampling loop serves all prompts x beams x candidates. Every row keeps the logits
+of its next token, so a round starts by sampling from them without re-encoding anything; a
+row that stops early (EOS, the step delimiter, its token budget) is padded with holes while the
+others go on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from genssd.cache import BatchedCache
+from genssd.models import eos_token_ids, input_device, pad_token_id
+from genssd.sampling import sample, step_keys
+
+
+@dataclass
+class Chunk:
+    """The candidates' new tokens (C candidates, L the longest chunk this round).
+
+    Attributes:
+        ids: ``[C, L]`` int64 teacher token ids; the pad id where ``mask`` is False.
+        mask: ``[C, L]`` bool, True for real tokens (always a prefix of each row).
+        lengths: ``[C]`` int64 real tokens per candidate (>= 1).
+        ended: ``[C]`` bool, the candidate emitted an end-of-sequence token (its last token).
+    """
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    lengths: torch.Tensor
+    ended: torch.Tensor
+
+
+def token_flags(tokenizer, size: int, delimiter: str, device: torch.device) -> torch.Tensor:
+    """``[size]`` bool: True for token ids whose text contains ``delimiter``."""
+    texts = tokenizer.batch_decode([[i] for i in range(min(size, len(tokenizer)))])
+    flags = torch.zeros(size, dtype=torch.bool)
+    flags[: len(texts)] = torch.tensor([delimiter in text for text in texts], dtype=torch.bool)
+    return flags.to(device)
+
+
+class TeacherSampler:
+    """Batched chunk proposals from the teacher, with forked KV caches.
+
+    Args:
+        model: the teacher causal LM.
+        tokenizer: its tokenizer (prompt encoding, pad/EOS ids, the step delimiter's tokens).
+        temperature, top_p: sampling settings (temperature 0 is greedy).
+        step_delimiter: end a chunk after a token whose text contains it (None: only the budget).
+        vocab_limit: sample only ids below it (the student's vocabulary when ids pass through).
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        temperature: float,
+        top_p: float,
+        step_delimiter: str | None,
+        vocab_limit: int | None = None,
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.temperature = temperature
+        self.top_p = top_p
+        self.device = input_device(model)
+        self.vocab_limit = vocab_limit
+        eos = eos_token_ids(model, tokenizer)
+        self.pad_id = pad_token_id(tokenizer, eos)
+        size = model.get_output_embeddings().weight.shape[0]
+        self.is_eos = torch.zeros(size, dtype=torch.bool, device=self.device)
+        self.is_eos[[e for e in eos if e < size]] = True
+        self.is_delimiter = (
+            token_flags(tokenizer, size, step_delimiter, self.device)
+            if step_delimiter
+            else torch.zeros(size, dtype=torch.bool, device=self.device)
+        )
+        self.cache: BatchedCache | None = None
+        self.next_logits: torch.Tensor | None = None  # [R, V] fp32
+
+    def start(self, prompt_ids: list[list[int]]) -> None:
+        """Encode the prompts (left-padded): one live row per prompt."""
+        ids, valid = left_pad(prompt_ids, self.pad_id, self.device)
+        self.cache = BatchedCache(self.model, len(prompt_ids), self.device)
+        out = self.cache.extend(ids, valid, logits_to_keep=1)
+        self.next_logits = self._last_logits(out)
+
+    def _last_logits(self, out) -> torch.Tensor:
+        logits = out.logits[:, -1, :].to(device=self.device, dtype=torch.float32)
+        if self.vocab_limit is not None and self.vocab_limit < logits.shape[1]:
+            logits[:, self.vocab_limit :] = float("-inf")
+        return logits
+
+    @torch.no_grad()
+    def propose(
+        self, parent: torch.Tensor, keys: torch.Tensor, budget: list[int], final: list[bool]
+    ) -> Chunk:
+        """Sample one chunk for every candidate.
+
+        Args:
+            parent: ``[C]`` int64, the live row each candidate continues (repeats fork the row).
+            keys: ``[C]`` int64 random keys of the candidates.
+            budget: per candidate, the most tokens this chunk may have (>= 1).
+            final: per candidate, True when reaching the budget ends the trajectory
+                (``max_new_tokens``), so its last token need not be run through the model.
+        Returns:
+            the chunk; the cache and next-token logits now hold each candidate's tokens.
+        """
+        self.cache.reindex(parent)
+        logits = self.next_logits[parent]
+        rows, steps = parent.numel(), max(budget)
+        budget_t = torch.tensor(budget, device=self.device)
+        final_t = torch.tensor(final, device=self.device)
+        ids = torch.full((rows, steps), self.pad_id, dtype=torch.long, device=self.device)
+        mask = torch.zeros(rows, steps, dtype=torch.bool, device=self.device)
+        done = torch.zeros(rows, dtype=torch.bool, device=self.device)
+        ended = torch.zeros(rows, dtype=torch.bool, device=self.device)
+        used = steps
+        for t in range(steps):
+            active = ~done
+            token = sample(logits, step_keys(keys, t), temperature=self.temperature, top_p=self.top_p)
+            token = torch.where(active, token, self.pad_id)
+            ids[:, t] = token
+            mask[:, t] = active
+            is_end = active & self.is_eos[token]
+            ended |= is_end
+            at_budget = budget_t <= t + 1
+            done = done | (active & (is_end | self.is_delimiter[token] | at_budget))
+            # Run the token through the model unless its row has no future: it ended, or it
+            # used the last token of the trajectory's budget.
+            feed = active & ~is_end & ~(at_budget & final_t)
+            more, need_forward = torch.stack([(~done).any(), feed.any()]).tolist()
+            if need_forward:
+                out = self.cache.extend(token[:, None], feed[:, None], logits_to_keep=1)
+                logits = torch.where(feed[:, None], self._last_logits(out), logits)
+            if not more:
+                used = t + 1
+                break
+        self.next_logits = logits
+        mask = mask[:, :used]
+        return Chunk(ids=ids[:, :used], mask=mask, lengths=mask.sum(1), ended=ended)
+
+    def select(self, index: torch.Tensor) -> None:
+        """Keep candidates ``index`` (``[R']`` int64) as the next round's live rows."""
+        self.cache.reindex(index)
+        self.next_logits = self.next_logits[index]
+
+
+def left_pad(
+    sequences: list[list[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[B, T]`` int64 ids and ``[B, T]`` bool validity of left-padded sequences."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    valid = torch.zeros(len(sequences), width, dtype=torch.bool)
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+            valid[row, width - len(seq) :] = True
+    return ids.to(device), valid.to(device)

@@ -1,0 +1,86 @@
+"""The search on a GPU: exact scores with the CUDA kernels, greedy parity, and no host sync
+between the student's forward pass and the selection (skipped without CUDA)."""
+
+from __future__ import annotations
+
+import genssd.search
+import pytest
+import torch
+from genssd.config import SearchConfig, search_config_for
+from genssd.search import Searcher
+from search_fixtures import EOS, PROMPTS, bpe_tokenizer, tiny_lm, token_logprobs
+
+import genssd_kernels
+
+pytestmark = pytest.mark.cuda
+
+
+@pytest.fixture
+def models():
+    tokenizer = bpe_tokenizer(300)
+    teacher = tiny_lm("llama", len(tokenizer), seed=81, hidden=64, eos=[EOS, 40, 41]).cuda()
+    student = tiny_lm("qwen2", len(tokenizer), seed=82).cuda()
+    return teacher, student, tokenizer
+
+
+def test_scores_on_cuda_match_from_scratch(models):
+    teacher, student, tokenizer = models
+    config = SearchConfig(
+        num_candidates=3,
+        beam_width=2,
+        chunk_tokens=4,
+        step_delimiter=" ",
+        max_new_tokens=16,
+        temperature=1.0,
+        batch_size=5,
+    )
+    results = Searcher(*models, config=config).run(PROMPTS)
+    for prompt, result in zip(PROMPTS, results):
+        for trajectory in result.trajectories:
+            logprobs = token_logprobs(student, tokenizer(prompt)["input_ids"], trajectory.token_ids)
+            assert trajectory.student_score == pytest.approx(logprobs.mean().item(), abs=1e-4)
+
+
+def test_greedy_standard_on_cuda_equals_generate(models):
+    teacher, student, tokenizer = models
+    config = search_config_for("standard", temperature=0.0, max_new_tokens=12, chunk_tokens=5, batch_size=5)
+    results = Searcher(*models, config=config).run(PROMPTS)
+    for prompt, result in zip(PROMPTS, results):
+        ids = torch.tensor([tokenizer(prompt)["input_ids"]], device="cuda")
+        out = teacher.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12)
+        assert result.trajectories[0].token_ids == out[0, ids.shape[1] :].tolist()
+
+
+def test_no_host_sync_from_student_scores_to_selection(models, monkeypatch):
+    """Sync debug mode raises on any host synchronization from the student's log-prob gather
+    (right after its forward pass) until the round's one host read."""
+    gather, fetch = genssd_kernels.logprob_gather, genssd.search._fetch
+    rounds = []
+
+    def strict_gather(*args, **kwargs):
+        torch.cuda.set_sync_debug_mode("error")
+        return gather(*args, **kwargs)
+
+    def relaxed_fetch(*tensors):
+        rounds.append(torch.cuda.get_sync_debug_mode())
+        torch.cuda.set_sync_debug_mode("default")
+        return fetch(*tensors)
+
+    monkeypatch.setattr(genssd_kernels, "logprob_gather", strict_gather)
+    monkeypatch.setattr(genssd.search, "_fetch", relaxed_fetch)
+    try:
+        config = SearchConfig(
+            num_candidates=4, beam_width=2, chunk_tokens=4, max_new_tokens=12, temperature=1.0
+        )
+        Searcher(*models, config=config).run(PROMPTS)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len(rounds) >= 3 and set(rounds) == {2}  # every round went through in "error" mode
+
+
+def test_bf16_search_runs(models):
+    teacher, student, tokenizer = models
+    config = SearchConfig(num_candidates=4, chunk_tokens=4, max_new_tokens=12, temperature=0.8)
+    results = Searcher(teacher.bfloat16(), student.bfloat16(), tokenizer, config=config).run(PROMPTS)
+    assert all(r.trajectories or r.pruned_early for r in results)
+    assert all(-20 < t.student_score < 0 for r in results for t in r.trajectories)

@@ -138,17 +138,17 @@ def sweep_configs(kind):
     for sm_90 with Triton 3.9; registers a thread in the comments)."""
     if kind == "forward":
         return {
-            "128x128x64 w8 s3 r128 (2/SM)": _tile(128, 128, 64, 8, 3, 16, 2, 128),  # default d<=1024
-            "128x256x64 w8 s3 (1/SM)": _tile(128, 256, 64, 8, 3, 16, 1),  # default d>1024, ~246-255 regs
+            "128x128x64 w8 s3 r128 (2/SM)": _tile(128, 128, 64, 8, 3, 16, 2, 128),
+            "128x256x64 w8 s3 (1/SM)": _tile(128, 256, 64, 8, 3, 16, 1),  # the default, ~246-255 regs
             "128x128x64 w4 s3 (2/SM)": _tile(128, 128, 64, 4, 3, 16, 2),  # one warpgroup, ~255 regs
             "128x128x64 w8 s4 (1/SM)": _tile(128, 128, 64, 8, 4, 16, 1),  # ~150-175 regs
             "256x128x64 w8 s3 (1/SM)": _tile(256, 128, 64, 8, 3, 8, 1),
             "128x256x64 w8 s4 (1/SM)": _tile(128, 256, 64, 8, 4, 16, 1),
         }
     return {
-        "128x128x64 w8 s3 r128 (2/SM)": _tile(128, 128, 64, 8, 3, 8, 2, 128),  # default 16-bit
+        "128x128x64 w8 s3 r128 (2/SM)": _tile(128, 128, 64, 8, 3, 8, 2, 128),
         "128x256x64 w8 s3": _tile(128, 256, 64, 8, 3, 8, 1),  # ~255 regs, small spill
-        "256x128x64 w8 s3": _tile(256, 128, 64, 8, 3, 8, 1),
+        "256x128x64 w8 s3": _tile(256, 128, 64, 8, 3, 8, 1),  # the default
         "128x128x64 w8 s4": _tile(128, 128, 64, 8, 4, 8, 1),
     }
 

@@ -24,7 +24,7 @@ from genssd.search import SearchResult, Trajectory
 from genssd.tasks import get_task
 from search_fixtures import bpe_tokenizer, one_thread, single_thread, tiny_lm  # noqa: F401
 
-GSM8K_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
+from conftest import GSM8K_TEST, requires_gsm8k  # noqa: E402
 NUM_PROBLEMS = 40
 ROW_KEYS = {
     "uid",
@@ -225,7 +225,7 @@ def test_torchrun_ranks_search_their_shards_and_rank0_merges(workdir, reference)
     _same_rows(read_output(out), reference[:12])
 
 
-@pytest.mark.skipif(not GSM8K_TEST.is_file(), reason="the GSM8K test file is not here")
+@requires_gsm8k
 def test_real_gsm8k_test_file(workdir):
     out = workdir / "gsm8k.jsonl"
     settings = ["--set", "max_new_tokens=8", "--device", "cpu", "--no-progress"]

@@ -17,18 +17,10 @@ from genssd.cli import main
 from genssd.tasks import get_task
 from genssd.tasks.arith import generate_problems, write_problems
 
-from tiny_models import byte_tokenizer, tiny_llama
+from tiny_models import byte_tokenizer, one_thread, tiny_llama  # noqa: F401
 
-GSM8K_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
+from conftest import GSM8K_TEST, requires_gsm8k  # noqa: E402
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +69,7 @@ def predictions_file(path, rows, texts):
     return path
 
 
+@requires_gsm8k
 def test_eval_scores_gsm8k_gold_solutions_100_percent_and_a_shuffle_near_0(tmp_path, capsys):
     rows = get_task("gsm8k").load(GSM8K_TEST)
     gold = predictions_file(tmp_path / "gold.jsonl", rows, [r["answer"] for r in rows])
@@ -94,6 +87,7 @@ def test_eval_scores_gsm8k_gold_solutions_100_percent_and_a_shuffle_near_0(tmp_p
     assert accuracy < 0.05
 
 
+@requires_gsm8k
 def test_eval_generates_with_a_model_and_writes_predictions(tmp_path, model_dir, capsys):
     rows = generate_problems(7, seed=random.randrange(1000))
     data = tmp_path / "test.jsonl"
@@ -110,6 +104,7 @@ def test_eval_generates_with_a_model_and_writes_predictions(tmp_path, model_dir,
     assert "over 3 samples" in capsys.readouterr().out
 
 
+@requires_gsm8k
 def test_eval_bad_input_exits_2(tmp_path, model_dir, capsys):
     assert main(["eval", "--model", str(model_dir), "--task", "arith", "--data", str(tmp_path / "none.jsonl")]) == 2
     assert "data file not found" in capsys.readouterr().err

@@ -5,7 +5,6 @@ import random
 from pathlib import Path
 
 import pytest
-import torch
 
 from genssd.config import EvalConfig
 from genssd.errors import UsageError
@@ -13,24 +12,15 @@ from genssd.evaluate import evaluate, generate, read_predictions, score_predicti
 from genssd.tasks import get_task
 from genssd.tasks.arith import generate_problems
 
-from tiny_models import byte_tokenizer, tiny_llama
+from tiny_models import byte_tokenizer, one_thread, tiny_llama  # noqa: F401
 
-GSM8K_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
 ARITH = get_task("arith")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def gsm8k():
+def gsm8k(gsm8k_test_path):
     task = get_task("gsm8k")
-    return task, task.load(GSM8K_TEST)
+    return task, task.load(gsm8k_test_path)
 
 
 def test_gold_solutions_score_100_percent_and_a_shuffled_pairing_near_0(gsm8k):

@@ -12,7 +12,6 @@ from genssd.tasks import TASK_NAMES, get_task, question_uid
 from genssd.tasks.gsm8k import extract_flexible, extract_strict, normalize_number
 from genssd.tasks.math import equivalent, last_boxed
 
-GSM8K_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
 
 
 def write_jsonl(path, rows):
@@ -77,8 +76,8 @@ def test_missing_file_is_a_usage_error(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def gsm8k_rows():
-    return get_task("gsm8k").load(GSM8K_TEST)
+def gsm8k_rows(gsm8k_test_path):
+    return get_task("gsm8k").load(gsm8k_test_path)
 
 
 @pytest.mark.parametrize("name", ["gsm8k", "gsm8k-strict"])

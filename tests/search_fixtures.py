@@ -7,12 +7,11 @@ are 2-layer Llama/Qwen2 built from configs with random weights.
 
 from __future__ import annotations
 
-import contextlib
-
-import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+from tiny_models import one_thread, single_thread  # noqa: F401  (re-exported for the search tests)
 
 PAD, BOS, EOS = 0, 1, 2
 
@@ -87,23 +86,6 @@ def token_logprobs(model, prompt_ids: list[int], completion_ids: list[int]) -> t
     logits = model(input_ids=ids).logits[0].double().cpu()
     logprobs = torch.log_softmax(logits[len(prompt_ids) - 1 : -1], dim=-1)
     return logprobs.gather(1, torch.tensor(completion_ids)[:, None]).squeeze(1)
-
-
-@contextlib.contextmanager
-def single_thread():
-    """Tiny models run fastest on one thread; two threads on a loaded 2-core machine thrash."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    with single_thread():
-        yield
 
 
 def letters_tokenizer(letters: str = "thean is") -> PreTrainedTokenizerFast:

@@ -275,3 +275,21 @@ def test_triton_rejects_float64(device):
     hidden, weight, targets = testing.random_gather_inputs(4, 16, 20, torch.float64, device=device)
     with pytest.raises(ValueError, match="fp16/bf16/fp32"):
         logprob_gather(hidden, weight, targets, backend="triton")
+
+
+def test_triton_copies_views_whose_tile_offsets_would_overflow_int32():
+    if not any("triton" in backends_on(device, "logprob_gather") for device in DEVICES):
+        pytest.skip("triton is unavailable")
+    from genssd_kernels.triton.logprob_gather import _addressable
+
+    # Meta tensors: the strides of a huge batch without its memory.
+    rows, d = 128, 64
+    compact = torch.empty(1000, d, device="meta")
+    assert _addressable(compact, rows) is compact
+    stride = (2**31) // (rows - 1) + 1  # (rows - 1) * stride just passes 2**31
+    huge = torch.empty_strided((1000, d), (stride, 1), device="meta")
+    copied = _addressable(huge, rows)
+    assert copied is not huge and copied.is_contiguous() and copied.shape == huge.shape
+    below = torch.empty_strided((1000, d), (stride - 64, 1), device="meta")
+    assert (rows - 1) * below.stride(0) + d < 2**31
+    assert _addressable(below, rows) is below

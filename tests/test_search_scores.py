@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 from genssd.config import SearchConfig
+from genssd.errors import UsageError
 from genssd.search import Searcher
 from search_fixtures import (  # noqa: F401
     EOS,
@@ -144,3 +145,15 @@ def test_student_with_smaller_vocabulary_on_shared_tokens_never_sees_unknown_ids
             assert max(trajectory.token_ids) < len(tokenizer)
             logprobs = token_logprobs(student, tokenizer(prompt)["input_ids"], trajectory.token_ids)
             assert trajectory.student_score == pytest.approx(logprobs.mean().item(), abs=1e-4)
+
+
+def test_text_path_refuses_student_ids_beyond_the_lm_head():
+    """Token ids the student's LM head cannot score are refused, never read out of bounds."""
+    teacher_tokenizer, student_tokenizer = letters_tokenizer(), bpe_tokenizer(420)
+    teacher = tiny_lm("llama", len(teacher_tokenizer), seed=23)
+    student = tiny_lm("qwen2", len(student_tokenizer) - 100, seed=24)  # fewer rows than the tokenizer
+    config = SearchConfig(num_candidates=2, chunk_tokens=3, max_new_tokens=6, batch_size=5)
+    searcher = Searcher(teacher, student, teacher_tokenizer, student_tokenizer, config=config)
+    assert not searcher.tracker.shared_vocab
+    with pytest.raises(UsageError, match="LM head has only"):
+        searcher.run(PROMPTS)

@@ -22,18 +22,9 @@ from genssd.train import (
     train,
 )
 
-from tiny_models import byte_tokenizer, tiny_llama
+from tiny_models import byte_tokenizer, one_thread, tiny_llama  # noqa: F401
 
 TASK = get_task("arith")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models gain nothing from threads, and a busy 2-core machine makes them much slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def search_rows(n, seed):
@@ -102,6 +93,22 @@ def test_long_completions_are_cut_and_short_max_length_is_an_error():
     with pytest.raises(UsageError, match="max_length"):
         build_examples(rows[:1], tokenizer, max_length=prompt_len, task=TASK)
 
+
+
+def test_a_prompt_that_encodes_to_no_tokens_is_an_error():
+    """Its first completion token would have no position to be predicted from."""
+
+    class DropsQuestions:
+        """Encodes a text to byte ids, except a text ending in "?", which gives none."""
+
+        eos_token_id = 1
+
+        def __call__(self, text, add_special_tokens=True):
+            return {"input_ids": [] if text.endswith("?") else [3 + b for b in text.encode()]}
+
+    rows = [{"question": "Why?", "answer": "Because."}]
+    with pytest.raises(UsageError, match="prompt encodes to no tokens"):
+        build_examples(rows, DropsQuestions(), max_length=64)
 
 def test_plain_rows_use_the_answer_and_the_bare_question_without_a_task():
     tokenizer = byte_tokenizer()

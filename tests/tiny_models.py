@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+
+import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -49,3 +52,21 @@ def tiny_llama(vocab_size: int, *, seed: int = 0, hidden: int = 32, layers: int 
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config).eval()
+
+
+@contextlib.contextmanager
+def single_thread():
+    """Tiny models run fastest on one thread; two threads on a loaded 2-core machine thrash."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test of a module that imports this fixture runs on one thread."""
+    with single_thread():
+        yield

@@ -25,7 +25,8 @@ log-sum-exp before the subtraction.
 
 No kernel uses atomics and every reduction runs in a fixed order, so outputs and gradients are
 bit-identical run to run (pruning compares near-equal means). Inputs may have arbitrary
-strides: the kernels take the strides of ``hidden`` and ``weight``, which are never copied.
+strides: the kernels take the strides of ``hidden`` and ``weight``, which are copied only when a
+tile's in-tile offsets would overflow int32 (see ``_addressable``).
 """
 
 from __future__ import annotations
@@ -416,6 +417,19 @@ def _grad_logits_kernel(h_ptr, w_ptr, t_ptr, g_ptr, max_ptr, log2sum_ptr, gz_ptr
              mask=row_mask[:, None] & (lanes < width - local_col0)[None, :])
 
 
+def _addressable(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """``t [R, d]`` as the kernels can address it with int32 offsets within a tile.
+
+    A tile of ``rows`` rows reads up to ``(rows - 1) * stride(0) + d * stride(1)`` elements past
+    its int64 base (``_logit_tile``; the combine kernel's column offsets reach ``d * stride(1)``),
+    and those offsets are int32 whenever the strides fit int32. A view with huge strides (e.g.
+    ``states[:, -1]`` of a long ``[B, T, d]`` batch) would wrap around and read out of bounds, so
+    it is copied to a contiguous tensor, whose reach ``rows * d`` is always small.
+    """
+    reach = (rows - 1) * t.stride(0) + t.shape[1] * t.stride(1)
+    return t if reach < 2**31 else t.contiguous()
+
+
 def _interp_bf16(hidden: torch.Tensor) -> bool:
     """Whether the interpreter workarounds for bfloat16 apply (see ``_dot`` and ``_round_bf16``)."""
     return INTERPRETED and hidden.dtype == torch.bfloat16
@@ -458,6 +472,8 @@ def forward(hidden, weight, targets, cu_seqlens=None, *, temperature=1.0, ignore
     n, d = hidden.shape
     v = weight.shape[0]
     config = config or forward_config(hidden.dtype)
+    hidden = _addressable(hidden, config.block_n)
+    weight = _addressable(weight, config.block_v)
     f32 = dict(dtype=torch.float32, device=hidden.device)
     logp, row_max, log2_sum = torch.empty(n, **f32), torch.empty(n, **f32), torch.empty(n, **f32)
     entropy = torch.empty(n, **f32) if return_entropy else None
@@ -528,6 +544,8 @@ def backward(grad_logp, hidden, weight, targets, row_max, log2_sum, *, temperatu
     v = weight.shape[0]
     dtype, device = hidden.dtype, hidden.device
     config = config or backward_config(dtype)
+    hidden = _addressable(hidden, config.block_n)
+    weight = _addressable(weight, config.block_v)
     grad_weight = torch.empty(v, d, dtype=dtype, device=device) if need_weight else None
     acc = None
     if need_hidden:

@@ -15,18 +15,7 @@ import torch
 
 from genssd.config import EvalConfig
 from genssd.errors import UsageError
-
-
-def _left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``input_ids [B, T]`` and ``attention_mask [B, T]`` (int64) with padding on the left, so
-    every prompt ends at the last column where generation continues."""
-    width = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for b, ids in enumerate(sequences):
-        input_ids[b, width - len(ids) :] = torch.tensor(list(ids), dtype=torch.long)
-        attention_mask[b, width - len(ids) :] = 1
-    return input_ids, attention_mask
+from genssd.teacher import left_pad
 
 
 def _until_eos(ids: list[int], eos_ids: set[int]) -> list[int]:
@@ -76,10 +65,9 @@ def generate(model, tokenizer, prompts: Sequence[str], config: EvalConfig, *, pr
     torch.manual_seed(config.seed)
     for start in range(0, len(order), config.batch_size):
         chunk = order[start : start + config.batch_size]
-        input_ids, attention_mask = _left_pad([encoded[i] for i in chunk], pad_id)
-        out = model.generate(
-            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=generation_config
-        )
+        # Left padding: every prompt ends at the last column, where generation continues.
+        input_ids, valid = left_pad([encoded[i] for i in chunk], pad_id, device)
+        out = model.generate(input_ids=input_ids, attention_mask=valid.long(), generation_config=generation_config)
         new_tokens = out[:, input_ids.shape[1] :].tolist()  # [B * num_samples, <= max_new_tokens]
         for j, ids in enumerate(new_tokens):
             text = tokenizer.decode(_until_eos(ids, eos_ids), skip_special_tokens=True)

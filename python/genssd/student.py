@@ -92,6 +92,7 @@ class StudentTracker:
             for prompt, seq in zip(prompts, ids):
                 if not seq:
                     raise UsageError(f"prompt {prompt[:40]!r} encodes to no student tokens")
+                self._check_vocab(seq)
         ids_t, valid = left_pad(ids, self.pad_id, self.device)
         self.cache = BatchedCache(self.decoder, len(ids), self.device)
         hidden = self.cache.extend(ids_t, valid).last_hidden_state
@@ -174,6 +175,16 @@ class StudentTracker:
             trajectory=trajectory.float(), chunk=chunk_mean.float(), total=total, count=count, fed=fed
         )
 
+    def _check_vocab(self, ids: list[int]) -> None:
+        """Refuse student token ids past the LM head's rows: the kernels run with their value
+        checks off (``check_values=False``), so such an id would be read out of bounds."""
+        vocab = self.weight.shape[0]
+        if ids and max(ids) >= vocab:
+            raise UsageError(
+                f"the student tokenizer produced token id {max(ids)}, but the student's LM head has "
+                f"only {vocab} rows; use the tokenizer the student was trained with"
+            )
+
     def _text_feed(self, parent_rows, texts, ended):
         """Plan each candidate's student tokens on the text path (host work)."""
         plan, feeds, firsts, drop_rows, drop_cols, drop_sum, drop_count = [], [], [], [], [], [], []
@@ -182,6 +193,7 @@ class StudentTracker:
             completion = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             if end and self.eos_id is not None:
                 completion = completion + [self.eos_id]
+            self._check_vocab(completion)
             new = old.tokens[: old.prompt_len] + completion
             keep = _common_prefix(old.tokens, new)
             # Re-run from the last kept token when tokens are rolled back: its hidden state

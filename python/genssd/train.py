@@ -123,8 +123,8 @@ def build_examples(rows: Sequence[dict], tokenizer, max_length: int, *, task=Non
 
     Prompt and completion are tokenized separately, so the boundary is exact and matches how a
     model generating after the prompt sees it. A completion that does not fit is truncated
-    (losing its EOS; a warning counts them); a prompt that leaves no room for one completion
-    token is an error.
+    (losing its EOS; a warning counts them); a prompt that encodes to no tokens, or
+    leaves no room for one completion token, is an error.
     """
     eos = tokenizer.eos_token_id
     if eos is None:
@@ -134,6 +134,9 @@ def build_examples(rows: Sequence[dict], tokenizer, max_length: int, *, task=Non
         where = _where(row, i)
         prompt_ids = tokenizer(prompt_text(row, task, where))["input_ids"]
         completion_ids = tokenizer(completion_text(row, where), add_special_tokens=False)["input_ids"] + [eos]
+        if not prompt_ids:
+            # The first completion token needs a position before it to be predicted from.
+            raise UsageError(f"{where}: the prompt encodes to no tokens")
         if len(prompt_ids) >= max_length:
             raise UsageError(
                 f"{where}: the prompt is {len(prompt_ids)} tokens, which leaves no room for the completion "

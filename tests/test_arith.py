@@ -10,6 +10,7 @@ from genssd.tasks.arith import (
     evaluate,
     generate_problems,
     line_operation_counts,
+    problem_split,
     render_solution,
     write_problems,
 )
@@ -49,21 +50,26 @@ def test_every_gold_solution_is_judged_correct(rows, style):
         assert TASK.extract_answer(solution) == str(evaluate(row["numbers"], row["ops"]))
         # Every line is a correct rewrite: its expression still has the answer's value.
         lines = solution.splitlines()
-        assert lines[-2] == f"= {TASK.gold_answer(row)}"
+        assert lines[-1] == f"#### {TASK.gold_answer(row)}"
         for line in lines[:-1]:
             assert line.startswith("= ") and eval(line[2:]) == int(TASK.gold_answer(row)), line  # noqa: S307
 
 
-def test_styles_have_their_line_structure(rows):
+@pytest.mark.parametrize("max_leap", [2, 3, None])
+def test_styles_have_their_line_structure(rows, max_leap):
     rng = random.Random(2)
     for row in rows:
         num_ops = len(row["ops"])
-        fine = line_operation_counts(render_solution(row["numbers"], row["ops"], "fine"), num_ops)
-        leap = line_operation_counts(render_solution(row["numbers"], row["ops"], "leap", rng), num_ops)
+        fine_text = render_solution(row["numbers"], row["ops"], "fine")
+        leap_text = render_solution(row["numbers"], row["ops"], "leap", rng, max_leap=max_leap)
+        fine = line_operation_counts(fine_text, num_ops)
+        leap = line_operation_counts(leap_text, num_ops)
         assert fine == [1] * num_ops
-        assert sum(leap) == num_ops and min(leap) >= 2
-        assert render_solution(row["numbers"], row["ops"], "fine") == row["answer"]
-        assert render_solution(row["numbers"], row["ops"], "leap", rng) != row["answer"]
+        assert fine_text == row["answer"] and leap_text != fine_text
+        assert sum(leap) == num_ops and max(leap) <= (max_leap or num_ops)
+        # Every leap line does 2+ operations; a lone last one only when the cap forced it.
+        assert min(leap[:-1], default=2) >= 2
+        assert leap[-1] >= 2 or (leap[-1] == 1 and leap[-2] == max_leap)
 
 
 def test_mixed_style_follows_leap_prob(rows):
@@ -91,6 +97,13 @@ def test_extraction():
     assert TASK.extract_answer("####  -7 and then #### 9") == "-7"
     assert TASK.extract_answer("#### 007") == "7"
     assert TASK.extract_answer("= 12 - 5\n= 7") is None  # no last-number fallback
+
+
+def test_line_operation_counts_reads_model_output():
+    # 9 - 3 + 2 - 6 + 9: four operations; a leap of two, one step, then the last in "####".
+    assert line_operation_counts("= 8 - 6 + 9\n= 2 + 9\n#### 11\n= junk", 4) == [2, 1, 1]
+    assert line_operation_counts("#### 11", 4) == [4]
+    assert line_operation_counts("no steps", 4) == []
     assert TASK.extract_answer("the answer is 12") is None
     assert TASK.extract_answer("") is None
 
@@ -131,12 +144,29 @@ def test_bad_knobs_are_usage_errors():
         generate_problems(100, 0, num_operands=(2, 2), max_operand=3, max_value=9)
     with pytest.raises(UsageError):
         render_solution([1, 2], ["+"], "sideways")
+    with pytest.raises(UsageError):
+        render_solution([1, 2, 3], ["+", "-"], "leap", max_leap=1)
 
 
 
-def test_exclude_makes_disjoint_splits():
+def test_splits_are_disjoint_and_cover_every_length():
     seed = random.randrange(10_000)
-    train = generate_problems(500, seed, num_operands=(2, 3))
-    heldout = generate_problems(200, seed + 1, num_operands=(2, 3), exclude=[r["question"] for r in train])
-    assert len(heldout) == 200
-    assert not {r["question"] for r in train} & {r["question"] for r in heldout}
+    train = generate_problems(500, seed, num_operands=(2, 3), split="train")
+    test = generate_problems(200, seed + 1, num_operands=(2, 3), split="test")
+    assert {problem_split(r["question"]) for r in train} == {"train"}
+    assert {problem_split(r["question"]) for r in test} == {"test"}
+    assert not {r["question"] for r in train} & {r["question"] for r in test}
+    assert {len(r["numbers"]) for r in test} == {2, 3}
+    everything = generate_problems(2000, seed, num_operands=(3, 4))
+    share = sum(problem_split(r["question"]) == "test" for r in everything) / len(everything)
+    assert 0.07 < share < 0.13
+    with pytest.raises(UsageError):
+        generate_problems(10, seed, split="validation")
+
+
+def test_exclude_makes_disjoint_draws():
+    seed = random.randrange(10_000)
+    first = generate_problems(500, seed, num_operands=(2, 3))
+    second = generate_problems(200, seed + 1, num_operands=(2, 3), exclude=[r["question"] for r in first])
+    assert len(second) == 200
+    assert not {r["question"] for r in first} & {r["question"] for r in second}

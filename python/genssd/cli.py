@@ -12,7 +12,7 @@ import sys
 from genssd.errors import UsageError
 
 # Each module defines ``register(subparsers)``, which adds its parser with ``func=handler``.
-COMMAND_MODULES = ["env", "train", "eval", "search"]
+COMMAND_MODULES = ["env", "train", "eval", "search", "distill", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,16 +5,15 @@ A problem is a chain of additions and subtractions evaluated left to right,
 one or more operations per line, and ends in ``#### <n>`` like GSM8K, so the same strict
 extraction checks it exactly. Two styles:
 
-- ``fine``: one operation per line::
+- ``fine``: one operation per line, the last one stating the answer::
 
       = 6 + 6 - 5 - 3
       = 12 - 5 - 3
       = 7 - 3
-      = 4
       #### 4
 
-- ``leap``: every line carries out two or more operations, up to jumping straight to the
-  answer (``= 12 - 5 - 3`` / ``= 4``, or ``= 4`` alone);
+- ``leap``: every line carries out two or more operations (``= 12 - 5 - 3`` / ``#### 4``),
+  up to ``max_leap`` of them (with no cap, up to jumping straight to the answer, ``#### 4``);
 
 and ``mixed``, which decides line by line. A teacher trained on both styles samples both; a
 tiny student learns the one-operation lines (copying the rest of the line and one small sum)
@@ -27,6 +26,7 @@ structured problem, ``numbers`` and ``ops``, from which any style can be re-rend
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -38,6 +38,7 @@ from genssd.tasks import Task
 from genssd.tasks.gsm8k import extract_strict
 
 STYLES = ("fine", "leap", "mixed")
+SPLITS = ("train", "test")
 OPS = ("+", "-")
 
 _OPERATOR_RE = re.compile(r" [+-] ")
@@ -62,6 +63,11 @@ def _expression(numbers: Sequence[int], ops: Sequence[str]) -> str:
     return " ".join(parts)
 
 
+def problem_split(question: str) -> str:
+    """``"test"`` for one question in ten (a fixed hash, the same on every machine), else ``"train"``."""
+    return "test" if int.from_bytes(hashlib.sha256(question.encode("utf-8")).digest()[:8], "big") % 10 == 0 else "train"
+
+
 def generate_problems(
     n: int,
     seed: int,
@@ -70,6 +76,7 @@ def generate_problems(
     max_operand: int = 9,
     max_value: int = 30,
     uid_prefix: str = "arith",
+    split: str | None = None,
     exclude: Iterable[str] = (),
 ) -> list[dict]:
     """``n`` distinct problems, the same for the same arguments.
@@ -85,7 +92,11 @@ def generate_problems(
         max_value: every running total stays in ``0..max_value`` (an operation that would
             leave it is flipped to the other one), so no step needs negative numbers.
         uid_prefix: uids are ``f"{uid_prefix}-{seed}-{i}"``.
-        exclude: questions never to return (another split's), so splits are disjoint.
+        split: ``"train"`` or ``"test"`` keeps only problems of that partition (a fixed hash
+            of the question puts one problem in ten in ``test``), so a model trained on
+            ``train`` problems is evaluated on problems it never saw, whatever the seeds and
+            sizes, with the same mix of lengths; None draws from both.
+        exclude: questions never to return (another split's), for splits of a given size.
     """
     lo, hi = num_operands
     if not 2 <= lo <= hi:
@@ -93,6 +104,8 @@ def generate_problems(
     if max_operand < 1 or max_value < 2 * max_operand:
         # With max_value >= 2 * max_operand, + or - always keeps the running total in range.
         raise UsageError(f"need max_operand >= 1 and max_value >= 2 * max_operand, got {max_operand} and {max_value}")
+    if split not in (None, *SPLITS):
+        raise UsageError(f"split must be one of {SPLITS} or None, got {split!r}")
 
     rng = random.Random(seed)
     rows, seen = [], set(exclude)
@@ -113,7 +126,7 @@ def generate_problems(
             numbers.append(operand)
             ops.append(op)
         question = f"What is {_expression(numbers, ops)}?"
-        if question in seen:
+        if question in seen or (split is not None and problem_split(question) != split):
             continue
         seen.add(question)
         rows.append(
@@ -128,28 +141,20 @@ def generate_problems(
     return rows
 
 
-def _line_sizes(num_ops: int, style: str, rng: random.Random, leap_prob: float) -> list[int]:
+def _line_sizes(num_ops: int, style: str, rng: random.Random, leap_prob: float, max_leap: int | None) -> list[int]:
     """How many operations each solution line carries out; the sizes sum to ``num_ops``."""
-    if style == "fine":
-        return [1] * num_ops
-    if style == "leap":
-        if num_ops == 1:
-            return [1]
-        # A uniformly drawn composition of num_ops into parts >= 2: random cut points,
-        # redrawn until no part is 1 (rejection keeps it uniform; num_ops is small).
-        while True:
-            cuts = [c for c in range(1, num_ops) if rng.random() < 0.5]
-            sizes = [b - a for a, b in zip([0, *cuts], [*cuts, num_ops])]
-            if min(sizes) >= 2:
-                return sizes
-    if style == "mixed":
-        sizes, left = [], num_ops
-        while left:
-            size = rng.randint(2, left) if left >= 2 and rng.random() < leap_prob else 1
-            sizes.append(size)
-            left -= size
-        return sizes
-    raise UsageError(f"unknown solution style {style!r}; expected one of {STYLES}")
+    if style not in STYLES:
+        raise UsageError(f"unknown solution style {style!r}; expected one of {STYLES}")
+    cap = num_ops if max_leap is None else max_leap
+    sizes, left = [], num_ops
+    while left:
+        leap = left >= 2 and (style == "leap" or (style == "mixed" and rng.random() < leap_prob))
+        size = rng.randint(2, min(left, cap)) if leap else 1
+        if style == "leap" and left - size == 1 and size < cap:
+            size += 1  # never strand a lone last operation when the leap can take it
+        sizes.append(size)
+        left -= size
+    return sizes
 
 
 def render_solution(
@@ -158,34 +163,49 @@ def render_solution(
     style: str = "fine",
     rng: random.Random | None = None,
     leap_prob: float = 0.5,
+    max_leap: int | None = 2,
 ) -> str:
-    """A step-by-step solution: one ``= <rest of the expression>`` line per step, then ``#### n``.
+    """A step-by-step solution: one line per step, ``= <the rest of the expression>``, where the
+    step that finishes the problem writes ``#### <answer>``.
 
-    ``fine`` is deterministic; ``leap`` and ``mixed`` draw their line grouping from ``rng``
-    (``random.Random(0)`` when omitted). In ``mixed`` each line is a leap of 2+ operations with
-    probability ``leap_prob`` (when 2+ remain), else a single operation. A one-operation
-    problem has only the fine solution.
+    Args:
+        numbers, ops: the problem (``len(numbers) == len(ops) + 1``).
+        style: ``fine`` (one operation a line), ``leap`` (every line 2..``max_leap``
+            operations; a lone last operation, when the cap leaves one, stands on its own line)
+            or ``mixed`` (each line a leap with probability ``leap_prob`` where 2+ operations
+            remain, else one operation).
+        rng: draws the leap sizes and mixed choices (``random.Random(0)`` when omitted);
+            ``fine`` uses none.
+        max_leap: the most operations one line may carry out (None: up to all that remain,
+            i.e. jumping straight to the answer). Small caps keep leaps learnable for a
+            teacher while still beyond a tiny student.
     """
     if len(numbers) != len(ops) + 1 or not ops:
         raise UsageError(f"a problem needs len(numbers) == len(ops) + 1 >= 2, got {len(numbers)} and {len(ops)}")
+    if max_leap is not None and max_leap < 2:
+        raise UsageError(f"max_leap must be >= 2 or None, got {max_leap}")
     rng = rng if rng is not None else random.Random(0)
     lines, value, done = [], numbers[0], 0
-    for size in _line_sizes(len(ops), style, rng, leap_prob):
+    for size in _line_sizes(len(ops), style, rng, leap_prob, max_leap):
         value = evaluate([value, *numbers[done + 1 : done + 1 + size]], ops[done : done + size])
         done += size
-        lines.append(f"= {_expression([value, *numbers[done + 1 :]], ops[done:])}")
-    lines.append(f"#### {value}")
+        # The step that finishes the problem states the answer as "#### n" (no "= n" line first).
+        lines.append(f"#### {value}" if done == len(ops) else f"= {_expression([value, *numbers[done + 1 :]], ops[done:])}")
     return "\n".join(lines)
 
 
 def line_operation_counts(solution: str, num_ops: int) -> list[int]:
-    """How many operations each ``= ...`` line of a solution carries out.
+    """How many operations each step line (``= ...`` or the final ``#### n``) carries out.
 
-    ``num_ops`` is the problem's operation count; each line's count is the drop in the number
-    of operators from the line before (the question's expression for the first line).
+    ``num_ops`` is the problem's operation count. A ``= ...`` line's count is the drop in the
+    number of operators from the line before (the question's expression for the first line);
+    the ``####`` line carries out all that remain. Lines after it are ignored.
     """
     counts, left = [], num_ops
     for line in solution.splitlines():
+        if line.startswith("####"):
+            counts.append(left)
+            break
         if line.startswith("= "):
             now = len(_OPERATOR_RE.findall(line))
             counts.append(left - now)
@@ -206,6 +226,11 @@ class ArithTask(Task):
     """The ``arith`` task: the final answer is the integer after ``####``, checked exactly."""
 
     name = "arith"
+
+    def prompt(self, row: dict) -> str:
+        """``Q: <question>`` / ``A:``; the solution starts on the next line. Shorter than the
+        default prompt because on CPU every prompt token costs the small demo models time."""
+        return f"Q: {row['question']}\nA:\n"
 
     def extract_answer(self, text: str) -> str | None:
         """The number after the first ``####`` (no last-number fallback: the format is exact)."""

@@ -1,0 +1,498 @@
+"""The embedded default (DESIGN §5): Gen-SSD and its baselines on ``arith``, end to end.
+
+With the shipped teacher and student (``assets/demo``) and problems drawn by the seeded ``arith``
+generator, ``run_demo`` runs the distillation pipeline (``genssd.distill``) once per method:
+
+- ``base``: the shipped student, not fine-tuned;
+- ``cold start``: the student after SFT on a few Standard-KD samples; every method below
+  fine-tunes this student (and scores with it), so they differ only in their data;
+- ``standard KD``: one teacher sample per problem;
+- ``rejection``: n teacher samples per problem, the answer-correct ones kept;
+- ``best-of-n``: n whole teacher answers, the one the student likes best kept;
+- ``gen-ssd``: line-by-line search, the student's likelihood pruning and selecting;
+- ``random``: the same search with random scores (the ablation);
+- ``standard KD, equal budget`` (with ``equal_budget``): Standard KD on as many more problems
+  as Gen-SSD's teacher tokens pay for.
+
+Every method trains with the same settings and number of steps and is evaluated greedily on the
+same held-out problems. The output folder holds, per seed and method, the pipeline's run folder
+(JSONL, checkpoints, ``summary.json``), and at the top ``results.json``, the printed table and a
+plot of accuracy against teacher tokens. A rerun with the same settings skips finished stages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from genssd.config import EvalConfig, TrainConfig, search_config_for
+from genssd.distill import (
+    DEFAULT_SAVE_EVERY,
+    DistillPlan,
+    eval_stage,
+    guard_run,
+    resolve_device,
+    run_pipeline,
+    run_stage,
+    write_json,
+)
+from genssd.errors import UsageError
+
+ASSETS = Path(__file__).resolve().parent / "assets" / "demo"
+TASK = "arith"
+# Training and held-out problems come from separate generator streams (offset from the seed), and
+# the held-out set is the same for every seed of a run.
+TRAIN_STREAM, HELDOUT_STREAM = 1000, 2000
+
+
+@dataclass(frozen=True)
+class Preset:
+    """The sizes of a demo run.
+
+    Attributes:
+        train_problems: problems each method searches (the first ``cold_start_problems`` of
+            them also make the cold start).
+        heldout_problems: problems every student is evaluated on.
+        cold_start_problems, cold_start_steps: the cold start's data and optimizer steps.
+        train_steps, train_batch_size, lr: every method's SFT (identical for all).
+        num_candidates: n of rejection sampling and best-of-n; candidates per step of Gen-SSD.
+        temperature, max_new_tokens: the teacher's sampling (all methods).
+        search_batch_size, eval_batch_size: prompts per batch (speed only).
+        seeds: runs with seeds ``seed, seed + 1, ...`` (mean and spread in the results).
+        equal_budget: add Standard KD with Gen-SSD's teacher-token budget.
+    """
+
+    name: str
+    train_problems: int
+    heldout_problems: int
+    cold_start_problems: int
+    cold_start_steps: int
+    train_steps: int
+    train_batch_size: int
+    lr: float
+    num_candidates: int
+    temperature: float
+    max_new_tokens: int
+    search_batch_size: int
+    eval_batch_size: int
+    seeds: int = 1
+    equal_budget: bool = False
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.cold_start_problems <= self.train_problems:
+            raise UsageError("a preset needs 1 <= cold_start_problems <= train_problems")
+        if (
+            min(
+                self.heldout_problems,
+                self.num_candidates,
+                self.seeds,
+                self.train_steps,
+                self.cold_start_steps,
+            )
+            < 1
+        ):
+            raise UsageError(
+                "a preset needs at least one held-out problem, candidate, seed and training step"
+            )
+
+
+PRESETS = {
+    # About five minutes on two CPU cores: enough problems that the methods' data differ by more
+    # than the noise of 500 held-out problems, and a cold start long enough for the student's
+    # likelihoods to prefer the steps it can learn.
+    "quick": Preset(
+        name="quick",
+        train_problems=3000,
+        heldout_problems=500,
+        cold_start_problems=512,
+        cold_start_steps=800,
+        train_steps=800,
+        train_batch_size=32,
+        lr=3e-3,
+        num_candidates=4,
+        temperature=1.0,
+        max_new_tokens=80,
+        search_batch_size=128,
+        eval_batch_size=500,
+    ),
+    # The GPU experiment: more data and training, three seeds, and the equal-budget comparison.
+    "full": Preset(
+        name="full",
+        train_problems=8000,
+        heldout_problems=1000,
+        cold_start_problems=1000,
+        cold_start_steps=1500,
+        train_steps=3000,
+        train_batch_size=64,
+        lr=3e-3,
+        num_candidates=4,
+        temperature=1.0,
+        max_new_tokens=80,
+        search_batch_size=512,
+        eval_batch_size=1000,
+        seeds=3,
+        equal_budget=True,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the table: a search preset with overrides, and how its data is used."""
+
+    key: str
+    label: str
+    preset: str
+    overrides: dict = field(default_factory=dict)
+    train_on: str = "best"
+    only_correct: bool = False
+
+
+def methods(preset: Preset) -> list[Method]:
+    """The compared methods (DESIGN §3's table), in table order."""
+    n = preset.num_candidates
+    # The arith solution's lines are its reasoning steps; a line is one chunk.
+    search = {"num_candidates": n, "step_delimiter": "\n"}
+    rows = [
+        Method("standard", "standard KD", "standard"),
+        Method(
+            "rejection",
+            f"rejection sampling (n={n})",
+            "standard",
+            {"num_candidates": n, "beam_width": n},
+            train_on="all",
+            only_correct=True,
+        ),
+        Method("best-of-n", f"post-hoc student selection (best of {n})", "best-of-n", {"num_candidates": n}),
+        Method("gen-ssd", "Gen-SSD", "gen-ssd", search),
+        Method("random", "random-scorer ablation", "random", search),
+    ]
+    if preset.equal_budget:
+        rows.append(Method("standard-budget", "standard KD, Gen-SSD's budget", "standard"))
+    return rows
+
+
+# ------------------------------------------------------------------------------------- the data
+
+
+def demo_problems(preset: Preset, seed: int, base_seed: int) -> tuple[list[dict], list[dict], list[dict]]:
+    """``(train, pool, heldout)``: the training problems, a larger pool that starts with them (for
+    the equal-budget run) and the held-out problems (disjoint from both, the same for every seed)."""
+    from genssd.tasks.arith import generate_problems
+
+    heldout = generate_problems(preset.heldout_problems, HELDOUT_STREAM + base_seed, uid_prefix="heldout")
+    exclude = [row["question"] for row in heldout]
+    # The pool pays for about n times the problems: Gen-SSD spends about n samples' tokens each.
+    size = (
+        preset.train_problems * (preset.num_candidates + 1) if preset.equal_budget else preset.train_problems
+    )
+    # The generator draws in sequence, so a larger draw begins with the smaller one.
+    pool = generate_problems(size, TRAIN_STREAM + seed, uid_prefix="train", exclude=exclude)
+    return pool[: preset.train_problems], pool, heldout
+
+
+# ---------------------------------------------------------------------------------- one seed
+
+
+def _search_config(method: str, overrides: dict, preset: Preset, seed: int):
+    return search_config_for(
+        method,
+        **overrides,
+        temperature=preset.temperature,
+        max_new_tokens=preset.max_new_tokens,
+        batch_size=preset.search_batch_size,
+        seed=seed,
+    )
+
+
+def _train_config(preset: Preset, seed: int, steps: int, only_correct: bool = False) -> TrainConfig:
+    return TrainConfig(
+        lr=preset.lr,
+        max_steps=steps,
+        batch_size=preset.train_batch_size,
+        warmup_ratio=0.05,
+        weight_decay=0.01,
+        max_length=256,
+        seed=seed,
+        save_every=DEFAULT_SAVE_EVERY,
+        only_correct=only_correct,
+    )
+
+
+def _eval_config(preset: Preset) -> EvalConfig:
+    return EvalConfig(batch_size=preset.eval_batch_size, max_new_tokens=preset.max_new_tokens)
+
+
+def leap_share(search_path: Path, train_on: str = "best", only_correct: bool = False) -> float:
+    """The share of solution lines in a method's training data that carry out two or more
+    operations at once (leaps, which the small student cannot learn; DESIGN §5)."""
+    from genssd.data import read_output
+    from genssd.distill import training_rows
+    from genssd.tasks import get_task
+    from genssd.tasks.arith import line_operation_counts
+    from genssd.train import completion_text, select_rows
+
+    task = get_task(TASK)
+    rows = select_rows(
+        training_rows(read_output(search_path), task, train_on), only_correct=only_correct, task=task
+    )
+    counts = [n for row in rows for n in line_operation_counts(completion_text(row), len(row["ops"]))]
+    return sum(n >= 2 for n in counts) / len(counts) if counts else 0.0
+
+
+def _row(method: str, label: str, summary: dict, leaps: float | None) -> dict:
+    """One method's result for one seed."""
+    return {
+        "method": method,
+        "label": label,
+        "accuracy": summary["eval"]["accuracy"],
+        "teacher_tokens": summary.get("teacher_tokens_total", 0),
+        "pruned_share": summary.get("pruned_share"),
+        "leap_share": leaps,
+    }
+
+
+def run_seed(
+    root: Path, models: Path, preset: Preset, seed: int, base_seed: int, device: str, progress: bool
+) -> list[dict]:
+    """Every method for one seed, in ``root``; returns one result row per method."""
+    from genssd.tasks import get_task
+    from genssd.tasks.arith import write_problems
+
+    train_rows, pool, heldout = demo_problems(preset, seed, base_seed)
+    write_problems(root / "data" / "train.jsonl", train_rows)
+    write_problems(root / "data" / "heldout.jsonl", heldout)
+    teacher, student = models / "teacher", models / "student"
+    common = {"device": device, "progress": progress}
+    evaluation = _eval_config(preset)
+    results = []
+
+    base = root / "base"
+    info = run_stage(
+        base,
+        "eval",
+        lambda: eval_stage(base / "eval.jsonl", student, get_task(TASK), heldout, evaluation, **common),
+    )
+    results.append(_row("base", "base student (no fine-tuning)", {"eval": info}, None))
+
+    cold = run_pipeline(
+        DistillPlan(
+            teacher=teacher,
+            student=student,
+            task=TASK,
+            rows=train_rows[: preset.cold_start_problems],
+            out=root / "coldstart",
+            search=_search_config("standard", {}, preset, seed),
+            train=_train_config(preset, seed, preset.cold_start_steps),
+            evaluation=evaluation,
+            eval_rows=heldout,
+            **common,
+        )
+    )
+    leaps = leap_share(root / "coldstart" / "search.jsonl")
+    results.append(_row("coldstart", "cold start (Standard KD)", cold, leaps))
+
+    spent: dict[str, int] = {}  # each method's own search tokens
+    for method in methods(preset):
+        rows, budget = train_rows, None
+        if method.key == "standard-budget":  # as many problems as Gen-SSD's tokens pay for
+            rows, budget = pool, spent["gen-ssd"]
+        summary = run_pipeline(
+            DistillPlan(
+                teacher=teacher,
+                student=root / "coldstart" / "student",
+                task=TASK,
+                rows=rows,
+                out=root / method.key,
+                search=_search_config(method.preset, method.overrides, preset, seed),
+                train=_train_config(preset, seed, preset.train_steps, method.only_correct),
+                evaluation=evaluation,
+                eval_rows=heldout,
+                train_on=method.train_on,
+                teacher_token_budget=budget,
+                **common,
+            )
+        )
+        spent[method.key] = summary["teacher_tokens"]
+        # Every fine-tuned student's data includes the shared cold start's.
+        summary["teacher_tokens_total"] = summary["teacher_tokens"] + cold["teacher_tokens"]
+        leaps = leap_share(root / method.key / "search.jsonl", method.train_on, method.only_correct)
+        results.append(_row(method.key, method.label, summary, leaps))
+    return results
+
+
+# ------------------------------------------------------------------------------------ reporting
+
+
+def aggregate(per_seed: list[list[dict]]) -> list[dict]:
+    """Per method: the mean (and, over several seeds, the standard deviation) of each number."""
+    out = []
+    for rows in zip(*per_seed):
+        accuracies = [r["accuracy"] for r in rows]
+        tokens = [r["teacher_tokens"] for r in rows]
+        pruned = [r["pruned_share"] for r in rows if r["pruned_share"] is not None]
+        leaps = [r["leap_share"] for r in rows if r["leap_share"] is not None]
+        out.append(
+            {
+                "method": rows[0]["method"],
+                "label": rows[0]["label"],
+                "accuracy": statistics.fmean(accuracies),
+                "accuracy_std": statistics.stdev(accuracies) if len(rows) > 1 else None,
+                "teacher_tokens": statistics.fmean(tokens),
+                "pruned_share": statistics.fmean(pruned) if pruned else None,
+                "leap_share": statistics.fmean(leaps) if leaps else None,
+                "seeds": [r["accuracy"] for r in rows],
+            }
+        )
+    return out
+
+
+def format_table(rows: list[dict]) -> str:
+    """The printed table: method x student accuracy x teacher tokens x share of branches pruned,
+    and the share of leap lines in the method's training data."""
+    header = ("method", "student accuracy", "teacher tokens", "branches pruned", "leap lines")
+    lines = []
+    for r in rows:
+        accuracy = f"{100 * r['accuracy']:.1f}%"
+        if r["accuracy_std"] is not None:
+            accuracy += f" ± {100 * r['accuracy_std']:.1f}"
+        pruned = "-" if r["pruned_share"] is None else f"{100 * r['pruned_share']:.1f}%"
+        leaps = "-" if r["leap_share"] is None else f"{100 * r['leap_share']:.1f}%"
+        lines.append((r["label"], accuracy, f"{r['teacher_tokens']:,.0f}", pruned, leaps))
+    widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
+
+    def fmt(row) -> str:
+        return "  ".join([row[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(row[1:], widths[1:])])
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([fmt(header), rule, *(fmt(row) for row in lines)])
+
+
+TABLE_NOTES = (
+    "teacher tokens: every token the teacher sampled for the student's training data, the shared cold "
+    "start's included.\n"
+    "branches pruned: candidates the search dropped below the group mean - margin, or samples the answer "
+    "check rejected, as a share of those compared ('-': nothing compared).\n"
+    "leap lines: solution lines of the training data that carry out several operations at once (what the "
+    "small student cannot learn)."
+)
+
+
+def write_plot(path: Path, rows: list[dict], title: str) -> bool:
+    """Accuracy against teacher tokens, one labelled point per method; False without matplotlib."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    markers = "osD^vP*Xh"
+    for i, r in enumerate(rows):
+        error = 100 * r["accuracy_std"] if r["accuracy_std"] is not None else None
+        ax.errorbar(
+            r["teacher_tokens"],
+            100 * r["accuracy"],
+            yerr=error,
+            fmt=markers[i % len(markers)],
+            capsize=3,
+            markersize=7,
+            label=r["label"],
+        )
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    ax.set_xlabel("teacher tokens spent")
+    ax.set_ylabel("student accuracy on held-out problems (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+# ------------------------------------------------------------------------------------ the run
+
+
+@contextlib.contextmanager
+def _cpu_threads(count: int | None):
+    """Run with ``count`` intra-op threads (None: unchanged).
+
+    The demo's models are tiny: a second thread has almost no work to share and only adds
+    synchronization, which on a busy two-core machine costs ten times the work itself.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def check_models(models: Path) -> None:
+    """``models`` must hold ``teacher/`` and ``student/`` model folders."""
+    for name in ("teacher", "student"):
+        if not (Path(models) / name / "config.json").is_file():
+            raise UsageError(f"no {name} model in {models} (expected {Path(models) / name}/config.json)")
+
+
+def run_demo(
+    out: str | Path = "runs/demo",
+    *,
+    preset: str | Preset = "quick",
+    device: str | None = None,
+    seed: int = 0,
+    models: str | Path = ASSETS,
+    progress: bool = True,
+) -> dict:
+    """Run (or finish) the demo in ``out``; print the table; return ``results.json``'s content."""
+    if isinstance(preset, str):
+        if preset not in PRESETS:
+            raise UsageError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        preset = PRESETS[preset]
+    models, out = Path(models), Path(out)
+    check_models(models)
+    device = resolve_device(device)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output folder {out} is a file")
+    out.mkdir(parents=True, exist_ok=True)
+    guard_run(out, {"preset": dataclasses.asdict(preset), "seed": seed, "models": str(models.resolve())})
+
+    started = time.perf_counter()
+    seeds = [seed + i for i in range(preset.seeds)]
+    with _cpu_threads(1 if device == "cpu" else None):
+        per_seed = [run_seed(out / f"seed{s}", models, preset, s, seed, device, progress) for s in seeds]
+    rows = aggregate(per_seed)
+    table = format_table(rows)
+    results = {
+        "task": TASK,
+        "preset": dataclasses.asdict(preset),
+        "seeds": seeds,
+        "device": device,
+        "methods": rows,
+        "per_seed": per_seed,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    write_json(out / "results.json", results)
+    (out / "table.txt").write_text(table + "\n\n" + TABLE_NOTES + "\n")
+    title = f"arith, {preset.train_problems} problems, {len(seeds)} seed(s), {device}"
+    plotted = write_plot(out / "accuracy_vs_teacher_tokens.png", rows, title)
+
+    print()
+    print(table)
+    print()
+    print(TABLE_NOTES)
+    if not plotted:
+        print("matplotlib is not installed: no plot (pip install matplotlib)")
+    print(f"\nresults, JSONL and checkpoints in {out}/ ({results['seconds']:.0f} s)")
+    return results
+
+
+__all__ = ["ASSETS", "PRESETS", "Method", "Preset", "aggregate", "format_table", "methods", "run_demo"]

@@ -1,0 +1,574 @@
+"""The distillation pipeline behind ``genssd distill``: cold start, search, SFT, evaluation.
+
+A run folder holds, stage by stage:
+
+1. ``coldstart/`` (optional): the student fine-tuned on a small set, so that its likelihoods
+   mean something before it scores candidates: ``coldstart/search.jsonl`` (Standard-KD
+   teacher samples of the first N problems) or ``coldstart/data.jsonl`` (their gold
+   solutions), and the model in ``coldstart/student/``;
+2. ``search.jsonl``: the search over the training problems with the (cold-started) student as
+   the scorer;
+3. ``student/``: the student fine-tuned on the selected trajectories (optionally only the
+   answer-correct ones: the rejection filter), with its checkpoints;
+4. ``eval.jsonl``: the fine-tuned student's answers to held-out problems;
+
+and ``summary.json``, rewritten at the end of every run.
+
+Every stage is resumable. A finished stage ends by writing its marker ``<stage>.done`` (a JSON
+of the stage's statistics), so a rerun skips it; an interrupted search continues by ``uid``
+(``genssd.data``) and an interrupted training from its latest checkpoint. ``run.json`` records
+the settings that decide the outputs: a rerun into the same folder with other settings is
+refused rather than mixing two runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from genssd.config import EvalConfig, SearchConfig, TrainConfig, config_hash, search_config_for
+from genssd.errors import UsageError
+
+COLD_START_SOURCES = ("teacher", "gold")
+TRAIN_ON = ("best", "all")
+# Checkpoint often enough that a killed training loses little; small models save in milliseconds.
+DEFAULT_SAVE_EVERY = 100
+
+
+@dataclass
+class ColdStart:
+    """The optional first stage: SFT of the student on the first ``problems`` training problems.
+
+    Attributes:
+        problems: how many problems (the first ones of the training rows).
+        source: ``"teacher"``: one Standard-KD teacher sample per problem (plain sampling with
+            the search's temperature, top-p and length); ``"gold"``: the rows' own solutions.
+        steps: optimizer steps (None: the training config's epochs over these problems).
+    """
+
+    problems: int
+    source: str = "teacher"
+    steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.problems < 1:
+            raise UsageError(f"the cold start needs >= 1 problem, got {self.problems}")
+        if self.source not in COLD_START_SOURCES:
+            raise UsageError(
+                f"cold start source must be one of {', '.join(COLD_START_SOURCES)}, got {self.source!r}"
+            )
+        if self.steps is not None and self.steps < 1:
+            raise UsageError(f"cold start steps must be >= 1, got {self.steps}")
+
+
+@dataclass
+class DistillPlan:
+    """Everything one pipeline run needs.
+
+    Attributes:
+        teacher, student: model folders (each with its tokenizer).
+        task: a task name (``genssd.tasks.TASK_NAMES``).
+        rows: the training problems (as ``task.load`` returns them, each with a ``uid``).
+        out: the run folder.
+        search, train, evaluation: the stage settings.
+        eval_rows: held-out problems (None: no evaluation stage).
+        cold_start: the cold start (None: search with the student as given).
+        train_on: ``"best"``: each problem's first trajectory; ``"all"``: every trajectory of a
+            problem (n samples per problem, as rejection sampling uses them).
+        teacher_token_budget: stop the search once its teacher tokens reach this many
+            (problems are searched in order; None: search them all).
+        device: ``cpu``, ``cuda`` or ``cuda:K`` (None: CUDA when available).
+    """
+
+    teacher: str | Path
+    student: str | Path
+    task: str
+    rows: list[dict]
+    out: str | Path
+    search: SearchConfig = field(default_factory=SearchConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(save_every=DEFAULT_SAVE_EVERY))
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+    eval_rows: list[dict] | None = None
+    cold_start: ColdStart | None = None
+    train_on: str = "best"
+    teacher_token_budget: int | None = None
+    device: str | None = None
+    trust_remote_code: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.train_on not in TRAIN_ON:
+            raise UsageError(f"train_on must be one of {', '.join(TRAIN_ON)}, got {self.train_on!r}")
+        if not self.rows:
+            raise UsageError("no training problems")
+        if self.teacher_token_budget is not None and self.teacher_token_budget < 1:
+            raise UsageError(f"the teacher token budget must be >= 1, got {self.teacher_token_budget}")
+        if self.cold_start is not None and self.cold_start.problems > len(self.rows):
+            raise UsageError(
+                f"the cold start asks for {self.cold_start.problems} problems but there are {len(self.rows)}"
+            )
+        if self.eval_rows is not None and not self.eval_rows:
+            raise UsageError("the evaluation data holds no problems")
+        for name in ("teacher", "student"):
+            if not Path(getattr(self, name)).is_dir():
+                raise UsageError(f"{name} model directory not found: {getattr(self, name)}")
+
+
+# ------------------------------------------------------------------------------ stage markers
+
+
+def read_marker(out: Path, stage: str) -> dict | None:
+    """The statistics a finished ``stage`` recorded in ``out``, or None when it has not finished."""
+    path = Path(out) / f"{stage}.done"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def write_marker(out: Path, stage: str, info: dict) -> None:
+    """Mark ``stage`` finished (atomically: a marker is either absent or complete)."""
+    write_json(Path(out) / f"{stage}.done", info)
+
+
+def write_json(path: Path, payload) -> None:
+    """Write ``payload`` as indented JSON through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def rows_fingerprint(rows: Sequence[dict]) -> str:
+    """A short hash of the problems (uid, question, answer, in order)."""
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps([str(row["uid"]), row["question"], row["answer"]]).encode())
+    return digest.hexdigest()[:16]
+
+
+def guard_run(out: Path, identity: dict) -> None:
+    """Record the run's settings in ``out/run.json``, or check them against a previous run's.
+
+    A previous run that wrote nothing else (it failed on its input) is simply replaced.
+    """
+    path = Path(out) / "run.json"
+    identity = json.loads(json.dumps(identity, default=str))  # the form it takes once written
+    if path.is_file() and any(p.name != path.name for p in Path(out).iterdir()):
+        previous = json.loads(path.read_text())
+        changed = sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k))
+        if changed:
+            raise UsageError(
+                f"{out} holds a run with other settings ({', '.join(changed)} differ); "
+                f"use another output folder or delete it"
+            )
+        return
+    write_json(path, identity)
+
+
+def _log(message: str) -> None:
+    print(f"[genssd] {message}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------ devices
+
+
+def resolve_device(device: str | None) -> str:
+    """``device`` checked (None: CUDA when available, else CPU)."""
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"unknown device {device!r}") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {device!r} asked for but CUDA is not available")
+    if parsed.type not in ("cpu", "cuda"):
+        raise UsageError(f"device must be cpu or cuda, got {device!r}")
+    return device
+
+
+def inference_dtype(device: str) -> str:
+    """Search and evaluation run in bfloat16 on CUDA and float32 on CPU."""
+    return "bfloat16" if device.startswith("cuda") else "float32"
+
+
+# ----------------------------------------------------------------------------------- search
+
+
+def search_stage(
+    path: Path,
+    teacher,
+    student,
+    task,
+    rows: Sequence[dict],
+    config: SearchConfig,
+    *,
+    device: str,
+    budget: int | None = None,
+    progress: bool = True,
+    trust_remote_code: bool = False,
+) -> list[dict]:
+    """Search ``rows`` into the JSONL file ``path``, continuing a previous run by ``uid``.
+
+    Args:
+        teacher, student: model folders, each with its tokenizer.
+        budget: stop once the file's rows hold this many teacher tokens (None: every row).
+
+    Returns the file's rows in ``rows``' order.
+    """
+    from genssd.commands.search import output_row
+    from genssd.data import RowWriter, read_output, resume_state
+
+    hash_ = config_hash(config)
+    done = resume_state(path, hash_)
+    spent = sum(int(r["teacher_tokens"]) for r in read_output(path))
+    todo = [row for row in rows if str(row["uid"]) not in done]
+    if todo and (budget is None or spent < budget):
+        from genssd.search import Searcher
+
+        searcher = Searcher(
+            teacher,
+            student,
+            config=config,
+            device=device,
+            dtype=inference_dtype(device),
+            trust_remote_code=trust_remote_code,
+        )
+        results = searcher.iter_results(
+            [task.prompt(row) for row in todo], uids=[str(row["uid"]) for row in todo], progress=progress
+        )
+        with RowWriter(path) as writer:
+            for row, result in zip(todo, results):
+                writer.write(output_row(row, result, task, config, hash_))
+                spent += result.teacher_tokens
+                if budget is not None and spent >= budget:
+                    break
+    by_uid = {str(r["uid"]): r for r in read_output(path)}
+    return [by_uid[str(row["uid"])] for row in rows if str(row["uid"]) in by_uid]
+
+
+def branch_statistics(rows: Sequence[dict], config: SearchConfig) -> tuple[int, int]:
+    """``(branches, pruned)``: candidates the search compared and those below its thresholds.
+
+    A candidate is pruned when its score is under its group's mean minus ``margin`` or under the
+    ``max_ppl`` floor, as ``branch_prune`` decides (being outranked is not pruning). Recomputed
+    from the recorded candidate scores of every round (a prompt's rounds are read off its
+    trajectories; the last round of a prompt pruned early left no trajectory and is not counted).
+    A search without selection compares nothing: ``(0, 0)``.
+    """
+    import torch
+
+    import genssd_kernels
+
+    if not config.select:
+        return 0, 0
+    groups: list[list[float]] = []
+    for row in rows:
+        rounds: dict[int, list[float]] = {}
+        for trajectory in row.get("trajectories") or []:
+            for index, chunk in enumerate(trajectory["chunks"]):
+                rounds.setdefault(index, chunk["candidate_scores"])
+        groups.extend(rounds.values())
+    if not groups:
+        return 0, 0
+    scores = torch.tensor([s for g in groups for s in g], dtype=torch.float32)
+    offsets = torch.tensor([0] + [len(g) for g in groups], dtype=torch.long).cumsum(0)
+    keep, _, _, _ = genssd_kernels.branch_prune(
+        scores,
+        offsets,
+        margin=config.margin,
+        k=max(len(g) for g in groups),
+        min_score=config.min_score,
+        backend="reference",
+    )
+    return int(scores.numel()), int((~keep).sum())
+
+
+def search_statistics(rows: Sequence[dict], config: SearchConfig) -> dict:
+    """What a search cost and found: problems, teacher/student tokens, pruning, teacher accuracy."""
+    branches, pruned = branch_statistics(rows, config)
+    return {
+        "method": config.method,
+        "config_hash": config_hash(config),
+        "problems": len(rows),
+        "teacher_tokens": sum(int(r["teacher_tokens"]) for r in rows),
+        "student_tokens": sum(int(r["student_tokens"]) for r in rows),
+        "pruned_early": sum(bool(r["pruned_early"]) for r in rows),
+        "answer_accuracy": sum(bool(r["correct"]) for r in rows) / len(rows) if rows else 0.0,
+        "branches": branches,
+        "branches_pruned": pruned,
+    }
+
+
+# ------------------------------------------------------------------------------------ training
+
+
+def training_rows(rows: Sequence[dict], task, train_on: str) -> list[dict]:
+    """The rows SFT reads: each problem's first trajectory (``"best"``), or one row per
+    trajectory (``"all"``), each with the ``correct`` verdict of its own answer."""
+    if train_on == "best":
+        return list(rows)
+    expanded = []
+    for row in rows:
+        for i, trajectory in enumerate(row.get("trajectories") or []):
+            expanded.append(
+                {
+                    **row,
+                    "uid": f"{row['uid']}/{i}",
+                    "trajectories": [trajectory],
+                    "predicted_answer": task.extract_answer(trajectory["text"]),
+                    "correct": bool(task.is_correct(trajectory["text"], row)),
+                }
+            )
+    return expanded
+
+
+def filter_statistics(rows: Sequence[dict], config: TrainConfig) -> tuple[int, int]:
+    """``(candidates, rejected)`` of the answer filter: complete training rows and, with
+    ``only_correct``, those whose answer is wrong (without it nothing is compared: ``(0, 0)``)."""
+    if not config.only_correct:
+        return 0, 0
+    complete = [r for r in rows if not r.get("pruned_early") and r.get("trajectories")]
+    return len(complete), sum(not r.get("correct") for r in complete)
+
+
+def train_stage(
+    out_dir: Path,
+    student,
+    task,
+    rows: Sequence[dict],
+    config: TrainConfig,
+    *,
+    device: str,
+    progress: bool = True,
+    trust_remote_code: bool = False,
+) -> dict:
+    """Fine-tune the student folder ``student`` on ``rows`` into ``out_dir`` (resuming from its
+    latest checkpoint); returns the steps, the examples and the last losses."""
+    from genssd.models import load_model, load_tokenizer
+    from genssd.train import prepare_examples, train
+
+    tokenizer = load_tokenizer(student, trust_remote_code=trust_remote_code)
+    examples = prepare_examples(rows, tokenizer, config, task=task)
+    # fp32 master weights; bf16 comes from autocast on CUDA.
+    model = load_model(student, device=device, dtype="float32", trust_remote_code=trust_remote_code)
+    stats = train(
+        model, tokenizer, examples, config, out_dir, task=task, resume=True, device=device, progress=progress
+    )
+    tail = stats["losses"][-10:]
+    return {
+        "examples": len(examples),
+        "steps": stats["steps"],
+        "final_loss": sum(tail) / len(tail) if tail else None,
+        "seconds": round(stats["seconds"], 2),
+    }
+
+
+# ---------------------------------------------------------------------------------- evaluation
+
+
+def eval_stage(
+    path: Path,
+    model_dir,
+    task,
+    rows: Sequence[dict],
+    config: EvalConfig,
+    *,
+    device: str,
+    progress: bool = True,
+    trust_remote_code: bool = False,
+) -> dict:
+    """Evaluate the model folder ``model_dir`` on ``rows``; per-problem records go to ``path``."""
+    from genssd.evaluate import evaluate, write_records
+    from genssd.models import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
+    model = load_model(
+        model_dir, device=device, dtype=inference_dtype(device), trust_remote_code=trust_remote_code
+    )
+    result = evaluate(model, tokenizer, task, rows, config, progress=progress)
+    write_records(path, result["records"])
+    return {key: value for key, value in result.items() if key != "records"}
+
+
+# ---------------------------------------------------------------------------------- the pipeline
+
+
+def run_stage(out: Path, name: str, run: Callable[[], dict]) -> dict:
+    """Run a stage unless its marker says it finished; returns its statistics either way."""
+    where = f"{out.parent.name}/{out.name}"
+    info = read_marker(out, name)
+    if info is not None:
+        _log(f"{where}: {name} already done, skipped")
+        return info
+    _log(f"{where}: {name}")
+    started = time.perf_counter()
+    info = {**run(), "stage_seconds": round(time.perf_counter() - started, 2)}
+    write_marker(out, name, info)
+    return info
+
+
+def cold_start_search_config(config: SearchConfig) -> SearchConfig:
+    """Standard KD with the main search's sampling settings and seed."""
+    shared = ("temperature", "top_p", "max_new_tokens", "batch_size", "seed")
+    return search_config_for("standard", **{name: getattr(config, name) for name in shared})
+
+
+def cold_start_train_config(config: TrainConfig, cold: ColdStart) -> TrainConfig:
+    """The training settings with the cold start's step count and no answer filter."""
+    return dataclasses.replace(config, max_steps=cold.steps, only_correct=False)
+
+
+def _identity(plan: DistillPlan) -> dict:
+    """The settings that decide a run's outputs (device and progress bars do not)."""
+    from genssd.train import RESUMABLE_CHANGES
+
+    train = {k: v for k, v in dataclasses.asdict(plan.train).items() if k not in RESUMABLE_CHANGES}
+    return {
+        "teacher": str(Path(plan.teacher).resolve()),
+        "student": str(Path(plan.student).resolve()),
+        "task": plan.task,
+        "data": rows_fingerprint(plan.rows),
+        "eval_data": rows_fingerprint(plan.eval_rows) if plan.eval_rows is not None else None,
+        "search": config_hash(plan.search),
+        "train": train,
+        "evaluation": dataclasses.asdict(plan.evaluation),
+        "cold_start": dataclasses.asdict(plan.cold_start) if plan.cold_start is not None else None,
+        "train_on": plan.train_on,
+        "teacher_token_budget": plan.teacher_token_budget,
+    }
+
+
+def run_pipeline(plan: DistillPlan) -> dict:
+    """Run (or finish) every stage of ``plan`` and write ``summary.json``; returns the summary."""
+    from genssd.tasks import get_task
+
+    task = get_task(plan.task)
+    device = resolve_device(plan.device)
+    out = Path(plan.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output folder {out} is a file")
+    out.mkdir(parents=True, exist_ok=True)
+    guard_run(out, _identity(plan))
+    common = {"device": device, "progress": plan.progress, "trust_remote_code": plan.trust_remote_code}
+    summary: dict = {"out": str(out), "task": plan.task, "method": plan.search.method}
+
+    # The student the search scores with and the SFT starts from: the cold-started one, if any.
+    student = plan.student
+    cold_tokens = 0
+    if plan.cold_start is not None:
+        cold = plan.cold_start
+        cold_dir = out / "coldstart"
+        cold_rows = plan.rows[: cold.problems]
+
+        def run_cold_start() -> dict:
+            if cold.source == "teacher":
+                config = cold_start_search_config(plan.search)
+                searched = search_stage(
+                    cold_dir / "search.jsonl", plan.teacher, plan.student, task, cold_rows, config, **common
+                )
+                data, stats = searched, search_statistics(searched, config)
+            else:
+                from genssd.evaluate import write_records
+
+                write_records(cold_dir / "data.jsonl", cold_rows)
+                data, stats = cold_rows, {"problems": len(cold_rows), "teacher_tokens": 0}
+            trained = train_stage(
+                cold_dir / "student",
+                plan.student,
+                task,
+                data,
+                cold_start_train_config(plan.train, cold),
+                **common,
+            )
+            return {"source": cold.source, "search": stats, "train": trained}
+
+        summary["cold_start"] = run_stage(out, "coldstart", run_cold_start)
+        student = cold_dir / "student"
+        cold_tokens = summary["cold_start"]["search"]["teacher_tokens"]
+
+    def run_search() -> dict:
+        rows = search_stage(
+            out / "search.jsonl",
+            plan.teacher,
+            student,
+            task,
+            plan.rows,
+            plan.search,
+            budget=plan.teacher_token_budget,
+            **common,
+        )
+        return search_statistics(rows, plan.search)
+
+    summary["search"] = run_stage(out, "search", run_search)
+
+    def run_train() -> dict:
+        from genssd.data import read_output
+
+        rows = training_rows(read_output(out / "search.jsonl"), task, plan.train_on)
+        candidates, rejected = filter_statistics(rows, plan.train)
+        stats = train_stage(out / "student", student, task, rows, plan.train, **common)
+        return {**stats, "filter_candidates": candidates, "filter_rejected": rejected}
+
+    summary["train"] = run_stage(out, "train", run_train)
+
+    if plan.eval_rows is not None:
+        summary["eval"] = run_stage(
+            out,
+            "eval",
+            lambda: eval_stage(
+                out / "eval.jsonl", out / "student", task, plan.eval_rows, plan.evaluation, **common
+            ),
+        )
+    search = summary["search"]
+    summary["teacher_tokens"] = search["teacher_tokens"]
+    summary["teacher_tokens_total"] = search["teacher_tokens"] + cold_tokens
+    summary["pruned_share"] = pruned_share(search, summary["train"])
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def pruned_share(search: dict, train: dict) -> float | None:
+    """Share of compared branches that were pruned: by the search's thresholds and by the answer
+    filter together. None when the method compared nothing (plain sampling)."""
+    compared = search["branches"] + train["filter_candidates"]
+    if compared == 0:
+        return None
+    return (search["branches_pruned"] + train["filter_rejected"]) / compared
+
+
+__all__ = [
+    "COLD_START_SOURCES",
+    "DEFAULT_SAVE_EVERY",
+    "TRAIN_ON",
+    "ColdStart",
+    "DistillPlan",
+    "branch_statistics",
+    "cold_start_search_config",
+    "cold_start_train_config",
+    "eval_stage",
+    "filter_statistics",
+    "guard_run",
+    "pruned_share",
+    "read_marker",
+    "resolve_device",
+    "rows_fingerprint",
+    "run_pipeline",
+    "run_stage",
+    "search_stage",
+    "search_statistics",
+    "train_stage",
+    "training_rows",
+    "write_json",
+    "write_marker",
+]

@@ -1,0 +1,193 @@
+"""``genssd demo`` on a very small preset with tiny arith models.
+
+Checks the results' structure and that every number in it is the one its run folder records
+(teacher tokens, pruning, accuracy), the equal-budget run's stopping point, the mean and spread
+over seeds, the printed table and the plot, a rerun that recomputes nothing, and bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import genssd.distill
+import pytest
+import torch
+from arith_models import arith_models
+from genssd.cli import main
+from genssd.demo import PRESETS, Preset, demo_problems, leap_share, run_demo
+from genssd.tasks import get_task
+from genssd.tasks.arith import generate_problems, render_solution, write_problems
+
+TASK = get_task("arith")
+TINY = Preset(
+    name="test",
+    train_problems=12,
+    heldout_problems=8,
+    cold_start_problems=8,
+    cold_start_steps=2,
+    train_steps=3,
+    train_batch_size=4,
+    lr=1e-3,
+    num_candidates=2,
+    temperature=1.0,
+    max_new_tokens=48,
+    search_batch_size=16,
+    eval_batch_size=8,
+    seeds=2,
+    equal_budget=True,
+)
+METHODS = ["base", "coldstart", "standard", "rejection", "best-of-n", "gen-ssd", "random", "standard-budget"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Tiny models; the teacher fitted to the demo's problems so its answers are mostly right."""
+    rows = [row for seed in (0, 1) for row in demo_problems(TINY, seed, 0)[0]]
+    with torch.random.fork_rng():
+        return arith_models(tmp_path_factory.mktemp("models"), rows, steps=200)
+
+
+@pytest.fixture(scope="module")
+def demo(models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    results = run_demo(out, preset=TINY, device="cpu", seed=0, models=models, progress=False)
+    return out, results
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_results_hold_every_method_with_the_numbers_its_run_folders_record(demo):
+    out, results = demo
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
+    assert [r["method"] for r in results["methods"]] == METHODS
+    assert results["seeds"] == [0, 1] and len(results["per_seed"]) == 2
+    for seed, rows in zip(results["seeds"], results["per_seed"]):
+        root = out / f"seed{seed}"
+        by_method = {r["method"]: r for r in rows}
+        cold_rows = read_jsonl(root / "coldstart" / "search.jsonl")
+        cold_tokens = sum(r["teacher_tokens"] for r in cold_rows)
+        assert len(cold_rows) == TINY.cold_start_problems
+        assert by_method["base"]["teacher_tokens"] == 0
+        assert by_method["coldstart"]["teacher_tokens"] == cold_tokens > 0
+        for method in METHODS[2:]:
+            searched = read_jsonl(root / method / "search.jsonl")
+            own = sum(r["teacher_tokens"] for r in searched)
+            assert by_method[method]["teacher_tokens"] == own + cold_tokens, method
+            records = read_jsonl(root / method / "eval.jsonl")
+            assert len(records) == TINY.heldout_problems
+            assert by_method[method]["accuracy"] == sum(r["correct"][0] for r in records) / len(records)
+            assert (root / method / "student" / "model.safetensors").is_file()
+        for method in ("base", "coldstart", "standard", "standard-budget"):
+            assert by_method[method]["pruned_share"] is None, method
+        samples = [(t, r) for r in read_jsonl(root / "rejection" / "search.jsonl") for t in r["trajectories"]]
+        assert len(samples) == TINY.num_candidates * TINY.train_problems
+        correct = sum(TASK.is_correct(t["text"], r) for t, r in samples)
+        assert by_method["rejection"]["pruned_share"] == pytest.approx(1 - correct / len(samples))
+        for method in ("best-of-n", "gen-ssd", "random"):
+            assert 0 <= by_method[method]["pruned_share"] <= 1
+
+
+def test_equal_budget_standard_kd_stops_once_it_has_spent_gen_ssds_tokens(demo):
+    out, results = demo
+    for seed in results["seeds"]:
+        root = out / f"seed{seed}"
+        budget = sum(r["teacher_tokens"] for r in read_jsonl(root / "gen-ssd" / "search.jsonl"))
+        spent = [r["teacher_tokens"] for r in read_jsonl(root / "standard-budget" / "search.jsonl")]
+        assert sum(spent) >= budget > sum(spent[:-1])
+        # Plain sampling spends fewer tokens per problem: the budget buys more problems.
+        assert len(spent) > TINY.train_problems
+
+
+def test_methods_are_averaged_over_seeds(demo):
+    _, results = demo
+    for i, row in enumerate(results["methods"]):
+        accuracies = [rows[i]["accuracy"] for rows in results["per_seed"]]
+        assert row["seeds"] == accuracies
+        assert row["accuracy"] == pytest.approx(statistics.fmean(accuracies))
+        assert row["accuracy_std"] == pytest.approx(statistics.stdev(accuracies))
+        assert row["teacher_tokens"] == pytest.approx(
+            statistics.fmean(r[i]["teacher_tokens"] for r in results["per_seed"])
+        )
+
+
+def test_the_table_and_the_plot_are_written(demo, capsys):
+    out, results = demo
+    table = (out / "table.txt").read_text()
+    header = table.splitlines()[0]
+    for column in ("method", "student accuracy", "teacher tokens", "branches pruned"):
+        assert column in header
+    for row in results["methods"]:
+        line = next(line for line in table.splitlines() if line.startswith(row["label"]))
+        assert f"{100 * row['accuracy']:.1f}%" in line and f"{row['teacher_tokens']:,.0f}" in line
+    png = (out / "accuracy_vs_teacher_tokens.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 5000
+
+
+def test_a_rerun_recomputes_nothing(demo, models, monkeypatch, capsys):
+    out, results = demo
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a finished stage ran again")
+
+    for name in ("search_stage", "train_stage", "eval_stage"):
+        monkeypatch.setattr(genssd.distill, name, must_not_run)
+    monkeypatch.setattr(genssd.demo, "eval_stage", must_not_run)
+    again = run_demo(out, preset=TINY, device="cpu", seed=0, models=models, progress=False)
+    assert again["methods"] == results["methods"]
+    assert "branches pruned" in capsys.readouterr().out
+
+
+def test_other_settings_in_the_same_folder_are_refused(demo, models, capsys):
+    out, _ = demo
+    assert main(["demo", "--out", str(out), "--models", str(models), "--device", "cpu", "--seed", "5"]) == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_leap_share_counts_the_lines_of_the_data_a_method_trains_on(tmp_path):
+    # Three operations each: a fine solution has 3 one-operation lines, a leap one (2 at most per
+    # line) a line of 2 and a line of 1.
+    rows = generate_problems(10, 3, num_operands=(4, 4))
+    fine = [render_solution(r["numbers"], r["ops"], "fine") for r in rows]
+    leap = [render_solution(r["numbers"], r["ops"], "leap", max_leap=2) for r in rows]
+    wrong = "#### -1"  # all three operations on one line, and a wrong answer
+    for r, f, l in zip(rows, fine, leap):
+        r["trajectories"] = [{"text": l}, {"text": f}, {"text": wrong}]
+        r["correct"] = True
+    write_problems(tmp_path / "search.jsonl", rows)
+    assert leap_share(tmp_path / "search.jsonl") == pytest.approx(1 / 2)
+    # Every correct trajectory: 10 leap lines among 10 x (2 + 3) lines.
+    assert leap_share(tmp_path / "search.jsonl", "all", only_correct=True) == pytest.approx(10 / 50)
+    # Without the filter the wrong answers count too.
+    assert leap_share(tmp_path / "search.jsonl", "all") == pytest.approx(20 / 60)
+
+
+def test_presets_are_well_formed():
+    assert {"quick", "full"} <= set(PRESETS)
+    assert PRESETS["quick"].seeds == 1 and PRESETS["full"].seeds == 3 and PRESETS["full"].equal_budget
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--models", "nowhere"], "no teacher model"),
+        (["--device", "tpu"], "device"),
+        (["--out", "FILE"], "is a file"),
+    ],
+)
+def test_bad_input_exits_2(models, tmp_path, capsys, args, message):
+    (tmp_path / "FILE").write_text("x")
+    args = [str(tmp_path / a) if a in ("nowhere", "FILE") else a for a in args]
+    base = ["demo", "--models", str(models), "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main(base + args) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unknown_preset_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--preset", "huge"])
+    assert exit_info.value.code == 2

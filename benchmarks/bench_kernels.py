@@ -43,8 +43,10 @@ def make_inputs(shape, *, requires_grad=False, segments=64, seed=0):
     return hidden, weight, targets, cu_seqlens
 
 
-# do_bench budgets in ms (warm-up, measured repetitions); --quick lowers them.
-TIMING = {"warmup": 25, "rep": 100}
+# do_bench budgets in ms (warm-up, measured repetitions); --quick lowers them. do_bench repeats a
+# call for `rep` ms: 1000 ms gives >= 16 repetitions of the slowest op here (fwd+bwd at C, ~60 ms a
+# call); at 100 ms it got 1-2 and the medians moved by up to 10% between runs.
+TIMING = {"warmup": 100, "rep": 1000}
 
 
 def device_median_ms(fn, *, warmup=None, rep=None):
@@ -220,8 +222,16 @@ def bench_branch_prune(benchmark, provider, graph):
     benchmark.pedantic(lambda: None, rounds=1)
 
 
+MATMUL_AFTER = "matmul (again, after the providers)"
+
+
 def _with_ratios(rows):
-    floor = {(r["op"], r["shape"]): r["ms"] for r in rows if r.get("provider") == "matmul" and r.get("ms")}
+    """Each row's ``ratio_to_matmul``: its time over the mean of the floor's timings at its op and shape."""
+    timings = {}
+    for r in rows:
+        if r.get("provider") in ("matmul", MATMUL_AFTER) and r.get("ms"):
+            timings.setdefault((r["op"], r["shape"]), []).append(r["ms"])
+    floor = {key: sum(ms) / len(ms) for key, ms in timings.items()}
     for r in rows:
         base = floor.get((r["op"], r.get("shape")))
         if base and r.get("ms"):
@@ -256,6 +266,11 @@ def measure_providers(shapes, ops, wanted):
                 if row is not None:
                     rows.append(row)
                     print(json.dumps(row), flush=True)
+            # The floor again after the providers: ratios use the mean of both, and the two
+            # together show how far the card's speed moved meanwhile (the noise of the ratios).
+            row = dict(measure_matmul_op(op, shape_name, "matmul"), provider=MATMUL_AFTER)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     if "prune" in ops:
         for provider in prune_providers():
             for graph in (False, True):
@@ -278,7 +293,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     card = torch.cuda.get_device_name()
     if args.quick:
-        TIMING.update(warmup=10, rep=40)
+        TIMING.update(warmup=25, rep=200)
         args.providers = args.providers or "genssd,genssd+entropy"
     shapes = args.shapes.split(",")
     if args.sweep:

@@ -2,11 +2,11 @@
 
 1. The teacher solves most held-out problems greedily and samples both step styles.
 2. The student from scratch (its shipped random initialization) solves almost none.
-3. After a short cold start (SFT on a small mixed-style set) the student finds fine steps more
-   likely than leaps: mean log-prob of whole fine vs leap solutions, and of the first line
-   (the first chunk the search scores) in either style after the same prompt.
+3. During SFT on the teacher's mixed style (a cold start) the student comes to find fine steps
+   more likely than leaps: at the search's decision points (the next fine line against the
+   next leap line after the same prefix) and over whole solutions, measured at ``--probe-steps``.
 4. The student fine-tuned on fine-style solutions beats the same student fine-tuned on the
-   teacher's mixed style, with the same problems and steps: the gain Gen-SSD can collect.
+   mixed style, with the same problems and steps: the gain Gen-SSD can collect.
 
     python experiments/check_demo_models.py --models python/genssd/assets/demo
 
@@ -36,41 +36,53 @@ TASK = ArithTask()
 
 
 def styled(rows: list[dict], style: str, seed: int) -> list[dict]:
+    """Rows with ``answer`` in ``style`` (leaps of at most two operations, as in the teacher's data)."""
     rng = random.Random(seed)
     return [dict(r, answer=render_solution(r["numbers"], r["ops"], style, rng)) for r in rows]
 
 
 @torch.no_grad()
-def completion_logprobs(model, tokenizer, pairs: list[tuple[str, str]], *, eos: bool) -> list[float]:
-    """Mean per-token log-prob of each completion given its prompt (plain forward pass, one at a time)."""
-    scores = []
-    for prompt, completion in pairs:
-        p = tokenizer(prompt)["input_ids"]
-        c = tokenizer(completion)["input_ids"] + ([tokenizer.eos_token_id] if eos else [])
-        ids = torch.tensor([p + c])
-        logp = model(input_ids=ids).logits[0, :-1].float().log_softmax(-1)
-        token_lp = logp[torch.arange(len(p) - 1, ids.shape[1] - 1), ids[0, len(p) :]]
-        scores.append(token_lp.mean().item())
-    return scores
+def token_logprobs(model, tokenizer, prompt: str, completion: str, *, eos: bool) -> torch.Tensor:
+    """Log-probs [len(completion tokens) (+1 with EOS)] of the completion's tokens given the prompt."""
+    p = tokenizer(prompt)["input_ids"]
+    c = tokenizer(completion)["input_ids"] + ([tokenizer.eos_token_id] if eos else [])
+    ids = torch.tensor([p + c])
+    logp = model(input_ids=ids).logits[0, :-1].float().log_softmax(-1)
+    return logp[torch.arange(len(p) - 1, ids.shape[1] - 1), ids[0, len(p) :]]
 
 
 def fine_vs_leap(model, tokenizer, rows: list[dict], seed: int) -> dict:
-    """Whole-solution and first-line mean log-probs of the two styles on the same problems."""
+    """The student's preference between the styles, as the search meets it and as a whole.
+
+    Decision points: along each problem's fine solution, wherever two or more operations
+    remain, the next fine line against the next two-operation leap line (each a chunk ending in
+    its newline), scored like the search scores candidates: ``trajectory`` is the mean log-prob
+    of everything generated so far including the chunk, ``chunk`` of the chunk alone. Solutions:
+    the mean log-prob of the whole fine and leap (``max_leap=2``) solutions with EOS.
+    """
+    model.eval()
+    wins = {"trajectory": [], "chunk": []}
+    for row in rows:
+        prompt = TASK.prompt(row)
+        fine_lines = row["answer"].split("\n")
+        for done in range(len(row["ops"]) - 1):
+            prefix = "".join(line + "\n" for line in fine_lines[:done])
+            # The leap of two from here: the fine line after next.
+            fine_lp = token_logprobs(model, tokenizer, prompt, prefix + fine_lines[done] + "\n", eos=False)
+            leap_lp = token_logprobs(model, tokenizer, prompt, prefix + fine_lines[done + 1] + "\n", eos=False)
+            start = len(tokenizer(prefix)["input_ids"])
+            wins["trajectory"].append(bool(fine_lp.mean() > leap_lp.mean()))
+            wins["chunk"].append(bool(fine_lp[start:].mean() > leap_lp[start:].mean()))
     fine, leap = styled(rows, "fine", seed), styled(rows, "leap", seed)
-    prompts = [TASK.prompt(r) for r in rows]
-    whole_f = completion_logprobs(model, tokenizer, [(p, r["answer"]) for p, r in zip(prompts, fine)], eos=True)
-    whole_l = completion_logprobs(model, tokenizer, [(p, r["answer"]) for p, r in zip(prompts, leap)], eos=True)
-    # Problems with 3+ operations, so the leap's first line is not the final "= n" in both styles.
-    multi = [i for i, r in enumerate(rows) if len(r["ops"]) >= 3]
-    first_f = completion_logprobs(model, tokenizer, [(prompts[i], fine[i]["answer"].split("\n")[0] + "\n") for i in multi], eos=False)
-    first_l = completion_logprobs(model, tokenizer, [(prompts[i], leap[i]["answer"].split("\n")[0] + "\n") for i in multi], eos=False)
+    whole_f = [token_logprobs(model, tokenizer, TASK.prompt(r), r["answer"], eos=True).mean().item() for r in fine]
+    whole_l = [token_logprobs(model, tokenizer, TASK.prompt(r), r["answer"], eos=True).mean().item() for r in leap]
     return {
+        "decisions": len(wins["chunk"]),
+        "decision_fine_wins_trajectory": statistics.mean(wins["trajectory"]),
+        "decision_fine_wins_chunk": statistics.mean(wins["chunk"]),
         "solution_fine": statistics.mean(whole_f),
         "solution_leap": statistics.mean(whole_l),
-        "solution_fine_wins": sum(f > l for f, l in zip(whole_f, whole_l)) / len(rows),
-        "first_line_fine": statistics.mean(first_f),
-        "first_line_leap": statistics.mean(first_l),
-        "first_line_fine_wins": sum(f > l for f, l in zip(first_f, first_l)) / len(multi),
+        "solution_fine_wins": statistics.mean(f > l for f, l in zip(whole_f, whole_l)),
     }
 
 
@@ -91,10 +103,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--seed", type=int, default=0, help="seed of the student trainings and sampling")
     parser.add_argument("--heldout-problems", type=int, default=500)
-    parser.add_argument("--probe-problems", type=int, default=300, help="held-out problems for the log-probs")
-    parser.add_argument("--probe-steps", type=int, nargs="+", default=[100, 200, 300, 500, 700, 1000])
+    parser.add_argument("--probe-problems", type=int, default=200, help="held-out problems for the log-probs")
+    parser.add_argument("--probe-steps", type=int, nargs="+", default=[200, 300, 500, 800, 1000, 1500])
     parser.add_argument("--sft-problems", type=int, default=2000)
-    parser.add_argument("--sft-steps", type=int, default=1000)
+    parser.add_argument("--sft-steps", type=int, default=1500)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

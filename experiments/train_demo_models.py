@@ -32,7 +32,7 @@ from genssd.train import train
 
 # Llama-style decoders; heads of 16 dims; tied embeddings (the vocabulary is ~40 characters).
 TEACHER = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 4, "num_attention_heads": 8}
-STUDENT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
+STUDENT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3, "num_attention_heads": 4}
 
 
 def model_config(tokenizer, sizes: dict) -> LlamaConfig:

@@ -50,7 +50,7 @@ def test_every_gold_solution_is_judged_correct(rows, style):
         assert TASK.extract_answer(solution) == str(evaluate(row["numbers"], row["ops"]))
         # Every line is a correct rewrite: its expression still has the answer's value.
         lines = solution.splitlines()
-        assert lines[-1] == f"#### {TASK.gold_answer(row)}"
+        assert lines[-2:] == [f"= {TASK.gold_answer(row)}", f"#### {TASK.gold_answer(row)}"]
         for line in lines[:-1]:
             assert line.startswith("= ") and eval(line[2:]) == int(TASK.gold_answer(row)), line  # noqa: S307
 
@@ -102,6 +102,7 @@ def test_extraction():
 def test_line_operation_counts_reads_model_output():
     # 9 - 3 + 2 - 6 + 9: four operations; a leap of two, one step, then the last in "####".
     assert line_operation_counts("= 8 - 6 + 9\n= 2 + 9\n#### 11\n= junk", 4) == [2, 1, 1]
+    assert line_operation_counts("= 8 - 6 + 9\n= 11\n#### 11", 4) == [2, 2]
     assert line_operation_counts("#### 11", 4) == [4]
     assert line_operation_counts("no steps", 4) == []
     assert TASK.extract_answer("the answer is 12") is None

@@ -141,6 +141,13 @@ def test_a_rerun_recomputes_nothing(demo, models, monkeypatch, capsys):
     assert "branches pruned" in capsys.readouterr().out
 
 
+def test_seeds_in_parallel_processes_give_the_same_results(demo, models, tmp_path):
+    _, results = demo
+    parallel = run_demo(tmp_path / "run", preset=TINY, device="cpu", seed=0, models=models, progress=False, jobs=2)
+    assert parallel["per_seed"] == results["per_seed"]
+    assert parallel["methods"] == results["methods"]
+
+
 def test_other_settings_in_the_same_folder_are_refused(demo, models, capsys):
     out, _ = demo
     assert main(["demo", "--out", str(out), "--models", str(models), "--device", "cpu", "--seed", "5"]) == 2
@@ -176,6 +183,7 @@ def test_presets_are_well_formed():
         (["--models", "nowhere"], "no teacher model"),
         (["--device", "tpu"], "device"),
         (["--out", "FILE"], "is a file"),
+        (["--jobs", "0"], "jobs must be >= 1"),
     ],
 )
 def test_bad_input_exits_2(models, tmp_path, capsys, args, message):

@@ -101,14 +101,14 @@ class Preset:
 
 
 PRESETS = {
-    # About five minutes on two CPU cores: enough problems that the methods' data differ by more
-    # than the noise of 500 held-out problems, and a cold start long enough for the student's
-    # likelihoods to prefer the steps it can learn.
+    # About six minutes on two CPU cores (training is most of it): enough problems that the
+    # methods' data differ by more than the noise of 500 held-out problems, and a cold start long
+    # enough for the student's likelihoods to mean something.
     "quick": Preset(
         name="quick",
-        train_problems=3000,
+        train_problems=2500,
         heldout_problems=500,
-        cold_start_problems=512,
+        cold_start_problems=1000,
         cold_start_steps=800,
         train_steps=800,
         train_batch_size=32,
@@ -124,8 +124,8 @@ PRESETS = {
         name="full",
         train_problems=8000,
         heldout_problems=1000,
-        cold_start_problems=1000,
-        cold_start_steps=1500,
+        cold_start_problems=2000,
+        cold_start_steps=1000,
         train_steps=3000,
         train_batch_size=64,
         lr=3e-3,
@@ -436,6 +436,38 @@ def _cpu_threads(count: int | None):
         torch.set_num_threads(before)
 
 
+def _seed_job(out: Path, models: Path, preset: Preset, seed: int, base_seed: int, device: str, progress: bool):
+    """One seed's methods, with the thread setting the device wants (also a process's entry point)."""
+    if not progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    with _cpu_threads(1 if device == "cpu" else None):
+        return run_seed(out / f"seed{seed}", models, preset, seed, base_seed, device, progress)
+
+
+def _run_seeds(
+    out: Path, models: Path, preset: Preset, seeds: list[int], base_seed: int, device: str, progress: bool, jobs: int
+) -> list[list[dict]]:
+    """Every seed's result rows, in seed order: in this process, or ``jobs`` worker processes.
+
+    The demo's models are so small that one process keeps a GPU mostly idle (its time goes to
+    launching kernels from one CPU core), so seeds in parallel processes finish in about the time
+    of one. The processes are spawned (CUDA cannot be used in a forked child).
+    """
+    if jobs == 1 or len(seeds) == 1:
+        return [_seed_job(out, models, preset, s, base_seed, device, progress) for s in seeds]
+    import concurrent.futures
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(min(jobs, len(seeds)), mp_context=context) as pool:
+        futures = [pool.submit(_seed_job, out, models, preset, s, base_seed, device, False) for s in seeds]
+        for s, future in zip(seeds, futures):
+            future.add_done_callback(lambda _, s=s: print(f"seed {s} finished", flush=True))
+        return [future.result() for future in futures]
+
+
 def check_models(models: Path) -> None:
     """``models`` must hold ``teacher/`` and ``student/`` model folders."""
     for name in ("teacher", "student"):
@@ -451,12 +483,18 @@ def run_demo(
     seed: int = 0,
     models: str | Path = ASSETS,
     progress: bool = True,
+    jobs: int = 1,
 ) -> dict:
-    """Run (or finish) the demo in ``out``; print the table; return ``results.json``'s content."""
+    """Run (or finish) the demo in ``out``; print the table; return ``results.json``'s content.
+
+    ``jobs`` > 1 runs that many seeds at a time, each in its own process (no progress bars then).
+    """
     if isinstance(preset, str):
         if preset not in PRESETS:
             raise UsageError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
         preset = PRESETS[preset]
+    if jobs < 1:
+        raise UsageError(f"jobs must be >= 1, got {jobs}")
     models, out = Path(models), Path(out)
     check_models(models)
     device = resolve_device(device)
@@ -467,8 +505,7 @@ def run_demo(
 
     started = time.perf_counter()
     seeds = [seed + i for i in range(preset.seeds)]
-    with _cpu_threads(1 if device == "cpu" else None):
-        per_seed = [run_seed(out / f"seed{s}", models, preset, s, seed, device, progress) for s in seeds]
+    per_seed = _run_seeds(out, models, preset, seeds, seed, device, progress, jobs)
     rows = aggregate(per_seed)
     table = format_table(rows)
     results = {

@@ -5,15 +5,16 @@ A problem is a chain of additions and subtractions evaluated left to right,
 one or more operations per line, and ends in ``#### <n>`` like GSM8K, so the same strict
 extraction checks it exactly. Two styles:
 
-- ``fine``: one operation per line, the last one stating the answer::
+- ``fine``: one operation per line::
 
       = 6 + 6 - 5 - 3
       = 12 - 5 - 3
       = 7 - 3
+      = 4
       #### 4
 
-- ``leap``: every line carries out two or more operations (``= 12 - 5 - 3`` / ``#### 4``),
-  up to ``max_leap`` of them (with no cap, up to jumping straight to the answer, ``#### 4``);
+- ``leap``: every line carries out two or more operations (``= 12 - 5 - 3`` / ``= 4``), up
+  to ``max_leap`` of them (with no cap, up to jumping straight to the answer, ``= 4``);
 
 and ``mixed``, which decides line by line. A teacher trained on both styles samples both; a
 tiny student learns the one-operation lines (copying the rest of the line and one small sum)
@@ -165,8 +166,8 @@ def render_solution(
     leap_prob: float = 0.5,
     max_leap: int | None = 2,
 ) -> str:
-    """A step-by-step solution: one line per step, ``= <the rest of the expression>``, where the
-    step that finishes the problem writes ``#### <answer>``.
+    """A step-by-step solution: one ``= <the rest of the expression>`` line per step, then
+    ``#### <answer>``.
 
     Args:
         numbers, ops: the problem (``len(numbers) == len(ops) + 1``).
@@ -189,22 +190,27 @@ def render_solution(
     for size in _line_sizes(len(ops), style, rng, leap_prob, max_leap):
         value = evaluate([value, *numbers[done + 1 : done + 1 + size]], ops[done : done + size])
         done += size
-        # The step that finishes the problem states the answer as "#### n" (no "= n" line first).
-        lines.append(f"#### {value}" if done == len(ops) else f"= {_expression([value, *numbers[done + 1 :]], ops[done:])}")
+        lines.append(f"= {_expression([value, *numbers[done + 1 :]], ops[done:])}")
+    # The answer line repeats the last result. It is its own line (its own search chunk) on
+    # purpose: were "#### n" the last step itself, a leap to the answer would be scored mostly
+    # on the four predictable "#" and so look likelier to the student than a fine step.
+    lines.append(f"#### {value}")
     return "\n".join(lines)
 
 
 def line_operation_counts(solution: str, num_ops: int) -> list[int]:
-    """How many operations each step line (``= ...`` or the final ``#### n``) carries out.
+    """How many operations each step line of a solution carries out.
 
     ``num_ops`` is the problem's operation count. A ``= ...`` line's count is the drop in the
-    number of operators from the line before (the question's expression for the first line);
-    the ``####`` line carries out all that remain. Lines after it are ignored.
+    number of operators from the line before (the question's expression for the first line). A
+    ``#### n`` line counts only when operations remain (a model that jumped to the answer): it
+    carries out all of them. Lines after it are ignored.
     """
     counts, left = [], num_ops
     for line in solution.splitlines():
         if line.startswith("####"):
-            counts.append(left)
+            if left:
+                counts.append(left)
             break
         if line.startswith("= "):
             now = len(_OPERATOR_RE.findall(line))

@@ -1,0 +1,101 @@
+"""What each method's data and student look like in a ``genssd demo`` output folder.
+
+For every seed folder and method: the held-out accuracy (also by the problem's number of
+operations), the share of leap lines (two or more operations at once) in the method's search
+output and in the fine-tuned student's own held-out answers, and the share of the search's kept
+trajectories whose answer is right. Works on finished and unfinished runs alike (a stage that
+has not run yet is left out).
+
+    python experiments/analyze_demo_run.py runs/demo --json experiments/results/NAME.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+from pathlib import Path
+
+from genssd.tasks.arith import line_operation_counts
+
+_OPERATOR = re.compile(r" [+-] ")
+
+
+def _jsonl(path: Path) -> list[dict]:
+    with path.open() as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _leap_share(texts_and_ops: list[tuple[str, int]]) -> float | None:
+    counts = [n for text, ops in texts_and_ops for n in line_operation_counts(text, ops)]
+    return sum(n >= 2 for n in counts) / len(counts) if counts else None
+
+
+def search_stats(path: Path) -> dict:
+    """Kept trajectories of one search output: how many, share right, share of leap lines."""
+    rows = [row for row in _jsonl(path) if row.get("trajectories")]
+    kept = [(row["trajectories"][0]["text"], len(row["ops"])) for row in rows]
+    return {
+        "problems": len(rows),
+        "answer_right": statistics.fmean(bool(row.get("correct")) for row in rows) if rows else None,
+        "leap_lines": _leap_share(kept),
+    }
+
+
+def eval_stats(path: Path) -> dict:
+    """Greedy held-out answers of one student: accuracy, by operation count, leap lines."""
+    rows = _jsonl(path)
+    by_ops: dict[int, list[bool]] = {}
+    answers = []
+    for row in rows:
+        ops = len(_OPERATOR.findall(row["question"]))
+        by_ops.setdefault(ops, []).append(bool(row["correct"][0]))
+        answers.append((row["predictions"][0], ops))
+    return {
+        "accuracy": statistics.fmean(bool(row["correct"][0]) for row in rows),
+        "accuracy_by_operations": {ops: statistics.fmean(v) for ops, v in sorted(by_ops.items())},
+        "student_leap_lines": _leap_share(answers),
+    }
+
+
+def analyze(run: Path) -> dict:
+    """``{seed folder: {method: stats}}`` for every seed folder under ``run``."""
+    out = {}
+    for seed_dir in sorted(run.glob("seed*")):
+        methods = {}
+        for method_dir in sorted(p for p in seed_dir.iterdir() if p.is_dir() and p.name != "data"):
+            stats = {}
+            if (method_dir / "search.done").exists():
+                stats["data"] = search_stats(method_dir / "search.jsonl")
+            if (method_dir / "eval.done").exists():
+                stats["student"] = eval_stats(method_dir / "eval.jsonl")
+            if stats:
+                methods[method_dir.name] = stats
+        out[seed_dir.name] = methods
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="a genssd demo output folder")
+    parser.add_argument("--json", type=Path, help="also write the numbers here")
+    args = parser.parse_args()
+    report = analyze(args.run)
+    for seed, methods in report.items():
+        for method, stats in methods.items():
+            data, student = stats.get("data", {}), stats.get("student", {})
+            cells = [
+                f"acc {student['accuracy']:.3f}" if student else "acc -",
+                f"data right {data['answer_right']:.3f}" if data.get("answer_right") is not None else "",
+                f"data leaps {data['leap_lines']:.3f}" if data.get("leap_lines") is not None else "",
+                f"student leaps {student['student_leap_lines']:.3f}" if student.get("student_leap_lines") is not None else "",
+            ]
+            print(f"{seed:6} {method:16} " + "  ".join(c for c in cells if c))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -36,9 +36,9 @@ TASK = ArithTask()
 
 
 def styled(rows: list[dict], style: str, seed: int) -> list[dict]:
-    """Rows with ``answer`` in ``style`` (leaps of at most two operations, as in the teacher's data)."""
+    """Rows with ``answer`` in ``style``; leaps uncapped, as in the teacher's training data."""
     rng = random.Random(seed)
-    return [dict(r, answer=render_solution(r["numbers"], r["ops"], style, rng)) for r in rows]
+    return [dict(r, answer=render_solution(r["numbers"], r["ops"], style, rng, max_leap=None)) for r in rows]
 
 
 @torch.no_grad()
@@ -58,7 +58,7 @@ def fine_vs_leap(model, tokenizer, rows: list[dict], seed: int) -> dict:
     remain, the next fine line against the next two-operation leap line (each a chunk ending in
     its newline), scored like the search scores candidates: ``trajectory`` is the mean log-prob
     of everything generated so far including the chunk, ``chunk`` of the chunk alone. Solutions:
-    the mean log-prob of the whole fine and leap (``max_leap=2``) solutions with EOS.
+    the mean log-prob of the whole fine and leap (uncapped) solutions with EOS.
     """
     model.eval()
     wins = {"trajectory": [], "chunk": []}

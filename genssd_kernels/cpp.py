@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from genssd_kernels._ext import load_extension
+from genssd_kernels.reference.logprob_gather import stat_dtype
 
 _EXTENSION, _LOAD_ERROR = load_extension()
 
@@ -22,12 +23,8 @@ def _ops():
     return torch.ops.genssd
 
 
-def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _fake_logprob_gather_fwd(hidden, weight, targets, cu_seqlens, temperature, ignore_index, return_entropy):
-    stat = _stat_dtype(hidden.dtype)
+    stat = stat_dtype(hidden.dtype)
     n = hidden.shape[0]
     token_logprobs = hidden.new_empty(n, dtype=stat)
     lse = hidden.new_empty(n, dtype=torch.float64)

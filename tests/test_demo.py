@@ -38,7 +38,9 @@ TINY = Preset(
     seeds=2,
     equal_budget=True,
 )
-METHODS = ["base", "coldstart", "standard", "rejection", "best-of-n", "gen-ssd", "random", "standard-budget"]
+METHODS = [
+    "base", "coldstart", "standard", "rejection", "best-of-n", "gen-ssd", "gen-ssd-checked", "random", "standard-budget",
+]
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +89,12 @@ def test_results_hold_every_method_with_the_numbers_its_run_folders_record(demo)
         assert len(samples) == TINY.num_candidates * TINY.train_problems
         correct = sum(TASK.is_correct(t["text"], r) for t, r in samples)
         assert by_method["rejection"]["pruned_share"] == pytest.approx(1 - correct / len(samples))
-        for method in ("best-of-n", "gen-ssd", "random"):
+        for method in ("best-of-n", "gen-ssd", "gen-ssd-checked", "random"):
             assert 0 <= by_method[method]["pruned_share"] <= 1
+        # The checked variant searches exactly like Gen-SSD, then drops the wrong answers.
+        texts = {m: [r["trajectories"][0]["text"] for r in read_jsonl(root / m / "search.jsonl")] for m in ("gen-ssd", "gen-ssd-checked")}
+        assert texts["gen-ssd"] == texts["gen-ssd-checked"]
+        assert by_method["gen-ssd-checked"]["pruned_share"] >= by_method["gen-ssd"]["pruned_share"]
 
 
 def test_equal_budget_standard_kd_stops_once_it_has_spent_gen_ssds_tokens(demo):

@@ -118,6 +118,18 @@ def test_plain_rows_use_the_answer_and_the_bare_question_without_a_task():
     assert tokenizer.decode(example.input_ids[example.num_prompt : -1]) == "Because."
 
 
+def test_a_teacher_that_stopped_at_once_teaches_its_eos():
+    # Plain sampling can end at the first token: the row's text is empty, not missing.
+    tokenizer = byte_tokenizer()
+    (row,) = search_rows(1, seed=3)
+    row["trajectories"][0]["text"] = ""
+    (example,) = build_examples([row], tokenizer, max_length=512, task=TASK)
+    assert example.input_ids[example.num_prompt :] == (tokenizer.eos_token_id,)
+    del row["trajectories"][0]["text"]
+    with pytest.raises(UsageError, match="no trajectory text"):
+        build_examples([row], tokenizer, max_length=512, task=TASK)
+
+
 def test_pruned_rows_are_dropped_and_only_correct_keeps_right_answers():
     rows = search_rows(6, seed=random.randrange(1000))
     rows[0]["pruned_early"] = True

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 
 
-def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
+def stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the outputs and softmax statistics for inputs of ``dtype`` (every backend's)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -39,7 +40,7 @@ def segment_mean(token_logprobs: torch.Tensor, valid: torch.Tensor, cu_seqlens: 
 
 def logprob_gather(hidden, weight, targets, cu_seqlens, temperature, ignore_index, return_entropy):
     """See :func:`genssd_kernels.ops.logprob_gather`; arguments are already validated."""
-    stat = _stat_dtype(hidden.dtype)
+    stat = stat_dtype(hidden.dtype)
     logits = (hidden @ weight.T).to(stat) / temperature  # [N, V]
     log_probs = torch.log_softmax(logits, dim=-1)
     valid = targets != ignore_index

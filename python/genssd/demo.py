@@ -10,6 +10,7 @@ generator, ``run_demo`` runs the distillation pipeline (``genssd.distill``) once
 - ``rejection``: n teacher samples per problem, the answer-correct ones kept;
 - ``best-of-n``: n whole teacher answers, the one the student likes best kept;
 - ``gen-ssd``: line-by-line search, the student's likelihood pruning and selecting;
+- ``gen-ssd-checked``: the same, then only the trajectories with a right answer are trained on;
 - ``random``: the same search with random scores (the ablation);
 - ``standard KD, equal budget`` (with ``equal_budget``): Standard KD on as many more problems
   as Gen-SSD's teacher tokens pay for.
@@ -101,9 +102,10 @@ class Preset:
 
 
 PRESETS = {
-    # About six minutes on two CPU cores (training is most of it): enough problems that the
-    # methods' data differ by more than the noise of 500 held-out problems, and a cold start long
-    # enough for the student's likelihoods to mean something.
+    # About six minutes on two CPU cores with two jobs (training is most of it): enough problems
+    # that the methods' data differ by more than the noise of 500 held-out problems, and a cold
+    # start long enough that the student prefers the next fine line at most steps (84% of the
+    # decision points after 500 steps of 32 in experiments/results/demo_models_check.json).
     "quick": Preset(
         name="quick",
         train_problems=2500,
@@ -119,7 +121,8 @@ PRESETS = {
         search_batch_size=128,
         eval_batch_size=500,
     ),
-    # The GPU experiment: more data and training, three seeds, and the equal-budget comparison.
+    # The GPU experiment: more data and training, three seeds, and the equal-budget comparison
+    # (501 s on an H100 with --jobs 15).
     "full": Preset(
         name="full",
         train_problems=8000,
@@ -169,6 +172,8 @@ def methods(preset: Preset) -> list[Method]:
         ),
         Method("best-of-n", f"post-hoc student selection (best of {n})", "best-of-n", {"num_candidates": n}),
         Method("gen-ssd", "Gen-SSD", "gen-ssd", search),
+        # DESIGN §3's optional last step: the same search, then only right answers are trained on.
+        Method("gen-ssd-checked", "Gen-SSD + answer check", "gen-ssd", search, only_correct=True),
         Method("random", "random-scorer ablation", "random", search),
     ]
     if preset.equal_budget:
@@ -256,20 +261,33 @@ def _row(method: str, label: str, summary: dict, leaps: float | None) -> dict:
     }
 
 
-def run_seed(
+@dataclass(frozen=True)
+class SeedSetup:
+    """One seed's problems and its shared first stages (what every method of the seed builds on)."""
+
+    root: Path
+    seed: int
+    train_rows: list[dict]
+    pool: list[dict]
+    heldout: list[dict]
+    base_row: dict
+    cold_row: dict
+    cold_tokens: int
+
+
+def setup_seed(
     root: Path, models: Path, preset: Preset, seed: int, base_seed: int, device: str, progress: bool
-) -> list[dict]:
-    """Every method for one seed, in ``root``; returns one result row per method."""
+) -> SeedSetup:
+    """Write one seed's problems, evaluate the base student and run the cold start, in ``root``."""
     from genssd.tasks import get_task
     from genssd.tasks.arith import write_problems
 
     train_rows, pool, heldout = demo_problems(preset, seed, base_seed)
     write_problems(root / "data" / "train.jsonl", train_rows)
     write_problems(root / "data" / "heldout.jsonl", heldout)
-    teacher, student = models / "teacher", models / "student"
     common = {"device": device, "progress": progress}
     evaluation = _eval_config(preset)
-    results = []
+    student = models / "student"
 
     base = root / "base"
     info = run_stage(
@@ -277,11 +295,9 @@ def run_seed(
         "eval",
         lambda: eval_stage(base / "eval.jsonl", student, get_task(TASK), heldout, evaluation, **common),
     )
-    results.append(_row("base", "base student (no fine-tuning)", {"eval": info}, None))
-
     cold = run_pipeline(
         DistillPlan(
-            teacher=teacher,
+            teacher=models / "teacher",
             student=student,
             task=TASK,
             rows=train_rows[: preset.cold_start_problems],
@@ -294,34 +310,61 @@ def run_seed(
         )
     )
     leaps = leap_share(root / "coldstart" / "search.jsonl")
-    results.append(_row("coldstart", "cold start (Standard KD)", cold, leaps))
+    return SeedSetup(
+        root=root,
+        seed=seed,
+        train_rows=train_rows,
+        pool=pool,
+        heldout=heldout,
+        base_row=_row("base", "base student (no fine-tuning)", {"eval": info}, None),
+        cold_row=_row("coldstart", "cold start (Standard KD)", cold, leaps),
+        cold_tokens=cold["teacher_tokens"],
+    )
 
+
+def run_method(
+    setup: SeedSetup, method: Method, models: Path, preset: Preset, device: str, progress: bool,
+    budget: int | None = None,
+) -> tuple[dict, int]:
+    """One method on top of a seed's cold start: its result row and its own search's teacher tokens.
+
+    ``budget`` (the equal-budget run only): teacher tokens to spend, drawing problems from the pool.
+    """
+    rows = setup.pool if budget is not None else setup.train_rows
+    summary = run_pipeline(
+        DistillPlan(
+            teacher=models / "teacher",
+            student=setup.root / "coldstart" / "student",
+            task=TASK,
+            rows=rows,
+            out=setup.root / method.key,
+            search=_search_config(method.preset, method.overrides, preset, setup.seed),
+            train=_train_config(preset, setup.seed, preset.train_steps, method.only_correct),
+            evaluation=_eval_config(preset),
+            eval_rows=setup.heldout,
+            train_on=method.train_on,
+            teacher_token_budget=budget,
+            device=device,
+            progress=progress,
+        )
+    )
+    # Every fine-tuned student's data includes the shared cold start's.
+    summary["teacher_tokens_total"] = summary["teacher_tokens"] + setup.cold_tokens
+    leaps = leap_share(setup.root / method.key / "search.jsonl", method.train_on, method.only_correct)
+    return _row(method.key, method.label, summary, leaps), summary["teacher_tokens"]
+
+
+def run_seed(
+    root: Path, models: Path, preset: Preset, seed: int, base_seed: int, device: str, progress: bool
+) -> list[dict]:
+    """Every method for one seed, in ``root``, one after another; one result row per method."""
+    setup = setup_seed(root, models, preset, seed, base_seed, device, progress)
+    results = [setup.base_row, setup.cold_row]
     spent: dict[str, int] = {}  # each method's own search tokens
     for method in methods(preset):
-        rows, budget = train_rows, None
-        if method.key == "standard-budget":  # as many problems as Gen-SSD's tokens pay for
-            rows, budget = pool, spent["gen-ssd"]
-        summary = run_pipeline(
-            DistillPlan(
-                teacher=teacher,
-                student=root / "coldstart" / "student",
-                task=TASK,
-                rows=rows,
-                out=root / method.key,
-                search=_search_config(method.preset, method.overrides, preset, seed),
-                train=_train_config(preset, seed, preset.train_steps, method.only_correct),
-                evaluation=evaluation,
-                eval_rows=heldout,
-                train_on=method.train_on,
-                teacher_token_budget=budget,
-                **common,
-            )
-        )
-        spent[method.key] = summary["teacher_tokens"]
-        # Every fine-tuned student's data includes the shared cold start's.
-        summary["teacher_tokens_total"] = summary["teacher_tokens"] + cold["teacher_tokens"]
-        leaps = leap_share(root / method.key / "search.jsonl", method.train_on, method.only_correct)
-        results.append(_row(method.key, method.label, summary, leaps))
+        budget = spent["gen-ssd"] if method.key == "standard-budget" else None
+        row, spent[method.key] = run_method(setup, method, models, preset, device, progress, budget)
+        results.append(row)
     return results
 
 
@@ -436,36 +479,82 @@ def _cpu_threads(count: int | None):
         torch.set_num_threads(before)
 
 
-def _seed_job(out: Path, models: Path, preset: Preset, seed: int, base_seed: int, device: str, progress: bool):
-    """One seed's methods, with the thread setting the device wants (also a process's entry point)."""
+def _in_worker(job, *args, device: str, progress: bool, **kwargs):
+    """Run ``job(*args, device, progress, **kwargs)`` with the threads and bars the demo wants
+    (also the entry point of a worker process)."""
     if not progress:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
     with _cpu_threads(1 if device == "cpu" else None):
-        return run_seed(out / f"seed{seed}", models, preset, seed, base_seed, device, progress)
+        return job(*args, device, progress, **kwargs)
 
 
 def _run_seeds(
     out: Path, models: Path, preset: Preset, seeds: list[int], base_seed: int, device: str, progress: bool, jobs: int
 ) -> list[list[dict]]:
-    """Every seed's result rows, in seed order: in this process, or ``jobs`` worker processes.
+    """Every seed's result rows, in seed order: in this process, or in ``jobs`` worker processes.
 
-    The demo's models are so small that one process keeps a GPU mostly idle (its time goes to
-    launching kernels from one CPU core), so seeds in parallel processes finish in about the time
-    of one. The processes are spawned (CUDA cannot be used in a forked child).
+    With workers, each seed's set-up (base evaluation, cold start) is one job and each method on
+    top of it another, so up to ``jobs`` of them run at once (the equal-budget run waits for its
+    seed's Gen-SSD). The demo's models are so small that one process keeps a GPU mostly idle (its
+    time goes to launching kernels from one CPU core). Workers are spawned (CUDA cannot be used in
+    a forked child) and show no progress bars of their own: one bar (or, without, one line)
+    counts the finished jobs.
     """
-    if jobs == 1 or len(seeds) == 1:
-        return [_seed_job(out, models, preset, s, base_seed, device, progress) for s in seeds]
+    if jobs == 1:
+        return [
+            _in_worker(run_seed, out / f"seed{s}", models, preset, s, base_seed, device=device, progress=progress)
+            for s in seeds
+        ]
     import concurrent.futures
     import multiprocessing
 
+    from tqdm.auto import tqdm
+
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(min(jobs, len(seeds)), mp_context=context) as pool:
-        futures = [pool.submit(_seed_job, out, models, preset, s, base_seed, device, False) for s in seeds]
-        for s, future in zip(seeds, futures):
-            future.add_done_callback(lambda _, s=s: print(f"seed {s} finished", flush=True))
-        return [future.result() for future in futures]
+    quiet = {"device": device, "progress": False}
+    total = len(seeds) * (1 + len(methods(preset)))
+    with (
+        concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool,
+        tqdm(total=total, desc="demo jobs", unit="job", disable=not progress) as bar,
+    ):
+
+        def finished(label: str) -> None:
+            bar.update(1)
+            if progress:
+                bar.set_postfix_str(label)
+            else:
+                print(f"[genssd] finished {label}", flush=True)
+
+        def submit(label, job, *args, **kwargs):
+            future = pool.submit(_in_worker, job, *args, **quiet, **kwargs)
+            future.add_done_callback(lambda f: finished(label))
+            return future
+
+        setups = {
+            s: submit(f"seed{s} set-up", setup_seed, out / f"seed{s}", models, preset, s, base_seed) for s in seeds
+        }
+        runs: dict[int, dict[str, concurrent.futures.Future]] = {}
+        for s in seeds:
+            setup = setups[s].result()
+            runs[s] = {
+                m.key: submit(f"seed{s}/{m.key}", run_method, setup, m, models, preset)
+                for m in methods(preset)
+                if m.key != "standard-budget"
+            }
+        for s in seeds:
+            for m in methods(preset):
+                if m.key == "standard-budget":
+                    budget = runs[s]["gen-ssd"].result()[1]
+                    runs[s][m.key] = submit(
+                        f"seed{s}/{m.key}", run_method, setups[s].result(), m, models, preset, budget=budget
+                    )
+        results = []
+        for s in seeds:
+            setup = setups[s].result()
+            results.append([setup.base_row, setup.cold_row] + [runs[s][m.key].result()[0] for m in methods(preset)])
+        return results
 
 
 def check_models(models: Path) -> None:
@@ -487,7 +576,8 @@ def run_demo(
 ) -> dict:
     """Run (or finish) the demo in ``out``; print the table; return ``results.json``'s content.
 
-    ``jobs`` > 1 runs that many seeds at a time, each in its own process (no progress bars then).
+    ``jobs`` > 1 runs up to that many jobs (a seed's set-up, a method) at a time, each in its own
+    process, with a line per finished job instead of progress bars.
     """
     if isinstance(preset, str):
         if preset not in PRESETS:

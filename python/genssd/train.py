@@ -63,11 +63,15 @@ class Example:
 
 
 def completion_text(row: dict, where: str = "row") -> str:
-    """The text a row teaches: ``trajectories[0].text`` of a search row, else ``answer``."""
+    """The text a row teaches: ``trajectories[0].text`` of a search row, else ``answer``.
+
+    A search row's text may be empty: a sampled teacher can end its answer at once (its EOS is
+    then the whole trajectory, and the row teaches just that, as plain sampling would).
+    """
     if "trajectories" in row:
         trajectories = row["trajectories"]
         first = trajectories[0] if isinstance(trajectories, list) and trajectories else None
-        if not isinstance(first, dict) or not isinstance(first.get("text"), str) or not first["text"]:
+        if not isinstance(first, dict) or not isinstance(first.get("text"), str):
             raise UsageError(f"{where}: the row has no trajectory text (trajectories[0].text)")
         return first["text"]
     answer = row.get("answer")

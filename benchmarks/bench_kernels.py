@@ -6,7 +6,7 @@ Two entry points over the same measurements:
 - ``python benchmarks/bench_kernels.py --json benchmarks/results/kernels.json`` prints the
   tables of benchmarks/README.md and saves every row as JSON; ``--quick`` times only the
   matmul floor and genssd with fewer repetitions;
-- ``python benchmarks/bench_kernels.py --sweep forward --json ...`` (or ``--sweep backward``)
+- ``python benchmarks/bench_kernels.py --sweep forward --json ...`` (or ``--sweep backward``, or ``--sweep parts`` for the backward's parts)
   times the Triton tile configurations of ``sweep_configs`` against the matmul floor, to pick
   the entries of ``FORWARD_CONFIGS`` / ``BACKWARD_CONFIGS`` in
   ``genssd_kernels/triton/logprob_gather.py``.
@@ -149,17 +149,26 @@ def sweep_configs(kind):
         }
     return {
         "128x128x64 w8 s3 r128 (2/SM)": _tile(128, 128, 64, 8, 3, 8, 2, 128),
-        "128x256x64 w8 s3": _tile(128, 256, 64, 8, 3, 8, 1),  # ~255 regs, small spill
-        "256x128x64 w8 s3": _tile(256, 128, 64, 8, 3, 8, 1),  # the default
+        "128x256x64 w8 s3": _tile(128, 256, 64, 8, 3, 8, 1),  # the default; ~255 regs, small spill
+        "256x128x64 w8 s3": _tile(256, 128, 64, 8, 3, 8, 1),
         "128x128x64 w8 s4": _tile(128, 128, 64, 8, 4, 8, 1),
     }
+
+
+BACKWARD_PARTS = {
+    "grad-logits kernel only": (False, False),
+    "+ grad_z @ W (grad_hidden)": (True, False),
+    "+ grad_z.T @ H (grad_weight)": (False, True),
+    "whole backward": (True, True),
+}
 
 
 def sweep(kind, shape_name):
     """Rows timing each ``sweep_configs(kind)`` entry at one shape, plus the matmul floor.
 
     ``forward`` times the no-grad forward with entropy off and on; ``backward`` times only the
-    backward (grad-logits kernel + the cuBLAS products) from saved forward statistics.
+    backward (grad-logits kernel + the cuBLAS products) from saved forward statistics; ``parts``
+    times the default backward with and without each of its two products.
     """
     from genssd_kernels.triton import logprob_gather as triton_gather
 
@@ -170,19 +179,29 @@ def sweep(kind, shape_name):
     with torch.no_grad():
         stats = triton_gather.forward(hidden, weight, targets, cu)
         grad_logp = torch.full_like(stats[0], -1.0 / shape[0])
-        for name, config in sweep_configs(kind).items():
-            if kind == "forward":
-                variants = {"": False, " +entropy": True}
-                for suffix, entropy in variants.items():
-                    ms = device_median_ms(lambda: triton_gather.forward(
-                        hidden, weight, targets, cu, return_entropy=entropy, config=config))
-                    rows.append({"op": op, "shape": shape_name, "provider": name + suffix, "ms": ms})
-            else:
+        if kind == "parts":
+            # The backward's parts by difference: the grad-logits kernel alone (no product asked
+            # for), then with grad_z @ W (grad_hidden) or grad_z.T @ H (grad_weight), then both.
+            for name, (need_hidden, need_weight) in BACKWARD_PARTS.items():
                 ms = device_median_ms(lambda: triton_gather.backward(
                     grad_logp, hidden, weight, targets, stats[3], stats[4], temperature=1.0, ignore_index=-100,
-                    config=config))
+                    need_hidden=need_hidden, need_weight=need_weight))
                 rows.append({"op": op, "shape": shape_name, "provider": name, "ms": ms})
-            print(json.dumps(rows[-1]), flush=True)
+                print(json.dumps(rows[-1]), flush=True)
+        else:
+            for name, config in sweep_configs(kind).items():
+                if kind == "forward":
+                    variants = {"": False, " +entropy": True}
+                    for suffix, entropy in variants.items():
+                        ms = device_median_ms(lambda: triton_gather.forward(
+                            hidden, weight, targets, cu, return_entropy=entropy, config=config))
+                        rows.append({"op": op, "shape": shape_name, "provider": name + suffix, "ms": ms})
+                else:
+                    ms = device_median_ms(lambda: triton_gather.backward(
+                        grad_logp, hidden, weight, targets, stats[3], stats[4], temperature=1.0, ignore_index=-100,
+                        config=config))
+                    rows.append({"op": op, "shape": shape_name, "provider": name, "ms": ms})
+                print(json.dumps(rows[-1]), flush=True)
     torch.cuda.empty_cache()
     return rows
 
@@ -288,8 +307,9 @@ def main(argv=None):
     parser.add_argument("--providers", default=None, help="comma-separated subset of providers")
     parser.add_argument("--quick", action="store_true",
                         help="matmul + genssd providers only (unless --providers), shorter timing budgets")
-    parser.add_argument("--sweep", choices=("forward", "backward"), default=None,
-                        help="time the Triton tile configurations instead of the providers")
+    parser.add_argument("--sweep", choices=("forward", "backward", "parts"), default=None,
+                        help="time the Triton tile configurations (forward, backward) or the backward's "
+                             "parts (parts) instead of the providers")
     args = parser.parse_args(argv)
     card = torch.cuda.get_device_name()
     if args.quick:

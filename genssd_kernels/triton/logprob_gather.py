@@ -90,9 +90,10 @@ else:
         "fp32": TileConfig(64, 64, 32, num_warps=4, num_stages=2, group_rows=8, programs_per_sm=2),
     }
     BACKWARD_CONFIGS = {
-        # H100 sweep: 256x128x64 tiles were the fastest grad-logits tiles at d=4096 (3.36x the
-        # matmul for the whole backward against 3.51x for 128x128 at two programs per SM) and tied at d=896.
-        "16-bit": TileConfig(256, 128, 64, num_warps=8, num_stages=3, group_rows=8),
+        # H100 sweep with 1 s timings (NOTES.md): 128x256x64 tiles gave the fastest backward at every
+        # d (3.50 / 3.16 / 3.20x the matmul at d = 896 / 2048 / 4096, against 3.54 / 3.24 / 3.24x for
+        # 256x128 and 3.60 / 3.40 / 3.44x for 128x128 at two programs per SM).
+        "16-bit": TileConfig(128, 256, 64, num_warps=8, num_stages=3, group_rows=8),
         "fp32": TileConfig(64, 64, 32, num_warps=4, num_stages=2, group_rows=8),
     }
 

@@ -520,7 +520,10 @@ def _run_seeds(
         tqdm(total=total, desc="demo jobs", unit="job", disable=not progress) as bar,
     ):
 
-        def finished(label: str) -> None:
+        def finished(label: str, future: concurrent.futures.Future) -> None:
+            # A failed job is re-raised where its result is read; here it only must not count as done.
+            if future.cancelled() or future.exception() is not None:
+                return
             bar.update(1)
             if progress:
                 bar.set_postfix_str(label)
@@ -529,7 +532,7 @@ def _run_seeds(
 
         def submit(label, job, *args, **kwargs):
             future = pool.submit(_in_worker, job, *args, **quiet, **kwargs)
-            future.add_done_callback(lambda f: finished(label))
+            future.add_done_callback(lambda f: finished(label, f))
             return future
 
         setups = {

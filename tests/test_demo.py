@@ -8,6 +8,7 @@ over seeds, the printed table and the plot, a rerun that recomputes nothing, and
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 from pathlib import Path
 
@@ -152,6 +153,16 @@ def test_seeds_in_parallel_processes_give_the_same_results(demo, models, tmp_pat
     parallel = run_demo(tmp_path / "run", preset=TINY, device="cpu", seed=0, models=models, progress=False, jobs=2)
     assert parallel["per_seed"] == results["per_seed"]
     assert parallel["methods"] == results["methods"]
+
+
+def test_a_failing_job_in_a_worker_process_fails_the_run(models, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(models, broken)
+    (broken / "student" / "model.safetensors").write_bytes(b"not a checkpoint")
+    # Whatever the loader raises in the worker is raised again in the parent.
+    with pytest.raises(Exception, match="deserializing header"):
+        run_demo(tmp_path / "run", preset=TINY, device="cpu", seed=0, models=broken, progress=False, jobs=2)
+    assert not (tmp_path / "run" / "results.json").exists()
 
 
 def test_other_settings_in_the_same_folder_are_refused(demo, models, capsys):

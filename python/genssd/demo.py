@@ -535,29 +535,35 @@ def _run_seeds(
             future.add_done_callback(lambda f: finished(label, f))
             return future
 
-        setups = {
-            s: submit(f"seed{s} set-up", setup_seed, out / f"seed{s}", models, preset, s, base_seed) for s in seeds
-        }
-        runs: dict[int, dict[str, concurrent.futures.Future]] = {}
-        for s in seeds:
-            setup = setups[s].result()
-            runs[s] = {
-                m.key: submit(f"seed{s}/{m.key}", run_method, setup, m, models, preset)
-                for m in methods(preset)
-                if m.key != "standard-budget"
+        try:
+            setups = {
+                s: submit(f"seed{s} set-up", setup_seed, out / f"seed{s}", models, preset, s, base_seed) for s in seeds
             }
-        for s in seeds:
-            for m in methods(preset):
-                if m.key == "standard-budget":
-                    budget = runs[s]["gen-ssd"].result()[1]
-                    runs[s][m.key] = submit(
-                        f"seed{s}/{m.key}", run_method, setups[s].result(), m, models, preset, budget=budget
-                    )
-        results = []
-        for s in seeds:
-            setup = setups[s].result()
-            results.append([setup.base_row, setup.cold_row] + [runs[s][m.key].result()[0] for m in methods(preset)])
-        return results
+            runs: dict[int, dict[str, concurrent.futures.Future]] = {}
+            for s in seeds:
+                setup = setups[s].result()
+                runs[s] = {
+                    m.key: submit(f"seed{s}/{m.key}", run_method, setup, m, models, preset)
+                    for m in methods(preset)
+                    if m.key != "standard-budget"
+                }
+            for s in seeds:
+                for m in methods(preset):
+                    if m.key == "standard-budget":
+                        budget = runs[s]["gen-ssd"].result()[1]
+                        runs[s][m.key] = submit(
+                            f"seed{s}/{m.key}", run_method, setups[s].result(), m, models, preset, budget=budget
+                        )
+            results = []
+            for s in seeds:
+                setup = setups[s].result()
+                results.append([setup.base_row, setup.cold_row] + [runs[s][m.key].result()[0] for m in methods(preset)])
+            return results
+        except BaseException:
+            # Fail fast: drop the jobs not started yet (the running ones finish, and their
+            # stages are kept for a rerun), instead of running them all before the error shows.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
 
 
 def check_models(models: Path) -> None:

@@ -483,9 +483,9 @@ def _in_worker(job, *args, device: str, progress: bool, **kwargs):
     """Run ``job(*args, device, progress, **kwargs)`` with the threads and bars the demo wants
     (also the entry point of a worker process)."""
     if not progress:
-        from transformers.utils import logging as hf_logging
+        from genssd.models import quiet_transformers
 
-        hf_logging.disable_progress_bar()
+        quiet_transformers()
     with _cpu_threads(1 if device == "cpu" else None):
         return job(*args, device, progress, **kwargs)
 

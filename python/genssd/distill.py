@@ -184,15 +184,11 @@ def resolve_device(device: str | None) -> str:
     """``device`` checked (None: CUDA when available, else CPU)."""
     import torch
 
+    from genssd.models import check_device
+
     if device is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        parsed = torch.device(device)
-    except RuntimeError:
-        raise UsageError(f"unknown device {device!r}") from None
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device {device!r} asked for but CUDA is not available")
-    if parsed.type not in ("cpu", "cuda"):
+    if check_device(device).type not in ("cpu", "cuda"):
         raise UsageError(f"device must be cpu or cuda, got {device!r}")
     return device
 

@@ -25,6 +25,25 @@ DTYPES = {
 }
 
 
+def check_device(name: str) -> torch.device:
+    """``name`` parsed as a torch device; a usage error if torch does not know it or it is a CUDA
+    device on a machine without CUDA."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {name!r} asked for but CUDA is not available")
+    return device
+
+
+def quiet_transformers() -> None:
+    """Hide the Hugging Face loading and saving bars (for --no-progress and worker processes)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def resolve_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
     """``"bf16"``/``"bfloat16"``/... -> ``torch.dtype``; None and ``"auto"`` -> None (the checkpoint's)."""
     if name is None or isinstance(name, torch.dtype):

@@ -53,7 +53,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from genssd.commands.eval import quiet_transformers
+    from genssd.models import quiet_transformers
     from genssd.demo import ASSETS, run_demo
 
     # The demo loads and saves many tiny models: Hugging Face's per-file bars would bury its own.

@@ -151,7 +151,7 @@ def build_plan(args):
 
 
 def run(args) -> int:
-    from genssd.commands.eval import quiet_transformers
+    from genssd.models import quiet_transformers
     from genssd.distill import resolve_device, run_pipeline
 
     plan = build_plan(args)

@@ -27,13 +27,6 @@ def load_student(path: str, *, device, dtype: str = "auto", trust_remote_code: b
     return load_model(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code), tokenizer
 
 
-def quiet_transformers() -> None:
-    """Hide the Hugging Face loading bars (for --no-progress)."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-
-
 def register(subparsers) -> None:
     from genssd.config import EvalConfig
     from genssd.tasks import TASK_NAMES
@@ -83,6 +76,8 @@ def run(args) -> int:
         result = score_predictions(task, rows, read_predictions(args.predictions, rows))
     else:
         import torch
+
+        from genssd.models import quiet_transformers
 
         if args.no_progress:
             quiet_transformers()

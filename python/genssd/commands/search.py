@@ -107,15 +107,12 @@ def _devices(args, dist) -> tuple[str, str]:
     """The teacher's (input) device and the student's, checked."""
     import torch
 
+    from genssd.models import check_device
+
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     student = args.student_device or device
     for name in (device, student):
-        try:
-            parsed = torch.device(name)
-        except RuntimeError:
-            raise UsageError(f"unknown device {name!r}") from None
-        if parsed.type == "cuda" and not torch.cuda.is_available():
-            raise UsageError(f"device {name!r} asked for but CUDA is not available")
+        check_device(name)
     if dist is not None and torch.device(device).type == "cuda":
         if dist[2] >= torch.cuda.device_count():
             raise UsageError(

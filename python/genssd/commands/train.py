@@ -32,7 +32,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     import torch.distributed as dist
 
-    from genssd.commands.eval import quiet_transformers
+    from genssd.models import quiet_transformers
     from genssd.config import TrainConfig, build_config
     from genssd.models import load_model, load_tokenizer
     from genssd.tasks import get_task, read_rows

@@ -18,7 +18,9 @@ from genssd.tasks import get_task
 from genssd.tasks.arith import render_solution
 from genssd.train import train
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+from tiny_models import tiny_llama
 
 CHARACTERS = "0123456789 +-=#?:\nWhatisQuestionAnswer"
 
@@ -36,21 +38,18 @@ def char_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def _llama(tokenizer, hidden: int, layers: int, seed: int) -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
+    model = tiny_llama(
+        len(tokenizer),
+        seed=seed,
+        hidden=hidden,
+        layers=layers,
+        tie=True,
         num_key_value_heads=4,
         max_position_embeddings=256,
-        tie_word_embeddings=True,
         bos_token_id=None,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model

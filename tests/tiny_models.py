@@ -35,8 +35,9 @@ def byte_tokenizer(*, pad_is_eos: bool = False, add_bos: bool = False) -> PreTra
 
 
 def tiny_llama(vocab_size: int, *, seed: int = 0, hidden: int = 32, layers: int = 2, tie: bool = False, **overrides):
-    """A randomly initialized Llama with ``hidden`` width, fp32, in eval mode."""
-    config = LlamaConfig(
+    """A randomly initialized Llama with ``hidden`` width, fp32, in eval mode; ``overrides`` replace
+    or add ``LlamaConfig`` fields."""
+    defaults = dict(
         vocab_size=vocab_size,
         hidden_size=hidden,
         intermediate_size=2 * hidden,
@@ -48,8 +49,8 @@ def tiny_llama(vocab_size: int, *, seed: int = 0, hidden: int = 32, layers: int 
         pad_token_id=0,
         eos_token_id=1,
         bos_token_id=2,
-        **overrides,
     )
+    config = LlamaConfig(**{**defaults, **overrides})
     torch.manual_seed(seed)
     return LlamaForCausalLM(config).eval()
 

@@ -128,30 +128,29 @@ def measure_prune(provider, *, groups=4096, candidates=64, k=4, margin=0.5, grap
             "provider": provider, "ms": ms}
 
 
-def _tile(block_n, block_v, block_d, warps, stages, group_rows, per_sm, max_registers=None):
+def _tile(block_n, block_v, block_d, warps, stages, group_rows, per_sm, max_registers=None, tma=False, parts=1):
     from genssd_kernels.triton.logprob_gather import TileConfig
 
     return TileConfig(block_n, block_v, block_d, num_warps=warps, num_stages=stages, group_rows=group_rows,
-                      programs_per_sm=per_sm, max_registers=max_registers)
+                      programs_per_sm=per_sm, max_registers=max_registers, tma=tma, epilogue_parts=parts)
 
 
 def sweep_configs(kind):
-    """name -> TileConfig candidates for ``--sweep forward|backward`` (all compile without spills
-    for sm_90 with Triton 3.9; registers a thread in the comments)."""
+    """name -> TileConfig candidates for ``--sweep forward|backward`` (none spills for sm_90 with
+    Triton 3.6; ``benchmarks/compile_kernels.py`` gives the registers). The earlier candidates and
+    their timings are in NOTES.md and ``benchmarks/results/sweep-*.json``."""
     if kind == "forward":
         return {
-            "128x128x64 w8 s3 r128 (2/SM)": _tile(128, 128, 64, 8, 3, 16, 2, 128),
-            "128x256x64 w8 s3 (1/SM)": _tile(128, 256, 64, 8, 3, 16, 1),  # the default, ~246-255 regs
-            "128x128x64 w4 s3 (2/SM)": _tile(128, 128, 64, 4, 3, 16, 2),  # one warpgroup, ~255 regs
-            "128x128x64 w8 s4 (1/SM)": _tile(128, 128, 64, 8, 4, 16, 1),  # ~150-175 regs
-            "256x128x64 w8 s3 (1/SM)": _tile(256, 128, 64, 8, 3, 8, 1),
-            "128x256x64 w8 s4 (1/SM)": _tile(128, 256, 64, 8, 4, 16, 1),
+            "128x256x64 w8 s3 g16 tma": _tile(128, 256, 64, 8, 3, 16, 1, tma=True),  # the default
+            "128x256x64 w8 s3 g16 pointer loads": _tile(128, 256, 64, 8, 3, 16, 1),  # the previous default
+            "128x256x64 w8 s3 g8 tma": _tile(128, 256, 64, 8, 3, 8, 1, tma=True),
+            "128x256x64 w8 s3 g32 tma": _tile(128, 256, 64, 8, 3, 32, 1, tma=True),
         }
     return {
-        "128x128x64 w8 s3 r128 (2/SM)": _tile(128, 128, 64, 8, 3, 8, 2, 128),
-        "128x256x64 w8 s3": _tile(128, 256, 64, 8, 3, 8, 1),  # the default; ~255 regs, small spill
-        "256x128x64 w8 s3": _tile(256, 128, 64, 8, 3, 8, 1),
-        "128x128x64 w8 s4": _tile(128, 128, 64, 8, 4, 8, 1),
+        "128x256x64 w8 s3 g16 tma, epilogue in 8 slices": _tile(128, 256, 64, 8, 3, 16, 1, tma=True, parts=8),
+        "128x256x64 w8 s3 g16 tma, epilogue in 4 slices": _tile(128, 256, 64, 8, 3, 16, 1, tma=True, parts=4),
+        "128x256x64 w8 s3 g16 pointer loads, 4 slices": _tile(128, 256, 64, 8, 3, 16, 1, parts=4),
+        "128x256x64 w8 s3 g8 pointer loads, 1 slice (previous)": _tile(128, 256, 64, 8, 3, 8, 1),
     }
 
 

@@ -6,7 +6,8 @@ registers a thread, the local-memory stack (non-zero means spills), the shared m
 number of wgmma instructions. It catches compile errors before a GPU run and checks the occupancy
 assumptions of the tile table (two programs per SM need <= 128 registers at 8 warps and
 <= ~113 KiB of shared memory each). Needs only triton (its bundled cuobjdump reads the cubin).
-Compiled as for contiguous inputs: unit inner strides, 16-divisible pointers and row strides.
+Compiled as for contiguous inputs: unit inner strides; pointers, sizes and row strides divisible by
+16 (as Triton specializes them at the benchmark shapes).
 """
 
 from __future__ import annotations
@@ -37,17 +38,23 @@ ARG_TYPES = {
     "min_score": "fp32",
 }
 UNIT_STRIDES = ("stride_hd", "stride_wd", "stride_s", "stride_o")
-DIVISIBLE = ("h_ptr", "w_ptr", "gz_ptr", "part_ptr", "D", "stride_hn", "stride_wv", "stride_gz")
+DIVISIBLE = ("h_ptr", "w_ptr", "gz_ptr", "part_ptr", "N", "V", "D", "col_start", "width", "stride_hn", "stride_wv",
+             "stride_gz")
 
 
-def compile_kernel(kernel, dtype, constexprs, options):
-    """Compile ``kernel`` for sm_90a; returns the compiled kernel."""
+def compile_kernel(kernel, dtype, constexprs, options, descriptors=None):
+    """Compile ``kernel`` for sm_90a; returns the compiled kernel. ``descriptors`` maps TMA
+    descriptor arguments to their block shapes; the others present are passed as None."""
     names = list(inspect.signature(kernel.fn).parameters)
-    constexprs = {**constexprs, **{name: 1 for name in UNIT_STRIDES if name in names}}
+    descriptors = descriptors or {}
+    constexprs = {**constexprs, **{name: 1 for name in UNIT_STRIDES if name in names},
+                  **{name: None for name in ("h_desc", "w_desc") if name in names and name not in descriptors}}
     signature = {}
     for name in names:
         if name in constexprs:
             signature[name] = "constexpr"
+        elif name in descriptors:
+            signature[name] = f"tensordesc<{TRITON_TYPES[dtype]}{list(descriptors[name])}>"
         else:
             kind = ARG_TYPES.get(name, "i32")
             signature[name] = kind.replace("x", TRITON_TYPES[dtype]) if kind == "*x" else kind
@@ -75,7 +82,14 @@ def resources(compiled) -> str:
 
 def tile_constexprs(config):
     return dict(BLOCK_N=config.block_n, BLOCK_V=config.block_v, BLOCK_D=config.block_d,
-                GROUP_ROWS=config.group_rows, EVEN_D=True, INTERP_BF16=False)
+                GROUP_ROWS=config.group_rows, EVEN_D=True, TMA=config.tma, INTERP_BF16=False)
+
+
+def tile_descriptors(config):
+    """The TMA descriptor block shapes of a logit-tile kernel at ``config`` (none without TMA)."""
+    if not config.tma:
+        return None
+    return {"h_desc": (config.block_n, config.block_d), "w_desc": (config.block_v, config.block_d)}
 
 
 def jobs():
@@ -84,24 +98,26 @@ def jobs():
         dtype = torch.float32 if name == "fp32" else torch.bfloat16
         for entropy in (False, True):
             yield (f"forward partials [{name}] entropy={entropy}", triton_gather._forward_partials_kernel, dtype,
-                   dict(tile_constexprs(config), RETURN_ENTROPY=entropy), config.launch_options())
+                   dict(tile_constexprs(config), RETURN_ENTROPY=entropy), config.launch_options(),
+                   tile_descriptors(config))
     for name, config in triton_gather.BACKWARD_CONFIGS.items():
         dtype = torch.float32 if name == "fp32" else torch.bfloat16
-        yield (f"grad logits [{name}]", triton_gather._grad_logits_kernel, dtype, tile_constexprs(config),
-               config.launch_options())
+        yield (f"grad logits [{name}]", triton_gather._grad_logits_kernel, dtype,
+               dict(tile_constexprs(config), EPILOGUE_PARTS=config.epilogue_parts), config.launch_options(),
+               tile_descriptors(config))
     for entropy in (False, True):
         yield (f"combine entropy={entropy}", triton_gather._combine_kernel, torch.bfloat16,
                dict(RETURN_ENTROPY=entropy, BLOCK_R=triton_gather.COMBINE_ROWS, BLOCK_S=triton_gather.COMBINE_SPLITS,
-                    BLOCK_D=triton_gather.COMBINE_D), dict(num_warps=4))
+                    BLOCK_D=triton_gather.COMBINE_D), dict(num_warps=4), None)
     yield ("segment mean", triton_gather._segment_mean_kernel, torch.float32, dict(BLOCK=triton_gather.BLOCK_SEG),
-           dict(num_warps=4))
+           dict(num_warps=4), None)
     yield ("branch prune", triton_prune._branch_prune_kernel, torch.float32,
-           dict(BLOCK=triton_prune.BLOCK, PAIR=triton_prune.PAIR), dict(num_warps=triton_prune.NUM_WARPS))
+           dict(BLOCK=triton_prune.BLOCK, PAIR=triton_prune.PAIR), dict(num_warps=triton_prune.NUM_WARPS), None)
 
 
 def main():
-    for label, kernel, dtype, constexprs, options in jobs():
-        compiled = compile_kernel(kernel, dtype, constexprs, options)
+    for label, kernel, dtype, constexprs, options, descriptors in jobs():
+        compiled = compile_kernel(kernel, dtype, constexprs, options, descriptors)
         print(f"{label:48s} {TRITON_TYPES[dtype]:5s} {options}  {resources(compiled)}", flush=True)
 
 

@@ -293,3 +293,35 @@ def test_triton_copies_views_whose_tile_offsets_would_overflow_int32():
     below = torch.empty_strided((1000, d), (stride - 64, 1), device="meta")
     assert (rows - 1) * below.stride(0) + d < 2**31
     assert _addressable(below, rows) is below
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_triton_load_paths_and_epilogue_slices_agree(device):
+    """TMA and pointer loads, and the grad-logits epilogue on 1 to 8 column slices, give the same bits."""
+    if "triton" not in backends_on(device, "logprob_gather"):
+        pytest.skip("triton is unavailable on " + device)
+    from dataclasses import replace
+
+    from genssd_kernels.triton import logprob_gather as triton_gather
+
+    n, d, v = 45, 32, 200  # d=32 bf16: 64-byte rows, so TMA can read both inputs
+    hidden, weight, targets = testing.random_gather_inputs(n, d, v, torch.bfloat16, device=device, seed=17,
+                                                           ignore_fraction=0.2)
+    upstream = torch.randn(n, generator=torch.Generator().manual_seed(17)).to(device)
+    base = triton_gather.forward_config(torch.bfloat16)
+    if device == "cuda" and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("TMA needs a Hopper or newer GPU")
+    assert triton_gather._operand_descriptors(hidden, weight, replace(base, tma=True))[0] is not None
+    ragged = testing.random_gather_inputs(n, 70, v, torch.bfloat16, device=device, seed=17)
+    assert triton_gather._operand_descriptors(ragged[0], ragged[1], replace(base, tma=True)) == (None, None)
+
+    results = []
+    for tma, parts in ((False, 1), (True, 1), (True, 2), (True, 8)):
+        config = replace(base, tma=tma, epilogue_parts=parts)
+        logp, _, _, row_max, log2_sum = triton_gather.forward(hidden, weight, targets, config=config)
+        grads = triton_gather.backward(upstream, hidden, weight, targets, row_max, log2_sum, temperature=0.8,
+                                       ignore_index=IGNORE, config=config)
+        results.append((logp, *grads))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from genssd_kernels.triton import INTERPRETED, check_kernel_dtype, device_guard
 
@@ -51,7 +52,10 @@ class TileConfig:
     ``group_rows`` row blocks share each vocabulary strip (forward) or column panel (backward)
     among consecutively numbered programs, so the programs resident at one time reuse the same
     ``weight`` and ``hidden`` panels from L2. ``programs_per_sm`` is the expected occupancy, used
-    only to size the vocabulary splits.
+    only to size the vocabulary splits. ``tma``: the operand tiles are read through TMA tensor
+    descriptors where the inputs allow it (see ``_tma_ready``), else through pointers.
+    ``epilogue_parts`` (backward only; 1, 2, 4 or 8): the grad-logits epilogue runs on that many
+    column slices of the tile in turn.
     """
 
     block_n: int
@@ -62,6 +66,8 @@ class TileConfig:
     group_rows: int
     programs_per_sm: int = 1
     max_registers: int | None = None
+    tma: bool = False
+    epilogue_parts: int = 1
 
     def launch_options(self) -> dict:
         """``num_warps`` / ``num_stages`` / ``maxnreg`` keyword arguments of a kernel launch."""
@@ -76,24 +82,32 @@ class TileConfig:
 # (the reduction order follows the tiles). See NOTES.md for the reasoning behind each entry.
 if INTERPRETED:
     # The interpreter pays per operation: small tiles, and small splits/chunks so that the tests
-    # run every multi-split and multi-chunk path on tiny shapes.
+    # run every multi-split and multi-chunk path on tiny shapes. 16-bit inputs take the GPU's
+    # paths (TMA loads where the layout allows, a sliced epilogue).
     _SMALL = TileConfig(block_n=32, block_v=64, block_d=32, num_warps=4, num_stages=1, group_rows=2)
-    FORWARD_CONFIGS = {"16-bit": _SMALL, "fp32": _SMALL}
-    BACKWARD_CONFIGS = {"16-bit": _SMALL, "fp32": _SMALL}
+    _SMALL_16 = TileConfig(32, 64, 32, num_warps=4, num_stages=1, group_rows=2, tma=True, epilogue_parts=2)
+    FORWARD_CONFIGS = {"16-bit": _SMALL_16, "16-bit+entropy": _SMALL, "fp32": _SMALL}
+    BACKWARD_CONFIGS = {"16-bit": _SMALL_16, "fp32": _SMALL}
 else:
     FORWARD_CONFIGS = {
-        # The H100 sweep (NOTES.md) put 128x256x64 tiles, 8 warps, 3 stages, one program per SM
+        # The H100 sweeps (NOTES.md) put 128x256x64 tiles, 8 warps, 3 stages, one program per SM
         # ahead at every d: 1.12x the matmul at d=896 against 1.35x for two 128x128 programs per
         # SM, and 1.02x at d=4096. The wider tile's lower L2 traffic outweighs hiding the epilogue.
-        "16-bit": TileConfig(128, 256, 64, num_warps=8, num_stages=3, group_rows=16, programs_per_sm=1),
+        # TMA loads: 1.05 / 1.02 / 1.01x at d = 896 / 2048 / 4096 against 1.05 / 1.06 / 1.03x.
+        "16-bit": TileConfig(128, 256, 64, num_warps=8, num_stages=3, group_rows=16, tma=True),
+        # With entropy the TMA variant runs out of registers (255 and a spill): 1.18 / 1.08 /
+        # 1.05x against 1.06 / 1.04 / 1.03x with pointer loads.
+        "16-bit+entropy": TileConfig(128, 256, 64, num_warps=8, num_stages=3, group_rows=16),
         # fp32 runs the exact ("ieee") dot on CUDA cores: smaller tiles keep it in registers.
         "fp32": TileConfig(64, 64, 32, num_warps=4, num_stages=2, group_rows=8, programs_per_sm=2),
     }
     BACKWARD_CONFIGS = {
-        # H100 sweep with 1 s timings (NOTES.md): 128x256x64 tiles gave the fastest backward at every
-        # d (3.50 / 3.16 / 3.20x the matmul at d = 896 / 2048 / 4096, against 3.54 / 3.24 / 3.24x for
-        # 256x128 and 3.60 / 3.40 / 3.44x for 128x128 at two programs per SM).
-        "16-bit": TileConfig(128, 256, 64, num_warps=8, num_stages=3, group_rows=8),
+        # H100 (NOTES.md, benchmarks/grad_logits_variants.py): the grad-logits kernel at d=896
+        # spent 1.34x the matmul, 1.14x without its [N, V] store. Running its epilogue on four
+        # 64-column slices of the tile (184 registers instead of 254) and TMA loads bring it to
+        # 1.20 / 1.08 / 1.06x at d = 896 / 2048 / 4096 (whole backward 3.30 / 3.11 / 3.12x
+        # against 3.54 / 3.21 / 3.18x), 16 row blocks a column panel 0.04 of that at d=896.
+        "16-bit": TileConfig(128, 256, 64, num_warps=8, num_stages=3, group_rows=16, tma=True, epilogue_parts=4),
         "fp32": TileConfig(64, 64, 32, num_warps=4, num_stages=2, group_rows=8),
     }
 
@@ -112,11 +126,11 @@ CHUNK_BYTES = 8 * 2**10 if INTERPRETED else 768 * 2**20
 CHUNK_ALIGN = 1 if INTERPRETED else 128
 
 
-def forward_config(dtype: torch.dtype) -> TileConfig:
-    """The forward tile configuration for input ``dtype``."""
+def forward_config(dtype: torch.dtype, return_entropy: bool = False) -> TileConfig:
+    """The forward tile configuration for input ``dtype`` (with or without the entropy)."""
     if dtype == torch.float32:
         return FORWARD_CONFIGS["fp32"]
-    return FORWARD_CONFIGS["16-bit"]
+    return FORWARD_CONFIGS["16-bit+entropy" if return_entropy else "16-bit"]
 
 
 def backward_config(dtype: torch.dtype) -> TileConfig:
@@ -155,22 +169,30 @@ def _round_bf16(x, INTERP_BF16: tl.constexpr):
 
 
 @triton.jit
-def _logit_tile(h_ptr, w_ptr, row0, col0, N, V, D, stride_hn, stride_hd, stride_wv, stride_wd,
+def _logit_tile(h_ptr, w_ptr, h_desc, w_desc, row0, col0, N, V, D, stride_hn, stride_hd, stride_wv, stride_wd,
                 BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
-                INTERP_BF16: tl.constexpr):
+                TMA: tl.constexpr, INTERP_BF16: tl.constexpr):
     """``[BLOCK_N, BLOCK_V]`` fp32 tile of ``hidden[row0:] @ weight[col0:].T`` (no temperature).
 
-    ``row0``/``col0`` are int64. Rows past ``N`` and columns past ``V`` repeat the last row /
-    column, so every load is in bounds without a mask (the caller masks what it writes); only a
-    ragged ``d`` (``EVEN_D`` false) masks the last slice of the reduction.
+    ``row0``/``col0`` are int64. With ``TMA`` the operand tiles come through the tensor
+    descriptors ``h_desc`` / ``w_desc``, whose copies fill rows, columns and ``d`` past the
+    edges with zeros. Otherwise through pointers: rows past ``N`` and columns past ``V`` repeat
+    the last row / column, so every load is in bounds without a mask (the caller masks what it
+    writes), and only a ragged ``d`` (``EVEN_D`` false) masks the last slice of the reduction.
     """
+    acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
+    if TMA:
+        for d0 in range(0, D, BLOCK_D):
+            h = h_desc.load([row0.to(tl.int32), d0])
+            w = w_desc.load([col0.to(tl.int32), d0])
+            acc = _dot(h, tl.trans(w), acc, INTERP_BF16)
+        return acc
     # Scalar int64 bases + int32 in-tile offsets: no 64-bit address math per element.
     r = tl.minimum(tl.arange(0, BLOCK_N), (N - 1 - row0).to(tl.int32))
     c = tl.minimum(tl.arange(0, BLOCK_V), (V - 1 - col0).to(tl.int32))
     k = tl.arange(0, BLOCK_D)
     h_ptrs = h_ptr + row0 * stride_hn + (r[:, None] * stride_hn + k[None, :] * stride_hd)
     w_ptrs = w_ptr + col0 * stride_wv + (c[:, None] * stride_wv + k[None, :] * stride_wd)
-    acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
         if EVEN_D:
             h = tl.load(h_ptrs)
@@ -241,11 +263,11 @@ def _online_update(acc, run_max, run_sum, run_ent, scale, n_valid,
 
 
 @triton.jit
-def _forward_partials_kernel(h_ptr, w_ptr, part_ptr, N, V, D, n_splits, tiles_per_split,
+def _forward_partials_kernel(h_ptr, w_ptr, h_desc, w_desc, part_ptr, N, V, D, n_splits, tiles_per_split,
                              stride_hn, stride_hd, stride_wv, stride_wd, scale,
                              RETURN_ENTROPY: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
                              BLOCK_D: tl.constexpr, GROUP_ROWS: tl.constexpr, EVEN_D: tl.constexpr,
-                             INTERP_BF16: tl.constexpr):
+                             TMA: tl.constexpr, INTERP_BF16: tl.constexpr):
     """One program per (row block, vocabulary split); writes the split's per-row statistics.
 
     ``part`` is ``[2 or 3, n_splits, N]`` fp32: max, sum-exp and (with entropy) the entropy sum,
@@ -269,14 +291,14 @@ def _forward_partials_kernel(h_ptr, w_ptr, part_ptr, N, V, D, n_splits, tiles_pe
     run_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
     run_ent = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for t in range(tile0, full_end):
-        acc = _logit_tile(h_ptr, w_ptr, row0, tl.cast(t, tl.int64) * BLOCK_V, N, V, D, stride_hn, stride_hd,
-                          stride_wv, stride_wd, BLOCK_N, BLOCK_V, BLOCK_D, EVEN_D, INTERP_BF16)
+        acc = _logit_tile(h_ptr, w_ptr, h_desc, w_desc, row0, tl.cast(t, tl.int64) * BLOCK_V, N, V, D, stride_hn,
+                          stride_hd, stride_wv, stride_wd, BLOCK_N, BLOCK_V, BLOCK_D, EVEN_D, TMA, INTERP_BF16)
         run_max, run_sum, run_ent = _online_update(acc, run_max, run_sum, run_ent, scale, BLOCK_V,
                                                    RETURN_ENTROPY, False, BLOCK_N, BLOCK_V)
     if full_end < tile_end:  # this strip holds the vocabulary's last, partial tile
         col0 = full_end.to(tl.int64) * BLOCK_V
-        acc = _logit_tile(h_ptr, w_ptr, row0, col0, N, V, D, stride_hn, stride_hd, stride_wv, stride_wd,
-                          BLOCK_N, BLOCK_V, BLOCK_D, EVEN_D, INTERP_BF16)
+        acc = _logit_tile(h_ptr, w_ptr, h_desc, w_desc, row0, col0, N, V, D, stride_hn, stride_hd, stride_wv,
+                          stride_wd, BLOCK_N, BLOCK_V, BLOCK_D, EVEN_D, TMA, INTERP_BF16)
         run_max, run_sum, run_ent = _online_update(acc, run_max, run_sum, run_ent, scale, V - col0,
                                                    RETURN_ENTROPY, True, BLOCK_N, BLOCK_V)
 
@@ -375,11 +397,47 @@ def _segment_mean_kernel(logp_ptr, t_ptr, cu_ptr, out_ptr, ignore_index, BLOCK: 
 
 
 @triton.jit
-def _grad_logits_kernel(h_ptr, w_ptr, t_ptr, g_ptr, max_ptr, log2sum_ptr, gz_ptr,
+def _column_halves(x, BLOCK_N: tl.constexpr, WIDTH: tl.constexpr):
+    """``x [BLOCK_N, WIDTH]`` as its left and right column halves (a free split of the MMA layout)."""
+    return tl.split(tl.permute(tl.reshape(x, (BLOCK_N, 2, WIDTH // 2)), (0, 2, 1)))
+
+
+@triton.jit
+def _store_grad_logits(z, gz_ptr, row0, col0, col_start, width, stride_gz, target, coef, row_max, log2_sum, scale,
+                       row_mask, BLOCK_N: tl.constexpr, WIDTH: tl.constexpr, PARTS: tl.constexpr,
+                       INTERP_BF16: tl.constexpr):
+    """Write ``gz`` for the logits ``z [BLOCK_N, WIDTH]`` of chunk columns ``col0:col0+WIDTH``.
+
+    The epilogue runs on ``PARTS`` column slices in turn (splitting itself in halves), so only
+    one slice's softmax, gradient and layout conversion for the store are live at a time.
+    """
+    if PARTS > 1:
+        left, right = _column_halves(z, BLOCK_N, WIDTH)
+        _store_grad_logits(left, gz_ptr, row0, col0, col_start, width, stride_gz, target, coef, row_max, log2_sum,
+                           scale, row_mask, BLOCK_N, WIDTH // 2, PARTS // 2, INTERP_BF16)
+        _store_grad_logits(right, gz_ptr, row0, col0 + WIDTH // 2, col_start, width, stride_gz, target, coef,
+                           row_max, log2_sum, scale, row_mask, BLOCK_N, WIDTH // 2, PARTS // 2, INTERP_BF16)
+    else:
+        p = tl.exp2(tl.fma(z, scale, -row_max[:, None]) - log2_sum[:, None])
+        # Column indices relative to the slice (int32 per thread, no 64-bit index math): the
+        # target's column in this slice, out of range when it lies elsewhere or is ignored.
+        lanes = tl.arange(0, WIDTH)
+        target_lane = tl.where((target >= col_start + col0) & (target < col_start + col0 + WIDTH),
+                               target - col_start - col0, -1).to(tl.int32)
+        onehot = lanes[None, :] == target_lane[:, None]
+        grad = coef[:, None] * (tl.where(onehot, 1.0, 0.0) - p)
+        out = gz_ptr + row0 * stride_gz + col0 + (tl.arange(0, BLOCK_N)[:, None] * stride_gz + lanes[None, :])
+        tl.store(out, _round_bf16(grad, INTERP_BF16).to(gz_ptr.dtype.element_ty),
+                 mask=row_mask[:, None] & (lanes < width - col0)[None, :])
+
+
+@triton.jit
+def _grad_logits_kernel(h_ptr, w_ptr, h_desc, w_desc, t_ptr, g_ptr, max_ptr, log2sum_ptr, gz_ptr,
                         N, V, D, col_start, width, stride_hn, stride_hd, stride_wv, stride_wd, stride_g,
                         stride_gz, scale, inv_temperature, ignore_index,
                         BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
-                        GROUP_ROWS: tl.constexpr, EVEN_D: tl.constexpr, INTERP_BF16: tl.constexpr):
+                        GROUP_ROWS: tl.constexpr, EVEN_D: tl.constexpr, TMA: tl.constexpr,
+                        EPILOGUE_PARTS: tl.constexpr, INTERP_BF16: tl.constexpr):
     """``gz [N, width]`` (input dtype) = d loss / d logits for columns ``col_start:col_start+width``.
 
     ``gz[n, j] = g[n] / T * (onehot(target[n])[c] - softmax(z[n] / T)[c])`` with ``c = col_start + j``,
@@ -396,8 +454,8 @@ def _grad_logits_kernel(h_ptr, w_ptr, t_ptr, g_ptr, max_ptr, log2sum_ptr, gz_ptr
     row0 = (first_block + local % blocks_here).to(tl.int64) * BLOCK_N
     local_col0 = (local // blocks_here).to(tl.int64) * BLOCK_V
 
-    acc = _logit_tile(h_ptr, w_ptr, row0, col_start + local_col0, N, V, D, stride_hn, stride_hd, stride_wv,
-                      stride_wd, BLOCK_N, BLOCK_V, BLOCK_D, EVEN_D, INTERP_BF16)
+    acc = _logit_tile(h_ptr, w_ptr, h_desc, w_desc, row0, col_start + local_col0, N, V, D, stride_hn, stride_hd,
+                      stride_wv, stride_wd, BLOCK_N, BLOCK_V, BLOCK_D, EVEN_D, TMA, INTERP_BF16)
     rows = row0 + tl.arange(0, BLOCK_N)
     row_mask = rows < N
     target = tl.load(t_ptr + rows, mask=row_mask, other=ignore_index)
@@ -405,17 +463,8 @@ def _grad_logits_kernel(h_ptr, w_ptr, t_ptr, g_ptr, max_ptr, log2sum_ptr, gz_ptr
     coef = tl.where(row_mask & (target != ignore_index), g * inv_temperature, 0.0)
     row_max = tl.load(max_ptr + rows, mask=row_mask, other=0.0)
     log2_sum = tl.load(log2sum_ptr + rows, mask=row_mask, other=0.0)
-    p = tl.exp2(tl.fma(acc, scale, -row_max[:, None]) - log2_sum[:, None])
-    # Column indices relative to the tile (int32 constants per thread, no 64-bit index math):
-    # the target's column in this tile, out of range when it lies elsewhere or is ignored.
-    lanes = tl.arange(0, BLOCK_V)
-    target_lane = tl.where((target >= col_start + local_col0) & (target < col_start + local_col0 + BLOCK_V),
-                           target - col_start - local_col0, -1).to(tl.int32)
-    onehot = lanes[None, :] == target_lane[:, None]
-    grad = coef[:, None] * (tl.where(onehot, 1.0, 0.0) - p)
-    out = gz_ptr + row0 * stride_gz + local_col0 + (tl.arange(0, BLOCK_N)[:, None] * stride_gz + lanes[None, :])
-    tl.store(out, _round_bf16(grad, INTERP_BF16).to(gz_ptr.dtype.element_ty),
-             mask=row_mask[:, None] & (lanes < width - local_col0)[None, :])
+    _store_grad_logits(acc, gz_ptr, row0, local_col0, col_start, width, stride_gz, target, coef, row_max, log2_sum,
+                       scale, row_mask, BLOCK_N, BLOCK_V, EPILOGUE_PARTS, INTERP_BF16)
 
 
 def _addressable(t: torch.Tensor, rows: int) -> torch.Tensor:
@@ -429,6 +478,23 @@ def _addressable(t: torch.Tensor, rows: int) -> torch.Tensor:
     """
     reach = (rows - 1) * t.stride(0) + t.shape[1] * t.stride(1)
     return t if reach < 2**31 else t.contiguous()
+
+
+def _tma_ready(t: torch.Tensor) -> bool:
+    """Whether TMA can read ``t [R, d]``: a unit inner stride and a 16-byte aligned base and row
+    stride (the copy engine's rules), on a Hopper-or-newer GPU or in the interpreter."""
+    if t.stride(1) != 1 or (t.stride(0) * t.element_size()) % 16 or t.data_ptr() % 16:
+        return False
+    return not t.is_cuda or torch.cuda.get_device_capability(t.device)[0] >= 9
+
+
+def _operand_descriptors(hidden: torch.Tensor, weight: torch.Tensor, config: TileConfig):
+    """TMA descriptors of ``hidden`` / ``weight`` for ``config``'s tiles, or ``(None, None)``
+    when the config does not ask for TMA or an input does not allow it (pointer loads then)."""
+    if not (config.tma and _tma_ready(hidden) and _tma_ready(weight)):
+        return None, None
+    return (TensorDescriptor.from_tensor(hidden, [config.block_n, config.block_d]),
+            TensorDescriptor.from_tensor(weight, [config.block_v, config.block_d]))
 
 
 def _interp_bf16(hidden: torch.Tensor) -> bool:
@@ -472,7 +538,7 @@ def forward(hidden, weight, targets, cu_seqlens=None, *, temperature=1.0, ignore
     """
     n, d = hidden.shape
     v = weight.shape[0]
-    config = config or forward_config(hidden.dtype)
+    config = config or forward_config(hidden.dtype, return_entropy)
     hidden = _addressable(hidden, config.block_n)
     weight = _addressable(weight, config.block_v)
     f32 = dict(dtype=torch.float32, device=hidden.device)
@@ -487,11 +553,12 @@ def forward(hidden, weight, targets, cu_seqlens=None, *, temperature=1.0, ignore
         n_splits = triton.cdiv(n_tiles, tiles_per_split)
         partials = torch.empty(planes, n_splits, n, **f32)
         grid = (triton.cdiv(n, config.block_n) * n_splits,)
+        h_desc, w_desc = _operand_descriptors(hidden, weight, config)
         _forward_partials_kernel[grid](
-            hidden, weight, partials, n, v, d, n_splits, tiles_per_split, *strides, scale,
+            hidden, weight, h_desc, w_desc, partials, n, v, d, n_splits, tiles_per_split, *strides, scale,
             RETURN_ENTROPY=return_entropy, BLOCK_N=config.block_n, BLOCK_V=config.block_v,
             BLOCK_D=config.block_d, GROUP_ROWS=config.group_rows, EVEN_D=d % config.block_d == 0,
-            INTERP_BF16=_interp_bf16(hidden), **config.launch_options(),
+            TMA=h_desc is not None, INTERP_BF16=_interp_bf16(hidden), **config.launch_options(),
         )
         _combine_kernel[(triton.cdiv(n, COMBINE_ROWS),)](
             partials, hidden, weight, targets, logp, row_max, log2_sum, entropy if return_entropy else logp,
@@ -528,6 +595,26 @@ def _accumulate_product(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> 
         acc.add_(torch.mm(a, b))
 
 
+def launch_grad_logits(grad_logits, col_start, grad_logp, hidden, weight, targets, row_max, log2_sum, descriptors, *,
+                       temperature, ignore_index, config: TileConfig):
+    """Fill ``grad_logits [N, width]`` with d loss / d logits of vocabulary columns ``col_start:``.
+
+    ``descriptors``: :func:`_operand_descriptors` of ``hidden`` / ``weight`` for ``config``.
+    """
+    (n, d), v = hidden.shape, weight.shape[0]
+    width = grad_logits.shape[1]
+    h_desc, w_desc = descriptors
+    grid = (triton.cdiv(n, config.block_n) * triton.cdiv(width, config.block_v),)
+    _grad_logits_kernel[grid](
+        hidden, weight, h_desc, w_desc, targets, grad_logp, row_max, log2_sum, grad_logits, n, v, d, col_start,
+        width, hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), grad_logp.stride(0),
+        grad_logits.stride(0), LOG2E / temperature, 1.0 / temperature, ignore_index,
+        BLOCK_N=config.block_n, BLOCK_V=config.block_v, BLOCK_D=config.block_d, GROUP_ROWS=config.group_rows,
+        EVEN_D=d % config.block_d == 0, TMA=h_desc is not None, EPILOGUE_PARTS=config.epilogue_parts,
+        INTERP_BF16=_interp_bf16(hidden), **config.launch_options(),
+    )
+
+
 def backward(grad_logp, hidden, weight, targets, row_max, log2_sum, *, temperature, ignore_index,
              need_hidden=True, need_weight=True, config: TileConfig | None = None):
     """Gradients of ``sum(grad_logp * logp)`` by vocabulary chunks.
@@ -558,18 +645,12 @@ def backward(grad_logp, hidden, weight, targets, row_max, log2_sum, *, temperatu
 
     chunk = _chunk_columns(n, v, hidden.element_size())
     buffer = torch.empty(n, chunk, dtype=dtype, device=device)
-    scale = LOG2E / temperature
+    descriptors = _operand_descriptors(hidden, weight, config)
     for c0 in range(0, v, chunk):
         width = min(chunk, v - c0)
         grad_logits = buffer[:, :width]
-        grid = (triton.cdiv(n, config.block_n) * triton.cdiv(width, config.block_v),)
-        _grad_logits_kernel[grid](
-            hidden, weight, targets, grad_logp, row_max, log2_sum, grad_logits, n, v, d, c0, width,
-            hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), grad_logp.stride(0),
-            grad_logits.stride(0), scale, 1.0 / temperature, ignore_index,
-            BLOCK_N=config.block_n, BLOCK_V=config.block_v, BLOCK_D=config.block_d, GROUP_ROWS=config.group_rows,
-            EVEN_D=d % config.block_d == 0, INTERP_BF16=_interp_bf16(hidden), **config.launch_options(),
-        )
+        launch_grad_logits(grad_logits, c0, grad_logp, hidden, weight, targets, row_max, log2_sum, descriptors,
+                           temperature=temperature, ignore_index=ignore_index, config=config)
         if need_hidden:
             _accumulate_product(acc, grad_logits, weight[c0:c0 + width])
         if need_weight:

@@ -128,11 +128,13 @@ def measure_prune(provider, *, groups=4096, candidates=64, k=4, margin=0.5, grap
             "provider": provider, "ms": ms}
 
 
-def _tile(block_n, block_v, block_d, warps, stages, group_rows, per_sm, max_registers=None, tma=False, parts=1):
+def _tile(block_n, block_v, block_d, warps, stages, group_rows, per_sm, max_registers=None, tma=False, parts=1,
+          persistent=False, flatten=False):
     from genssd_kernels.triton.logprob_gather import TileConfig
 
     return TileConfig(block_n, block_v, block_d, num_warps=warps, num_stages=stages, group_rows=group_rows,
-                      programs_per_sm=per_sm, max_registers=max_registers, tma=tma, epilogue_parts=parts)
+                      programs_per_sm=per_sm, max_registers=max_registers, tma=tma, epilogue_parts=parts,
+                      persistent=persistent, flatten_tiles=flatten)
 
 
 def sweep_configs(kind):
@@ -143,14 +145,16 @@ def sweep_configs(kind):
         return {
             "128x256x64 w8 s3 g16 tma": _tile(128, 256, 64, 8, 3, 16, 1, tma=True),  # the default
             "128x256x64 w8 s3 g16 pointer loads": _tile(128, 256, 64, 8, 3, 16, 1),  # the previous default
-            "128x256x64 w8 s3 g8 tma": _tile(128, 256, 64, 8, 3, 8, 1, tma=True),
-            "128x256x64 w8 s3 g32 tma": _tile(128, 256, 64, 8, 3, 32, 1, tma=True),
+            "128x256x64 w8 s3 g16 tma, flattened tile loop": _tile(128, 256, 64, 8, 3, 16, 1, tma=True, flatten=True),
+            "128x256x64 w8 s3 g16 pointer loads, flattened": _tile(128, 256, 64, 8, 3, 16, 1, flatten=True),
         }
     return {
-        "128x256x64 w8 s3 g16 tma, epilogue in 8 slices": _tile(128, 256, 64, 8, 3, 16, 1, tma=True, parts=8),
-        "128x256x64 w8 s3 g16 tma, epilogue in 4 slices": _tile(128, 256, 64, 8, 3, 16, 1, tma=True, parts=4),
-        "128x256x64 w8 s3 g16 pointer loads, 4 slices": _tile(128, 256, 64, 8, 3, 16, 1, parts=4),
-        "128x256x64 w8 s3 g8 pointer loads, 1 slice (previous)": _tile(128, 256, 64, 8, 3, 8, 1),
+        "128x256x64 w8 s3 g16 tma, 4 slices, persistent": _tile(128, 256, 64, 8, 3, 16, 1, tma=True, parts=4,
+                                                                persistent=True),  # the default
+        "128x256x64 w8 s3 g16 tma, 8 slices, persistent": _tile(128, 256, 64, 8, 3, 16, 1, tma=True, parts=8,
+                                                                persistent=True),
+        "128x256x64 w8 s3 g16 tma, 4 slices": _tile(128, 256, 64, 8, 3, 16, 1, tma=True, parts=4),
+        "128x256x64 w8 s3 g8 pointer loads, 1 slice (before)": _tile(128, 256, 64, 8, 3, 8, 1),
     }
 
 

@@ -27,6 +27,7 @@ from genssd_kernels.triton import branch_prune as triton_prune
 from genssd_kernels.triton import logprob_gather as triton_gather
 
 TARGET = GPUTarget("cuda", 90, 64)
+H100_SMS = 132
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 TRITON_TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 # Argument name -> Triton type; "*x" is a pointer to the input dtype.
@@ -98,12 +99,15 @@ def jobs():
         dtype = torch.float32 if name == "fp32" else torch.bfloat16
         for entropy in (False, True):
             yield (f"forward partials [{name}] entropy={entropy}", triton_gather._forward_partials_kernel, dtype,
-                   dict(tile_constexprs(config), RETURN_ENTROPY=entropy), config.launch_options(),
+                   dict(tile_constexprs(config), RETURN_ENTROPY=entropy, FLATTEN_TILES=config.flatten_tiles),
+                   config.launch_options(),
                    tile_descriptors(config))
     for name, config in triton_gather.BACKWARD_CONFIGS.items():
         dtype = torch.float32 if name == "fp32" else torch.bfloat16
         yield (f"grad logits [{name}]", triton_gather._grad_logits_kernel, dtype,
-               dict(tile_constexprs(config), EPILOGUE_PARTS=config.epilogue_parts), config.launch_options(),
+               dict(tile_constexprs(config), EPILOGUE_PARTS=config.epilogue_parts,
+                    PERSISTENT_PROGRAMS=H100_SMS * config.programs_per_sm if config.persistent else 0),
+               config.launch_options(),
                tile_descriptors(config))
     for entropy in (False, True):
         yield (f"combine entropy={entropy}", triton_gather._combine_kernel, torch.bfloat16,

@@ -183,6 +183,64 @@ def _variant_kernel(h_ptr, w_ptr, h_desc, w_desc, gz_desc, t_ptr, g_ptr, max_ptr
             tl.store(out, grad.to(gz_ptr.dtype.element_ty), mask=row_mask[:, None] & (lanes < width - local_col0)[None, :])
 
 
+@triton.jit
+def _persistent_kernel(h_desc, w_desc, t_ptr, g_ptr, max_ptr, log2sum_ptr, gz_ptr, N, D, col_start, width,
+                       stride_gz, scale, inv_temperature, ignore_index, NUM_PROGRAMS: tl.constexpr,
+                       BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, GROUP_ROWS: tl.constexpr,
+                       PARTS: tl.constexpr, FLATTEN: tl.constexpr):
+    """The grad-logits kernel as one program per SM looping over output tiles (TMA loads, sliced
+    epilogue); ``FLATTEN`` lets Triton fuse the tile and reduction loops so the software
+    pipeline loads the next tile's operands during a tile's epilogue."""
+    pid = tl.program_id(0)
+    n_row_blocks = tl.cdiv(N, BLOCK_N)
+    n_col_blocks = tl.cdiv(width, BLOCK_V)
+    per_group = GROUP_ROWS * n_col_blocks
+    n_tiles = n_row_blocks * n_col_blocks
+    for tile in tl.range(pid, n_tiles, NUM_PROGRAMS, flatten=FLATTEN):
+        first_block = (tile // per_group) * GROUP_ROWS
+        blocks_here = tl.minimum(n_row_blocks - first_block, GROUP_ROWS)
+        local = tile % per_group
+        row_block = first_block + local % blocks_here
+        col_block = local // blocks_here
+        acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            h = h_desc.load([row_block * BLOCK_N, d0])
+            w = w_desc.load([col_start + col_block * BLOCK_V, d0])
+            acc = tl.dot(h, w.T, acc)
+        row0 = row_block.to(tl.int64) * BLOCK_N
+        rows = row0 + tl.arange(0, BLOCK_N)
+        row_mask = rows < N
+        target = tl.load(t_ptr + rows, mask=row_mask, other=ignore_index)
+        g = tl.load(g_ptr + rows, mask=row_mask, other=0.0)
+        coef = tl.where(row_mask & (target != ignore_index), g * inv_temperature, 0.0)
+        row_max = tl.load(max_ptr + rows, mask=row_mask, other=0.0)
+        log2_sum = tl.load(log2sum_ptr + rows, mask=row_mask, other=0.0)
+        _store_parts(acc, gz_ptr, None, row0, col_block.to(tl.int64) * BLOCK_V, col_start, width, stride_gz, target,
+                     coef, row_max, log2_sum, scale, row_mask, BLOCK_N, BLOCK_V, PARTS, False, False)
+
+
+def persistent_loop(hidden, weight, targets, grad_logp, row_max, log2_sum, *, flatten, parts=4):
+    """A closure running ``_persistent_kernel`` over the backward's chunks (one program per SM)."""
+    config = dataclasses.replace(gather.backward_config(hidden.dtype), epilogue_parts=parts)
+    n, d = hidden.shape
+    v = weight.shape[0]
+    chunk = gather._chunk_columns(n, v, hidden.element_size())
+    buffer = torch.empty(n, chunk, dtype=hidden.dtype, device=hidden.device)
+    h_desc, w_desc = gather._operand_descriptors(hidden, weight, config)
+    programs = torch.cuda.get_device_properties(hidden.device).multi_processor_count
+
+    def run():
+        for c0 in range(0, v, chunk):
+            width = min(chunk, v - c0)
+            _persistent_kernel[(programs,)](
+                h_desc, w_desc, targets, grad_logp, row_max, log2_sum, buffer, n, d, c0, width, buffer.stride(0),
+                gather.LOG2E, 1.0, -100, NUM_PROGRAMS=programs, BLOCK_N=config.block_n, BLOCK_V=config.block_v,
+                BLOCK_D=config.block_d, GROUP_ROWS=config.group_rows, PARTS=parts, FLATTEN=flatten,
+                **config.launch_options())
+
+    return run
+
+
 @dataclasses.dataclass(frozen=True)
 class Variant:
     """One grad-logits kernel variant: tiles, epilogue and how operands and results move."""
@@ -255,6 +313,35 @@ def backward_two_streams(grad_logp, hidden, weight, targets, row_max, log2_sum):
     return acc.to(hidden.dtype), grad_weight
 
 
+def backward_pipelined(grad_logp, hidden, weight, targets, row_max, log2_sum, *, chunk_bytes):
+    """The package's backward with two chunk buffers: chunk c+1's grad-logits kernel (current
+    stream) runs while chunk c's two products run on a side stream."""
+    config = gather.backward_config(hidden.dtype)
+    n, d = hidden.shape
+    v = weight.shape[0]
+    chunk = min(v, triton.cdiv(triton.cdiv(v, triton.cdiv(n * v * hidden.element_size(), chunk_bytes)), 128) * 128)
+    buffers = [torch.empty(n, chunk, dtype=hidden.dtype, device=hidden.device) for _ in range(2)]
+    acc = torch.zeros(n, d, dtype=torch.float32, device=hidden.device)
+    grad_weight = torch.empty_like(weight)
+    descriptors = gather._operand_descriptors(hidden, weight, config)
+    main, side = torch.cuda.current_stream(), torch.cuda.Stream()
+    done = [torch.cuda.Event(), torch.cuda.Event()]
+    for i, c0 in enumerate(range(0, v, chunk)):
+        width = min(chunk, v - c0)
+        grad_logits = buffers[i % 2][:, :width]
+        if i >= 2:
+            main.wait_event(done[i % 2])  # the products that read this buffer two chunks ago
+        gather.launch_grad_logits(grad_logits, c0, grad_logp, hidden, weight, targets, row_max, log2_sum,
+                                  descriptors, temperature=1.0, ignore_index=-100, config=config)
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            gather._accumulate_product(acc, grad_logits, weight[c0:c0 + width])
+            torch.mm(grad_logits.t(), hidden, out=grad_weight[c0:c0 + width])
+            done[i % 2].record(side)
+    main.wait_stream(side)
+    return acc.to(hidden.dtype), grad_weight
+
+
 def product_loop(hidden, weight, *, product):
     """A closure running one of the backward's cuBLAS products over the chunks on a random chunk."""
     n, d = hidden.shape
@@ -289,13 +376,35 @@ def measure(shape_name, variants):
     with torch.no_grad():
         stats = gather.forward(hidden, weight, targets, cu)
         grad_logp = torch.full_like(stats[0], -1.0 / shape[0])
+        def chunked(mib):
+            def run():
+                saved = gather.CHUNK_BYTES
+                gather.CHUNK_BYTES = mib * 2**20
+                try:
+                    gather.backward(grad_logp, hidden, weight, targets, stats[3], stats[4], temperature=1.0,
+                                    ignore_index=-100)
+                finally:
+                    gather.CHUNK_BYTES = saved
+            return run
+
         def package(products):
             return lambda: gather.backward(grad_logp, hidden, weight, targets, stats[3], stats[4], temperature=1.0,
                                            ignore_index=-100, need_hidden=products, need_weight=products)
 
         jobs = [("package kernel", package(False)), ("package backward", package(True)),
                 ("package backward, products on two streams",
-                 lambda: backward_two_streams(grad_logp, hidden, weight, targets, stats[3], stats[4]))]
+                 lambda: backward_two_streams(grad_logp, hidden, weight, targets, stats[3], stats[4])),
+                ("package backward, pipelined (2 buffers of 768 MiB)",
+                 lambda: backward_pipelined(grad_logp, hidden, weight, targets, stats[3], stats[4],
+                                            chunk_bytes=gather.CHUNK_BYTES)),
+                ("package backward, pipelined (2 buffers of 384 MiB)",
+                 lambda: backward_pipelined(grad_logp, hidden, weight, targets, stats[3], stats[4],
+                                            chunk_bytes=gather.CHUNK_BYTES // 2))]
+        for mib in (384, 256):
+            jobs.append((f"package backward, chunks of {mib} MiB", chunked(mib)))
+        for flatten in (False, True):
+            jobs.append((f"persistent tma 4 slices g16{' flattened' if flatten else ''}", persistent_loop(
+                hidden, weight, targets, grad_logp, stats[3], stats[4], flatten=flatten)))
         for name, variant in variants.items():
             jobs.append((name, variant_loop(hidden, weight, targets, grad_logp, stats[3], stats[4], variant)))
         for product in PRODUCTS:
@@ -347,9 +456,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--shapes", default=",".join(SHAPES))
+    parser.add_argument("--package-only", action="store_true",
+                        help="time only the package's kernel and backward (and its variants) and the products")
     args = parser.parse_args(argv)
     card = torch.cuda.get_device_name()
-    rows = _with_ratios([row for shape in args.shapes.split(",") for row in measure(shape, variants())])
+    table = {} if args.package_only else variants()
+    rows = _with_ratios([row for shape in args.shapes.split(",") for row in measure(shape, table)])
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"card": card, "torch": torch.__version__, "triton": triton.__version__,
                                      "rows": rows}, indent=1))

@@ -297,7 +297,8 @@ def test_triton_copies_views_whose_tile_offsets_would_overflow_int32():
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_triton_load_paths_and_epilogue_slices_agree(device):
-    """TMA and pointer loads, and the grad-logits epilogue on 1 to 8 column slices, give the same bits."""
+    """TMA and pointer loads, the grad-logits epilogue on 1 to 8 column slices, and a persistent or
+    one-program-per-tile backward launch give the same bits."""
     if "triton" not in backends_on(device, "logprob_gather"):
         pytest.skip("triton is unavailable on " + device)
     from dataclasses import replace
@@ -316,8 +317,9 @@ def test_triton_load_paths_and_epilogue_slices_agree(device):
     assert triton_gather._operand_descriptors(ragged[0], ragged[1], replace(base, tma=True)) == (None, None)
 
     results = []
-    for tma, parts in ((False, 1), (True, 1), (True, 2), (True, 8)):
-        config = replace(base, tma=tma, epilogue_parts=parts)
+    for tma, parts, persistent in ((False, 1, False), (True, 1, False), (True, 2, True), (True, 8, True),
+                                   (False, 4, True)):
+        config = replace(base, tma=tma, epilogue_parts=parts, persistent=persistent)
         logp, _, _, row_max, log2_sum = triton_gather.forward(hidden, weight, targets, config=config)
         grads = triton_gather.backward(upstream, hidden, weight, targets, row_max, log2_sum, temperature=0.8,
                                        ignore_index=IGNORE, config=config)

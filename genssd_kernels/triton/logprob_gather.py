@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -55,7 +55,9 @@ class TileConfig:
     only to size the vocabulary splits. ``tma``: the operand tiles are read through TMA tensor
     descriptors where the inputs allow it (see ``_tma_ready``), else through pointers.
     ``epilogue_parts`` (backward only; 1, 2, 4 or 8): the grad-logits epilogue runs on that many
-    column slices of the tile in turn.
+    column slices of the tile in turn. ``persistent`` (backward only): ``programs_per_sm``
+    programs per SM loop over the tiles instead of one program per tile. ``flatten_tiles``
+    (forward only): a program's loop over its split's tiles is fused with the reduction loop.
     """
 
     block_n: int
@@ -68,6 +70,8 @@ class TileConfig:
     max_registers: int | None = None
     tma: bool = False
     epilogue_parts: int = 1
+    persistent: bool = False
+    flatten_tiles: bool = False
 
     def launch_options(self) -> dict:
         """``num_warps`` / ``num_stages`` / ``maxnreg`` keyword arguments of a kernel launch."""
@@ -86,28 +90,31 @@ if INTERPRETED:
     # paths (TMA loads where the layout allows, a sliced epilogue).
     _SMALL = TileConfig(block_n=32, block_v=64, block_d=32, num_warps=4, num_stages=1, group_rows=2)
     _SMALL_16 = TileConfig(32, 64, 32, num_warps=4, num_stages=1, group_rows=2, tma=True, epilogue_parts=2)
-    FORWARD_CONFIGS = {"16-bit": _SMALL_16, "16-bit+entropy": _SMALL, "fp32": _SMALL}
-    BACKWARD_CONFIGS = {"16-bit": _SMALL_16, "fp32": _SMALL}
+    FORWARD_CONFIGS = {"16-bit": replace(_SMALL_16, flatten_tiles=True), "16-bit+entropy": _SMALL, "fp32": _SMALL}
+    BACKWARD_CONFIGS = {"16-bit": replace(_SMALL_16, persistent=True), "fp32": _SMALL}
 else:
     FORWARD_CONFIGS = {
         # The H100 sweeps (NOTES.md) put 128x256x64 tiles, 8 warps, 3 stages, one program per SM
         # ahead at every d: 1.12x the matmul at d=896 against 1.35x for two 128x128 programs per
         # SM, and 1.02x at d=4096. The wider tile's lower L2 traffic outweighs hiding the epilogue.
-        # TMA loads: 1.05 / 1.02 / 1.01x at d = 896 / 2048 / 4096 against 1.05 / 1.06 / 1.03x.
-        "16-bit": TileConfig(128, 256, 64, num_warps=8, num_stages=3, group_rows=16, tma=True),
-        # With entropy the TMA variant runs out of registers (255 and a spill): 1.18 / 1.08 /
-        # 1.05x against 1.06 / 1.04 / 1.03x with pointer loads.
+        # TMA loads with the split's tile loop fused into the reduction loop (the next tile's loads
+        # overlap a tile's softmax update): 0.99 / 0.99 / 1.00x at d = 896 / 2048 / 4096, against
+        # 1.05 / 1.02 / 1.02x unfused and 1.05 / 1.03 / 1.02x with pointer loads (1.57x fused).
+        "16-bit": TileConfig(128, 256, 64, num_warps=8, num_stages=3, group_rows=16, tma=True, flatten_tiles=True),
+        # With entropy the TMA variants run out of registers (254-255): 1.17 / 1.08 / 1.03x (1.20 /
+        # 1.09 / 1.06x fused) against 1.06 / 1.02 / 1.03x with pointer loads.
         "16-bit+entropy": TileConfig(128, 256, 64, num_warps=8, num_stages=3, group_rows=16),
         # fp32 runs the exact ("ieee") dot on CUDA cores: smaller tiles keep it in registers.
         "fp32": TileConfig(64, 64, 32, num_warps=4, num_stages=2, group_rows=8, programs_per_sm=2),
     }
     BACKWARD_CONFIGS = {
         # H100 (NOTES.md, benchmarks/grad_logits_variants.py): the grad-logits kernel at d=896
-        # spent 1.34x the matmul, 1.14x without its [N, V] store. Running its epilogue on four
-        # 64-column slices of the tile (184 registers instead of 254) and TMA loads bring it to
-        # 1.20 / 1.08 / 1.06x at d = 896 / 2048 / 4096 (whole backward 3.30 / 3.11 / 3.12x
-        # against 3.54 / 3.21 / 3.18x), 16 row blocks a column panel 0.04 of that at d=896.
-        "16-bit": TileConfig(128, 256, 64, num_warps=8, num_stages=3, group_rows=16, tma=True, epilogue_parts=4),
+        # spent 1.34x the matmul, 1.14x without its [N, V] store. Its epilogue on four 64-column
+        # slices of the tile (184 registers instead of 254), TMA loads and 16 row blocks a panel
+        # bring it to 1.20 / 1.08 / 1.06x at d = 896 / 2048 / 4096; a persistent launch with a
+        # flattened tile loop (the next tile's loads overlap the epilogue) to 1.11x at d=896.
+        "16-bit": TileConfig(128, 256, 64, num_warps=8, num_stages=3, group_rows=16, tma=True, epilogue_parts=4,
+                             persistent=True),
         "fp32": TileConfig(64, 64, 32, num_warps=4, num_stages=2, group_rows=8),
     }
 
@@ -116,6 +123,8 @@ else:
 SPLITS_PER_SLOT = 32
 PARTIAL_BYTES = 32 * 2**20
 INTERPRETED_TILES_PER_SPLIT = 2
+# A persistent launch in the interpreter: few programs, so that each loops over several tiles.
+INTERPRETED_PERSISTENT_PROGRAMS = 3
 # Combine / segment kernels.
 COMBINE_ROWS, COMBINE_SPLITS, COMBINE_D = (16, 4, 32) if INTERPRETED else (32, 32, 128)
 BLOCK_SEG = 128
@@ -267,7 +276,7 @@ def _forward_partials_kernel(h_ptr, w_ptr, h_desc, w_desc, part_ptr, N, V, D, n_
                              stride_hn, stride_hd, stride_wv, stride_wd, scale,
                              RETURN_ENTROPY: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
                              BLOCK_D: tl.constexpr, GROUP_ROWS: tl.constexpr, EVEN_D: tl.constexpr,
-                             TMA: tl.constexpr, INTERP_BF16: tl.constexpr):
+                             TMA: tl.constexpr, FLATTEN_TILES: tl.constexpr, INTERP_BF16: tl.constexpr):
     """One program per (row block, vocabulary split); writes the split's per-row statistics.
 
     ``part`` is ``[2 or 3, n_splits, N]`` fp32: max, sum-exp and (with entropy) the entropy sum,
@@ -290,7 +299,7 @@ def _forward_partials_kernel(h_ptr, w_ptr, h_desc, w_desc, part_ptr, N, V, D, n_
     run_max = tl.full((BLOCK_N,), float("-inf"), dtype=tl.float32)
     run_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
     run_ent = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    for t in range(tile0, full_end):
+    for t in tl.range(tile0, full_end, flatten=FLATTEN_TILES):
         acc = _logit_tile(h_ptr, w_ptr, h_desc, w_desc, row0, tl.cast(t, tl.int64) * BLOCK_V, N, V, D, stride_hn,
                           stride_hd, stride_wv, stride_wd, BLOCK_N, BLOCK_V, BLOCK_D, EVEN_D, TMA, INTERP_BF16)
         run_max, run_sum, run_ent = _online_update(acc, run_max, run_sum, run_ent, scale, BLOCK_V,
@@ -432,25 +441,19 @@ def _store_grad_logits(z, gz_ptr, row0, col0, col_start, width, stride_gz, targe
 
 
 @triton.jit
-def _grad_logits_kernel(h_ptr, w_ptr, h_desc, w_desc, t_ptr, g_ptr, max_ptr, log2sum_ptr, gz_ptr,
-                        N, V, D, col_start, width, stride_hn, stride_hd, stride_wv, stride_wd, stride_g,
-                        stride_gz, scale, inv_temperature, ignore_index,
-                        BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
-                        GROUP_ROWS: tl.constexpr, EVEN_D: tl.constexpr, TMA: tl.constexpr,
-                        EPILOGUE_PARTS: tl.constexpr, INTERP_BF16: tl.constexpr):
-    """``gz [N, width]`` (input dtype) = d loss / d logits for columns ``col_start:col_start+width``.
-
-    ``gz[n, j] = g[n] / T * (onehot(target[n])[c] - softmax(z[n] / T)[c])`` with ``c = col_start + j``,
-    0 on ignored rows. One program per output tile, numbered in groups of ``GROUP_ROWS`` row
-    blocks per column panel (the usual L2-friendly matmul order).
-    """
-    pid = tl.program_id(0)
+def _grad_logits_tile(tile, h_ptr, w_ptr, h_desc, w_desc, t_ptr, g_ptr, max_ptr, log2sum_ptr, gz_ptr,
+                      N, V, D, col_start, width, stride_hn, stride_hd, stride_wv, stride_wd, stride_g, stride_gz, scale,
+                      inv_temperature, ignore_index, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
+                      BLOCK_D: tl.constexpr, GROUP_ROWS: tl.constexpr, EVEN_D: tl.constexpr, TMA: tl.constexpr,
+                      EPILOGUE_PARTS: tl.constexpr, INTERP_BF16: tl.constexpr):
+    """Output tile number ``tile`` of ``_grad_logits_kernel``: tiles are numbered in groups of
+    ``GROUP_ROWS`` row blocks per column panel (the usual L2-friendly matmul order)."""
     n_row_blocks = tl.cdiv(N, BLOCK_N)
     n_col_blocks = tl.cdiv(width, BLOCK_V)
     per_group = GROUP_ROWS * n_col_blocks
-    first_block = (pid // per_group) * GROUP_ROWS
+    first_block = (tile // per_group) * GROUP_ROWS
     blocks_here = tl.minimum(n_row_blocks - first_block, GROUP_ROWS)
-    local = pid % per_group
+    local = tile % per_group
     row0 = (first_block + local % blocks_here).to(tl.int64) * BLOCK_N
     local_col0 = (local // blocks_here).to(tl.int64) * BLOCK_V
 
@@ -465,6 +468,35 @@ def _grad_logits_kernel(h_ptr, w_ptr, h_desc, w_desc, t_ptr, g_ptr, max_ptr, log
     log2_sum = tl.load(log2sum_ptr + rows, mask=row_mask, other=0.0)
     _store_grad_logits(acc, gz_ptr, row0, local_col0, col_start, width, stride_gz, target, coef, row_max, log2_sum,
                        scale, row_mask, BLOCK_N, BLOCK_V, EPILOGUE_PARTS, INTERP_BF16)
+
+
+@triton.jit
+def _grad_logits_kernel(h_ptr, w_ptr, h_desc, w_desc, t_ptr, g_ptr, max_ptr, log2sum_ptr, gz_ptr,
+                        N, V, D, col_start, width, stride_hn, stride_hd, stride_wv, stride_wd, stride_g,
+                        stride_gz, scale, inv_temperature, ignore_index,
+                        BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
+                        GROUP_ROWS: tl.constexpr, EVEN_D: tl.constexpr, TMA: tl.constexpr,
+                        EPILOGUE_PARTS: tl.constexpr, PERSISTENT_PROGRAMS: tl.constexpr, INTERP_BF16: tl.constexpr):
+    """``gz [N, width]`` (input dtype) = d loss / d logits for columns ``col_start:col_start+width``.
+
+    ``gz[n, j] = g[n] / T * (onehot(target[n])[c] - softmax(z[n] / T)[c])`` with ``c = col_start + j``,
+    0 on ignored rows. One program per output tile, or (``PERSISTENT_PROGRAMS`` > 0) that many
+    programs, each looping over every ``PERSISTENT_PROGRAMS``-th tile in one flattened loop: the
+    software pipeline then loads the next tile's operands while a tile's epilogue runs.
+    """
+    pid = tl.program_id(0)
+    if PERSISTENT_PROGRAMS > 0:
+        n_tiles = tl.cdiv(N, BLOCK_N) * tl.cdiv(width, BLOCK_V)
+        for tile in tl.range(pid, n_tiles, PERSISTENT_PROGRAMS, flatten=True):
+            _grad_logits_tile(tile, h_ptr, w_ptr, h_desc, w_desc, t_ptr, g_ptr, max_ptr, log2sum_ptr, gz_ptr, N, V, D,
+                              col_start, width, stride_hn, stride_hd, stride_wv, stride_wd, stride_g, stride_gz,
+                              scale, inv_temperature, ignore_index, BLOCK_N, BLOCK_V, BLOCK_D, GROUP_ROWS, EVEN_D,
+                              TMA, EPILOGUE_PARTS, INTERP_BF16)
+    else:
+        _grad_logits_tile(pid, h_ptr, w_ptr, h_desc, w_desc, t_ptr, g_ptr, max_ptr, log2sum_ptr, gz_ptr, N, V, D,
+                          col_start, width, stride_hn, stride_hd, stride_wv, stride_wd, stride_g, stride_gz, scale,
+                          inv_temperature, ignore_index, BLOCK_N, BLOCK_V, BLOCK_D, GROUP_ROWS, EVEN_D, TMA,
+                          EPILOGUE_PARTS, INTERP_BF16)
 
 
 def _addressable(t: torch.Tensor, rows: int) -> torch.Tensor:
@@ -505,6 +537,15 @@ def _interp_bf16(hidden: torch.Tensor) -> bool:
 @functools.lru_cache(maxsize=None)
 def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _persistent_programs(config: TileConfig, device: torch.device) -> int:
+    """Programs of a persistent launch for ``config`` (0: one program per tile)."""
+    if not config.persistent:
+        return 0
+    if device.type != "cuda":
+        return INTERPRETED_PERSISTENT_PROGRAMS
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device()) * config.programs_per_sm
 
 
 def _tiles_per_split(n: int, n_tiles: int, planes: int, config: TileConfig, device: torch.device) -> int:
@@ -558,7 +599,8 @@ def forward(hidden, weight, targets, cu_seqlens=None, *, temperature=1.0, ignore
             hidden, weight, h_desc, w_desc, partials, n, v, d, n_splits, tiles_per_split, *strides, scale,
             RETURN_ENTROPY=return_entropy, BLOCK_N=config.block_n, BLOCK_V=config.block_v,
             BLOCK_D=config.block_d, GROUP_ROWS=config.group_rows, EVEN_D=d % config.block_d == 0,
-            TMA=h_desc is not None, INTERP_BF16=_interp_bf16(hidden), **config.launch_options(),
+            TMA=h_desc is not None, FLATTEN_TILES=config.flatten_tiles, INTERP_BF16=_interp_bf16(hidden),
+            **config.launch_options(),
         )
         _combine_kernel[(triton.cdiv(n, COMBINE_ROWS),)](
             partials, hidden, weight, targets, logp, row_max, log2_sum, entropy if return_entropy else logp,
@@ -604,14 +646,16 @@ def launch_grad_logits(grad_logits, col_start, grad_logp, hidden, weight, target
     (n, d), v = hidden.shape, weight.shape[0]
     width = grad_logits.shape[1]
     h_desc, w_desc = descriptors
-    grid = (triton.cdiv(n, config.block_n) * triton.cdiv(width, config.block_v),)
+    n_tiles = triton.cdiv(n, config.block_n) * triton.cdiv(width, config.block_v)
+    programs = _persistent_programs(config, hidden.device)
+    grid = (min(n_tiles, programs) if programs else n_tiles,)
     _grad_logits_kernel[grid](
         hidden, weight, h_desc, w_desc, targets, grad_logp, row_max, log2_sum, grad_logits, n, v, d, col_start,
         width, hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), grad_logp.stride(0),
         grad_logits.stride(0), LOG2E / temperature, 1.0 / temperature, ignore_index,
         BLOCK_N=config.block_n, BLOCK_V=config.block_v, BLOCK_D=config.block_d, GROUP_ROWS=config.group_rows,
         EVEN_D=d % config.block_d == 0, TMA=h_desc is not None, EPILOGUE_PARTS=config.epilogue_parts,
-        INTERP_BF16=_interp_bf16(hidden), **config.launch_options(),
+        PERSISTENT_PROGRAMS=programs, INTERP_BF16=_interp_bf16(hidden), **config.launch_options(),
     )
 
 

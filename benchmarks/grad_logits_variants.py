@@ -12,8 +12,11 @@ out or do it another way:
 - loads: pointers (``ptr``), TMA tensor descriptors (``tma``), and TMA with Triton's automatic
   warp specialization of the reduction loop (``tma+ws``);
 - stores: pointers (evict-first or not) or TMA descriptors (``tma-store``);
+- launch: one program per tile, or persistent (one program per SM) with the tile loop fused
+  into the reduction loop or not;
 - the backward's cuBLAS products alone (two operand orders for ``grad_weight``), and the whole
-  backward with its two products on two streams.
+  backward with its two products on two streams, pipelined over two chunk buffers, or with
+  smaller chunks. ``--package-only`` times just the package rows, these and the products.
 
 Variants that fail to compile are reported with their error. NOTES.md beside the kernels
 records what the rows showed.

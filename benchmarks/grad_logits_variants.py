@@ -39,6 +39,7 @@ from bench_kernels import MATMUL_AFTER, _with_ratios, device_median_ms, make_inp
 from kernel_providers import SHAPES  # noqa: E402
 
 from genssd_kernels.triton import logprob_gather as gather  # noqa: E402
+from genssd_kernels.triton.logprob_gather import _column_halves, grad_row_terms  # noqa: E402
 
 EPILOGUES = {"full": 0, "no-exp2": 1, "row-sums": 2, "raw-store": 3}
 
@@ -63,9 +64,15 @@ def _store_part(sub, gz_ptr, gz_desc, row0, sub_col0, col_start, width, stride_g
 
 
 @triton.jit
-def _halves(x, BLOCK_N: tl.constexpr, WIDTH: tl.constexpr):
-    """``x [BLOCK_N, WIDTH]`` as its left and right column halves (a free split of the MMA layout)."""
-    return tl.split(tl.permute(tl.reshape(x, (BLOCK_N, 2, WIDTH // 2)), (0, 2, 1)))
+def _tile_blocks(tile, N, width, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, GROUP_ROWS: tl.constexpr):
+    """int32 row block and column block of tile number ``tile``, numbered as in the package's
+    ``grad_tile_origin`` (which returns int64 offsets; the TMA coordinates here stay int32)."""
+    n_row_blocks = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_ROWS * tl.cdiv(width, BLOCK_V)
+    first_block = (tile // per_group) * GROUP_ROWS
+    blocks_here = tl.minimum(n_row_blocks - first_block, GROUP_ROWS)
+    local = tile % per_group
+    return first_block + local % blocks_here, local // blocks_here
 
 
 @triton.jit
@@ -77,46 +84,11 @@ def _store_parts(x, gz_ptr, gz_desc, row0, col0, col_start, width, stride_gz, ta
         _store_part(x, gz_ptr, gz_desc, row0, col0, col_start, width, stride_gz, target, coef, row_max, log2_sum,
                     scale, row_mask, BLOCK_N, WIDTH, TMA_STORE, EVICT_FIRST)
     else:
-        half: tl.constexpr = WIDTH // 2
-        left, right = _halves(x, BLOCK_N, WIDTH)
-        _store_halves(left, gz_ptr, gz_desc, row0, col0, col_start, width, stride_gz, target, coef, row_max,
-                      log2_sum, scale, row_mask, BLOCK_N, half, PARTS // 2, TMA_STORE, EVICT_FIRST)
-        _store_halves(right, gz_ptr, gz_desc, row0, col0 + half, col_start, width, stride_gz, target, coef, row_max,
-                      log2_sum, scale, row_mask, BLOCK_N, half, PARTS // 2, TMA_STORE, EVICT_FIRST)
-
-
-@triton.jit
-def _store_halves(x, gz_ptr, gz_desc, row0, col0, col_start, width, stride_gz, target, coef, row_max, log2_sum,
-                  scale, row_mask, BLOCK_N: tl.constexpr, WIDTH: tl.constexpr, PARTS: tl.constexpr,
-                  TMA_STORE: tl.constexpr, EVICT_FIRST: tl.constexpr):
-    """``_store_parts`` one level down (Triton has no recursion): ``PARTS`` is 1, 2 or 4 here."""
-    if PARTS == 1:
-        _store_part(x, gz_ptr, gz_desc, row0, col0, col_start, width, stride_gz, target, coef, row_max, log2_sum,
-                    scale, row_mask, BLOCK_N, WIDTH, TMA_STORE, EVICT_FIRST)
-    else:
-        half: tl.constexpr = WIDTH // 2
-        left, right = _halves(x, BLOCK_N, WIDTH)
-        _store_quarters(left, gz_ptr, gz_desc, row0, col0, col_start, width, stride_gz, target, coef, row_max,
-                        log2_sum, scale, row_mask, BLOCK_N, half, PARTS // 2, TMA_STORE, EVICT_FIRST)
-        _store_quarters(right, gz_ptr, gz_desc, row0, col0 + half, col_start, width, stride_gz, target, coef,
-                        row_max, log2_sum, scale, row_mask, BLOCK_N, half, PARTS // 2, TMA_STORE, EVICT_FIRST)
-
-
-@triton.jit
-def _store_quarters(x, gz_ptr, gz_desc, row0, col0, col_start, width, stride_gz, target, coef, row_max, log2_sum,
-                    scale, row_mask, BLOCK_N: tl.constexpr, WIDTH: tl.constexpr, PARTS: tl.constexpr,
-                    TMA_STORE: tl.constexpr, EVICT_FIRST: tl.constexpr):
-    """The last level: ``PARTS`` is 1 or 2 here."""
-    if PARTS == 1:
-        _store_part(x, gz_ptr, gz_desc, row0, col0, col_start, width, stride_gz, target, coef, row_max, log2_sum,
-                    scale, row_mask, BLOCK_N, WIDTH, TMA_STORE, EVICT_FIRST)
-    else:
-        half: tl.constexpr = WIDTH // 2
-        left, right = _halves(x, BLOCK_N, WIDTH)
-        _store_part(left, gz_ptr, gz_desc, row0, col0, col_start, width, stride_gz, target, coef, row_max, log2_sum,
-                    scale, row_mask, BLOCK_N, half, TMA_STORE, EVICT_FIRST)
-        _store_part(right, gz_ptr, gz_desc, row0, col0 + half, col_start, width, stride_gz, target, coef, row_max,
-                    log2_sum, scale, row_mask, BLOCK_N, half, TMA_STORE, EVICT_FIRST)
+        left, right = _column_halves(x, BLOCK_N, WIDTH)
+        _store_parts(left, gz_ptr, gz_desc, row0, col0, col_start, width, stride_gz, target, coef, row_max,
+                     log2_sum, scale, row_mask, BLOCK_N, WIDTH // 2, PARTS // 2, TMA_STORE, EVICT_FIRST)
+        _store_parts(right, gz_ptr, gz_desc, row0, col0 + WIDTH // 2, col_start, width, stride_gz, target, coef,
+                     row_max, log2_sum, scale, row_mask, BLOCK_N, WIDTH // 2, PARTS // 2, TMA_STORE, EVICT_FIRST)
 
 
 @triton.jit
@@ -128,15 +100,7 @@ def _variant_kernel(h_ptr, w_ptr, h_desc, w_desc, gz_desc, t_ptr, g_ptr, max_ptr
     """The package's ``_grad_logits_kernel`` (contiguous bf16 inputs, d a multiple of BLOCK_D) with
     the operand loads (``TMA``, ``WS``), the epilogue (``EPILOGUE``; the full one on ``PARTS``
     column slices of the tile) and the stores (``TMA_STORE``, ``EVICT_FIRST``) chosen."""
-    pid = tl.program_id(0)
-    n_row_blocks = tl.cdiv(N, BLOCK_N)
-    n_col_blocks = tl.cdiv(width, BLOCK_V)
-    per_group = GROUP_ROWS * n_col_blocks
-    first_block = (pid // per_group) * GROUP_ROWS
-    blocks_here = tl.minimum(n_row_blocks - first_block, GROUP_ROWS)
-    local = pid % per_group
-    row_block = first_block + local % blocks_here
-    col_block = local // blocks_here
+    row_block, col_block = _tile_blocks(tl.program_id(0), N, width, BLOCK_N, BLOCK_V, GROUP_ROWS)
     row0 = row_block.to(tl.int64) * BLOCK_N
     local_col0 = col_block.to(tl.int64) * BLOCK_V
     col0 = col_start + local_col0
@@ -159,12 +123,8 @@ def _variant_kernel(h_ptr, w_ptr, h_desc, w_desc, gz_desc, t_ptr, g_ptr, max_ptr
             w_ptrs += BLOCK_D
 
     rows = row0 + tl.arange(0, BLOCK_N)
-    row_mask = rows < N
-    target = tl.load(t_ptr + rows, mask=row_mask, other=ignore_index)
-    g = tl.load(g_ptr + rows, mask=row_mask, other=0.0)
-    coef = tl.where(row_mask & (target != ignore_index), g * inv_temperature, 0.0)
-    row_max = tl.load(max_ptr + rows, mask=row_mask, other=0.0)
-    log2_sum = tl.load(log2sum_ptr + rows, mask=row_mask, other=0.0)
+    row_mask, target, coef, row_max, log2_sum = grad_row_terms(rows, N, t_ptr, g_ptr, max_ptr, log2sum_ptr, 1,
+                                                               inv_temperature, ignore_index)
     if EPILOGUE == 0:
         _store_parts(acc, gz_ptr, gz_desc, row0, local_col0, col_start, width, stride_gz, target, coef, row_max,
                      log2_sum, scale, row_mask, BLOCK_N, BLOCK_V, PARTS, TMA_STORE, EVICT_FIRST)
@@ -194,32 +154,21 @@ def _persistent_kernel(h_desc, w_desc, t_ptr, g_ptr, max_ptr, log2sum_ptr, gz_pt
     """The grad-logits kernel as one program per SM looping over output tiles (TMA loads, sliced
     epilogue); ``FLATTEN`` lets Triton fuse the tile and reduction loops so the software
     pipeline loads the next tile's operands during a tile's epilogue."""
-    pid = tl.program_id(0)
-    n_row_blocks = tl.cdiv(N, BLOCK_N)
-    n_col_blocks = tl.cdiv(width, BLOCK_V)
-    per_group = GROUP_ROWS * n_col_blocks
-    n_tiles = n_row_blocks * n_col_blocks
-    for tile in tl.range(pid, n_tiles, NUM_PROGRAMS, flatten=FLATTEN):
-        first_block = (tile // per_group) * GROUP_ROWS
-        blocks_here = tl.minimum(n_row_blocks - first_block, GROUP_ROWS)
-        local = tile % per_group
-        row_block = first_block + local % blocks_here
-        col_block = local // blocks_here
+    n_tiles = tl.cdiv(N, BLOCK_N) * tl.cdiv(width, BLOCK_V)
+    for tile in tl.range(tl.program_id(0), n_tiles, NUM_PROGRAMS, flatten=FLATTEN):
+        row_block, col_block = _tile_blocks(tile, N, width, BLOCK_N, BLOCK_V, GROUP_ROWS)
         acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
         for d0 in range(0, D, BLOCK_D):
             h = h_desc.load([row_block * BLOCK_N, d0])
             w = w_desc.load([col_start + col_block * BLOCK_V, d0])
             acc = tl.dot(h, w.T, acc)
         row0 = row_block.to(tl.int64) * BLOCK_N
+        local_col0 = col_block.to(tl.int64) * BLOCK_V
         rows = row0 + tl.arange(0, BLOCK_N)
-        row_mask = rows < N
-        target = tl.load(t_ptr + rows, mask=row_mask, other=ignore_index)
-        g = tl.load(g_ptr + rows, mask=row_mask, other=0.0)
-        coef = tl.where(row_mask & (target != ignore_index), g * inv_temperature, 0.0)
-        row_max = tl.load(max_ptr + rows, mask=row_mask, other=0.0)
-        log2_sum = tl.load(log2sum_ptr + rows, mask=row_mask, other=0.0)
-        _store_parts(acc, gz_ptr, None, row0, col_block.to(tl.int64) * BLOCK_V, col_start, width, stride_gz, target,
-                     coef, row_max, log2_sum, scale, row_mask, BLOCK_N, BLOCK_V, PARTS, False, False)
+        row_mask, target, coef, row_max, log2_sum = grad_row_terms(rows, N, t_ptr, g_ptr, max_ptr, log2sum_ptr, 1,
+                                                                   inv_temperature, ignore_index)
+        _store_parts(acc, gz_ptr, None, row0, local_col0, col_start, width, stride_gz, target, coef, row_max,
+                     log2_sum, scale, row_mask, BLOCK_N, BLOCK_V, PARTS, False, False)
 
 
 def persistent_loop(hidden, weight, targets, grad_logp, row_max, log2_sum, *, flatten, parts=4):

@@ -441,31 +441,44 @@ def _store_grad_logits(z, gz_ptr, row0, col0, col_start, width, stride_gz, targe
 
 
 @triton.jit
-def _grad_logits_tile(tile, h_ptr, w_ptr, h_desc, w_desc, t_ptr, g_ptr, max_ptr, log2sum_ptr, gz_ptr,
-                      N, V, D, col_start, width, stride_hn, stride_hd, stride_wv, stride_wd, stride_g, stride_gz, scale,
-                      inv_temperature, ignore_index, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
-                      BLOCK_D: tl.constexpr, GROUP_ROWS: tl.constexpr, EVEN_D: tl.constexpr, TMA: tl.constexpr,
-                      EPILOGUE_PARTS: tl.constexpr, INTERP_BF16: tl.constexpr):
-    """Output tile number ``tile`` of ``_grad_logits_kernel``: tiles are numbered in groups of
-    ``GROUP_ROWS`` row blocks per column panel (the usual L2-friendly matmul order)."""
+def grad_tile_origin(tile, N, width, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, GROUP_ROWS: tl.constexpr):
+    """int64 first row and first chunk column of grad-logits tile number ``tile``: tiles are
+    numbered in groups of ``GROUP_ROWS`` row blocks per column panel (the usual L2-friendly
+    matmul order)."""
     n_row_blocks = tl.cdiv(N, BLOCK_N)
-    n_col_blocks = tl.cdiv(width, BLOCK_V)
-    per_group = GROUP_ROWS * n_col_blocks
+    per_group = GROUP_ROWS * tl.cdiv(width, BLOCK_V)
     first_block = (tile // per_group) * GROUP_ROWS
     blocks_here = tl.minimum(n_row_blocks - first_block, GROUP_ROWS)
     local = tile % per_group
-    row0 = (first_block + local % blocks_here).to(tl.int64) * BLOCK_N
-    local_col0 = (local // blocks_here).to(tl.int64) * BLOCK_V
+    return (first_block + local % blocks_here).to(tl.int64) * BLOCK_N, (local // blocks_here).to(tl.int64) * BLOCK_V
 
-    acc = _logit_tile(h_ptr, w_ptr, h_desc, w_desc, row0, col_start + local_col0, N, V, D, stride_hn, stride_hd,
-                      stride_wv, stride_wd, BLOCK_N, BLOCK_V, BLOCK_D, EVEN_D, TMA, INTERP_BF16)
-    rows = row0 + tl.arange(0, BLOCK_N)
+
+@triton.jit
+def grad_row_terms(rows, N, t_ptr, g_ptr, max_ptr, log2sum_ptr, stride_g, inv_temperature, ignore_index):
+    """Per-row terms of the softmax gradient for ``rows [BLOCK_N]``: the in-range mask, the targets,
+    ``coef = g / T`` (0 on ignored and out-of-range rows) and the forward's base-2 statistics."""
     row_mask = rows < N
     target = tl.load(t_ptr + rows, mask=row_mask, other=ignore_index)
     g = tl.load(g_ptr + rows * stride_g, mask=row_mask, other=0.0).to(tl.float32)
     coef = tl.where(row_mask & (target != ignore_index), g * inv_temperature, 0.0)
     row_max = tl.load(max_ptr + rows, mask=row_mask, other=0.0)
     log2_sum = tl.load(log2sum_ptr + rows, mask=row_mask, other=0.0)
+    return row_mask, target, coef, row_max, log2_sum
+
+
+@triton.jit
+def _grad_logits_tile(tile, h_ptr, w_ptr, h_desc, w_desc, t_ptr, g_ptr, max_ptr, log2sum_ptr, gz_ptr,
+                      N, V, D, col_start, width, stride_hn, stride_hd, stride_wv, stride_wd, stride_g, stride_gz, scale,
+                      inv_temperature, ignore_index, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
+                      BLOCK_D: tl.constexpr, GROUP_ROWS: tl.constexpr, EVEN_D: tl.constexpr, TMA: tl.constexpr,
+                      EPILOGUE_PARTS: tl.constexpr, INTERP_BF16: tl.constexpr):
+    """Output tile number ``tile`` of ``_grad_logits_kernel``."""
+    row0, local_col0 = grad_tile_origin(tile, N, width, BLOCK_N, BLOCK_V, GROUP_ROWS)
+    acc = _logit_tile(h_ptr, w_ptr, h_desc, w_desc, row0, col_start + local_col0, N, V, D, stride_hn, stride_hd,
+                      stride_wv, stride_wd, BLOCK_N, BLOCK_V, BLOCK_D, EVEN_D, TMA, INTERP_BF16)
+    rows = row0 + tl.arange(0, BLOCK_N)
+    row_mask, target, coef, row_max, log2_sum = grad_row_terms(rows, N, t_ptr, g_ptr, max_ptr, log2sum_ptr, stride_g,
+                                                               inv_temperature, ignore_index)
     _store_grad_logits(acc, gz_ptr, row0, local_col0, col_start, width, stride_gz, target, coef, row_max, log2_sum,
                        scale, row_mask, BLOCK_N, BLOCK_V, EPILOGUE_PARTS, INTERP_BF16)
 

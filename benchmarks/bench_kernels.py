@@ -83,7 +83,8 @@ def measure_matmul_op(op, shape_name, provider):
     if fn is None:
         return None
     if train or provider == "matmul":
-        grad_bytes = (hidden.numel() + weight.numel()) * hidden.element_size() if train and provider != "matmul" else 0
+        grad_bytes = ((hidden.numel() + weight.numel()) * hidden.element_size()
+                      if train and provider != "matmul" else 0)
         output_bytes = grad_bytes + (n * v * 2 if provider == "matmul" else 0)
     else:
         output_bytes = n * 4 * 2
@@ -124,12 +125,12 @@ def measure_prune(provider, *, groups=4096, candidates=64, k=4, margin=0.5, grap
             fn()
         fn = cuda_graph.replay
     ms = device_median_ms(fn, warmup=50, rep=300)
-    return {"op": "branch_prune" + (" (graph)" if graph else ""), "shape": f"P={groups} C/P={candidates} k={k}",
-            "provider": provider, "ms": ms}
+    return {"op": "branch_prune" + (" (graph)" if graph else ""),
+            "shape": f"P={groups} C/P={candidates} k={k}", "provider": provider, "ms": ms}
 
 
-def _tile(block_n, block_v, block_d, warps, stages, group_rows, per_sm, max_registers=None, tma=False, parts=1,
-          persistent=False, flatten=False):
+def _tile(block_n, block_v, block_d, warps, stages, group_rows, per_sm, max_registers=None, tma=False,
+          parts=1, persistent=False, flatten=False):
     from genssd_kernels.triton.logprob_gather import TileConfig
 
     return TileConfig(block_n, block_v, block_d, num_warps=warps, num_stages=stages, group_rows=group_rows,
@@ -142,11 +143,16 @@ def sweep_configs(kind):
     Triton 3.6; ``benchmarks/compile_kernels.py`` gives the registers). The earlier candidates and
     their timings are in NOTES.md and ``benchmarks/results/sweep-*.json``."""
     if kind == "forward":
+        # Defaults: the first entry without entropy, the last with it. The sliced exp pass (206
+        # registers with entropy instead of 254) is the candidate for the entropy path.
         return {
-            "128x256x64 w8 s3 g16 tma": _tile(128, 256, 64, 8, 3, 16, 1, tma=True),  # the default
-            "128x256x64 w8 s3 g16 pointer loads": _tile(128, 256, 64, 8, 3, 16, 1),  # the previous default
-            "128x256x64 w8 s3 g16 tma, flattened tile loop": _tile(128, 256, 64, 8, 3, 16, 1, tma=True, flatten=True),
-            "128x256x64 w8 s3 g16 pointer loads, flattened": _tile(128, 256, 64, 8, 3, 16, 1, flatten=True),
+            "128x256x64 w8 s3 g16 tma, fused tile loop": _tile(128, 256, 64, 8, 3, 16, 1, tma=True,
+                                                               flatten=True),
+            "128x256x64 w8 s3 g16 tma, fused tile loop, 4 slices": _tile(128, 256, 64, 8, 3, 16, 1, tma=True,
+                                                                         flatten=True, parts=4),
+            "128x256x64 w8 s3 g16 tma, fused tile loop, 8 slices": _tile(128, 256, 64, 8, 3, 16, 1, tma=True,
+                                                                         flatten=True, parts=8),
+            "128x256x64 w8 s3 g16 pointer loads": _tile(128, 256, 64, 8, 3, 16, 1),
         }
     return {
         "128x256x64 w8 s3 g16 tma, 4 slices, persistent": _tile(128, 256, 64, 8, 3, 16, 1, tma=True, parts=4,
@@ -178,7 +184,8 @@ def sweep(kind, shape_name):
     shape = SHAPES[shape_name]
     hidden, weight, targets, cu = make_inputs(shape)
     op = f"sweep_{kind}"
-    rows = [{"op": op, "shape": shape_name, "provider": "matmul", "ms": device_median_ms(lambda: hidden @ weight.T)}]
+    rows = [{"op": op, "shape": shape_name, "provider": "matmul",
+             "ms": device_median_ms(lambda: hidden @ weight.T)}]
     with torch.no_grad():
         stats = triton_gather.forward(hidden, weight, targets, cu)
         grad_logp = torch.full_like(stats[0], -1.0 / shape[0])
@@ -187,8 +194,8 @@ def sweep(kind, shape_name):
             # for), then with grad_z @ W (grad_hidden) or grad_z.T @ H (grad_weight), then both.
             for name, (need_hidden, need_weight) in BACKWARD_PARTS.items():
                 ms = device_median_ms(lambda: triton_gather.backward(
-                    grad_logp, hidden, weight, targets, stats[3], stats[4], temperature=1.0, ignore_index=-100,
-                    need_hidden=need_hidden, need_weight=need_weight))
+                    grad_logp, hidden, weight, targets, stats[3], stats[4], temperature=1.0,
+                    ignore_index=-100, need_hidden=need_hidden, need_weight=need_weight))
                 rows.append({"op": op, "shape": shape_name, "provider": name, "ms": ms})
                 print(json.dumps(rows[-1]), flush=True)
         else:
@@ -201,8 +208,8 @@ def sweep(kind, shape_name):
                         rows.append({"op": op, "shape": shape_name, "provider": name + suffix, "ms": ms})
                 else:
                     ms = device_median_ms(lambda: triton_gather.backward(
-                        grad_logp, hidden, weight, targets, stats[3], stats[4], temperature=1.0, ignore_index=-100,
-                        config=config))
+                        grad_logp, hidden, weight, targets, stats[3], stats[4], temperature=1.0,
+                        ignore_index=-100, config=config))
                     rows.append({"op": op, "shape": shape_name, "provider": name, "ms": ms})
                 print(json.dumps(rows[-1]), flush=True)
     torch.cuda.empty_cache()
@@ -270,7 +277,8 @@ def markdown(rows, card):
         ratio = f"{r['ratio_to_matmul']:.2f}" if r.get("ratio_to_matmul") else "-"
         tflops = f"{r['tflops']:.0f}" if r.get("tflops") else "-"
         mib = f"{r['extra_mib']:.0f}" if r.get("extra_mib") is not None else "-"
-        lines.append(f"| {r['op']} | {r.get('shape', '-')} | {r['provider']} | {ms} | {ratio} | {tflops} | {mib} |")
+        lines.append(f"| {r['op']} | {r.get('shape', '-')} | {r['provider']} | {ms} | {ratio} | {tflops} "
+                     f"| {mib} |")
     return "\n".join(lines)
 
 
@@ -278,7 +286,8 @@ def measure_providers(shapes, ops, wanted):
     """Rows for every provider (or those in ``wanted``; the matmul floor always) of ``ops``."""
     rows = []
     for shape_name in shapes:
-        for op, names in (("logprob_gather_fwd", FORWARD_PROVIDERS), ("linear_cross_entropy_fwd_bwd", TRAIN_PROVIDERS)):
+        for op, names in (("logprob_gather_fwd", FORWARD_PROVIDERS),
+                          ("linear_cross_entropy_fwd_bwd", TRAIN_PROVIDERS)):
             if ("fwd" if op.endswith("fwd") else "train") not in ops:
                 continue
             for provider in names:

@@ -45,20 +45,22 @@ EPILOGUES = {"full": 0, "no-exp2": 1, "row-sums": 2, "raw-store": 3}
 
 
 @triton.jit
-def _store_part(sub, gz_ptr, gz_desc, row0, sub_col0, col_start, width, stride_gz, target, coef, row_max, log2_sum,
-                scale, row_mask, BLOCK_N: tl.constexpr, WIDTH: tl.constexpr, TMA_STORE: tl.constexpr,
-                EVICT_FIRST: tl.constexpr):
+def _store_part(sub, gz_ptr, gz_desc, row0, sub_col0, col_start, width, stride_gz, target, coef, row_max,
+                log2_sum, scale, row_mask, BLOCK_N: tl.constexpr, WIDTH: tl.constexpr,
+                TMA_STORE: tl.constexpr, EVICT_FIRST: tl.constexpr):
     """The full epilogue on ``sub [BLOCK_N, WIDTH]``, the logits of columns ``sub_col0:`` of the chunk."""
     lanes = tl.arange(0, WIDTH)
     target_lane = tl.where((target >= col_start + sub_col0) & (target < col_start + sub_col0 + WIDTH),
                            target - col_start - sub_col0, -1).to(tl.int32)
     p = tl.exp2(tl.fma(sub, scale, -row_max[:, None]) - log2_sum[:, None])
-    grad = (coef[:, None] * (tl.where(lanes[None, :] == target_lane[:, None], 1.0, 0.0) - p)).to(gz_ptr.dtype.element_ty)
+    grad = (coef[:, None]
+            * (tl.where(lanes[None, :] == target_lane[:, None], 1.0, 0.0) - p)).to(gz_ptr.dtype.element_ty)
     if TMA_STORE:
         # The descriptor's bounds are the chunk's [N, width]: the copy engine clips the edges.
         gz_desc.store([row0.to(tl.int32), sub_col0.to(tl.int32)], grad)
     else:
-        out = gz_ptr + row0 * stride_gz + sub_col0 + (tl.arange(0, BLOCK_N)[:, None] * stride_gz + lanes[None, :])
+        out = gz_ptr + row0 * stride_gz + sub_col0 + (tl.arange(0, BLOCK_N)[:, None] * stride_gz
+                                                      + lanes[None, :])
         tl.store(out, grad, mask=row_mask[:, None] & (lanes < width - sub_col0)[None, :],
                  eviction_policy="evict_first" if EVICT_FIRST else "")
 
@@ -81,22 +83,24 @@ def _store_parts(x, gz_ptr, gz_desc, row0, col0, col_start, width, stride_gz, ta
                  TMA_STORE: tl.constexpr, EVICT_FIRST: tl.constexpr):
     """The full epilogue on ``x [BLOCK_N, WIDTH]`` in ``PARTS`` (1, 2, 4 or 8) column slices."""
     if PARTS == 1:
-        _store_part(x, gz_ptr, gz_desc, row0, col0, col_start, width, stride_gz, target, coef, row_max, log2_sum,
-                    scale, row_mask, BLOCK_N, WIDTH, TMA_STORE, EVICT_FIRST)
+        _store_part(x, gz_ptr, gz_desc, row0, col0, col_start, width, stride_gz, target, coef, row_max,
+                    log2_sum, scale, row_mask, BLOCK_N, WIDTH, TMA_STORE, EVICT_FIRST)
     else:
         left, right = _column_halves(x, BLOCK_N, WIDTH)
         _store_parts(left, gz_ptr, gz_desc, row0, col0, col_start, width, stride_gz, target, coef, row_max,
                      log2_sum, scale, row_mask, BLOCK_N, WIDTH // 2, PARTS // 2, TMA_STORE, EVICT_FIRST)
-        _store_parts(right, gz_ptr, gz_desc, row0, col0 + WIDTH // 2, col_start, width, stride_gz, target, coef,
-                     row_max, log2_sum, scale, row_mask, BLOCK_N, WIDTH // 2, PARTS // 2, TMA_STORE, EVICT_FIRST)
+        _store_parts(right, gz_ptr, gz_desc, row0, col0 + WIDTH // 2, col_start, width, stride_gz, target,
+                     coef, row_max, log2_sum, scale, row_mask, BLOCK_N, WIDTH // 2, PARTS // 2, TMA_STORE,
+                     EVICT_FIRST)
 
 
 @triton.jit
-def _variant_kernel(h_ptr, w_ptr, h_desc, w_desc, gz_desc, t_ptr, g_ptr, max_ptr, log2sum_ptr, gz_ptr, sums_ptr,
-                    N, V, D, col_start, width, stride_hn, stride_wv, stride_gz, scale, inv_temperature,
-                    ignore_index, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
-                    GROUP_ROWS: tl.constexpr, EPILOGUE: tl.constexpr, PARTS: tl.constexpr, TMA: tl.constexpr,
-                    WS: tl.constexpr, TMA_STORE: tl.constexpr, EVICT_FIRST: tl.constexpr):
+def _variant_kernel(h_ptr, w_ptr, h_desc, w_desc, gz_desc, t_ptr, g_ptr, max_ptr, log2sum_ptr, gz_ptr,
+                    sums_ptr, N, V, D, col_start, width, stride_hn, stride_wv, stride_gz, scale,
+                    inv_temperature, ignore_index, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
+                    BLOCK_D: tl.constexpr, GROUP_ROWS: tl.constexpr, EPILOGUE: tl.constexpr,
+                    PARTS: tl.constexpr, TMA: tl.constexpr, WS: tl.constexpr, TMA_STORE: tl.constexpr,
+                    EVICT_FIRST: tl.constexpr):
     """The package's ``_grad_logits_kernel`` (contiguous bf16 inputs, d a multiple of BLOCK_D) with
     the operand loads (``TMA``, ``WS``), the epilogue (``EPILOGUE``; the full one on ``PARTS``
     column slices of the tile) and the stores (``TMA_STORE``, ``EVICT_FIRST``) chosen."""
@@ -126,8 +130,8 @@ def _variant_kernel(h_ptr, w_ptr, h_desc, w_desc, gz_desc, t_ptr, g_ptr, max_ptr
     row_mask, target, coef, row_max, log2_sum = grad_row_terms(rows, N, t_ptr, g_ptr, max_ptr, log2sum_ptr, 1,
                                                                inv_temperature, ignore_index)
     if EPILOGUE == 0:
-        _store_parts(acc, gz_ptr, gz_desc, row0, local_col0, col_start, width, stride_gz, target, coef, row_max,
-                     log2_sum, scale, row_mask, BLOCK_N, BLOCK_V, PARTS, TMA_STORE, EVICT_FIRST)
+        _store_parts(acc, gz_ptr, gz_desc, row0, local_col0, col_start, width, stride_gz, target, coef,
+                     row_max, log2_sum, scale, row_mask, BLOCK_N, BLOCK_V, PARTS, TMA_STORE, EVICT_FIRST)
     else:
         lanes = tl.arange(0, BLOCK_V)
         if EPILOGUE == 3:
@@ -137,20 +141,23 @@ def _variant_kernel(h_ptr, w_ptr, h_desc, w_desc, gz_desc, t_ptr, g_ptr, max_ptr
                 p = tl.fma(acc, scale, -row_max[:, None]) - log2_sum[:, None]
             else:
                 p = tl.exp2(tl.fma(acc, scale, -row_max[:, None]) - log2_sum[:, None])
-            target_lane = tl.where((target >= col0) & (target < col0 + BLOCK_V), target - col0, -1).to(tl.int32)
+            target_lane = tl.where((target >= col0) & (target < col0 + BLOCK_V),
+                                   target - col0, -1).to(tl.int32)
             grad = coef[:, None] * (tl.where(lanes[None, :] == target_lane[:, None], 1.0, 0.0) - p)
         if EPILOGUE == 2:
             tl.store(sums_ptr + col_block.to(tl.int64) * N + rows, tl.sum(grad, 1), mask=row_mask)
         else:
-            out = gz_ptr + row0 * stride_gz + local_col0 + (tl.arange(0, BLOCK_N)[:, None] * stride_gz + lanes[None, :])
-            tl.store(out, grad.to(gz_ptr.dtype.element_ty), mask=row_mask[:, None] & (lanes < width - local_col0)[None, :])
+            out = gz_ptr + row0 * stride_gz + local_col0 + (tl.arange(0, BLOCK_N)[:, None] * stride_gz
+                                                            + lanes[None, :])
+            tl.store(out, grad.to(gz_ptr.dtype.element_ty),
+                     mask=row_mask[:, None] & (lanes < width - local_col0)[None, :])
 
 
 @triton.jit
 def _persistent_kernel(h_desc, w_desc, t_ptr, g_ptr, max_ptr, log2sum_ptr, gz_ptr, N, D, col_start, width,
                        stride_gz, scale, inv_temperature, ignore_index, NUM_PROGRAMS: tl.constexpr,
-                       BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, GROUP_ROWS: tl.constexpr,
-                       PARTS: tl.constexpr, FLATTEN: tl.constexpr):
+                       BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
+                       GROUP_ROWS: tl.constexpr, PARTS: tl.constexpr, FLATTEN: tl.constexpr):
     """The grad-logits kernel as one program per SM looping over output tiles (TMA loads, sliced
     epilogue); ``FLATTEN`` lets Triton fuse the tile and reduction loops so the software
     pipeline loads the next tile's operands during a tile's epilogue."""
@@ -165,8 +172,9 @@ def _persistent_kernel(h_desc, w_desc, t_ptr, g_ptr, max_ptr, log2sum_ptr, gz_pt
         row0 = row_block.to(tl.int64) * BLOCK_N
         local_col0 = col_block.to(tl.int64) * BLOCK_V
         rows = row0 + tl.arange(0, BLOCK_N)
-        row_mask, target, coef, row_max, log2_sum = grad_row_terms(rows, N, t_ptr, g_ptr, max_ptr, log2sum_ptr, 1,
-                                                                   inv_temperature, ignore_index)
+        row_mask, target, coef, row_max, log2_sum = grad_row_terms(rows, N, t_ptr, g_ptr, max_ptr,
+                                                                   log2sum_ptr, 1, inv_temperature,
+                                                                   ignore_index)
         _store_parts(acc, gz_ptr, None, row0, local_col0, col_start, width, stride_gz, target, coef, row_max,
                      log2_sum, scale, row_mask, BLOCK_N, BLOCK_V, PARTS, False, False)
 
@@ -185,10 +193,10 @@ def persistent_loop(hidden, weight, targets, grad_logp, row_max, log2_sum, *, fl
         for c0 in range(0, v, chunk):
             width = min(chunk, v - c0)
             _persistent_kernel[(programs,)](
-                h_desc, w_desc, targets, grad_logp, row_max, log2_sum, buffer, n, d, c0, width, buffer.stride(0),
-                gather.LOG2E, 1.0, -100, NUM_PROGRAMS=programs, BLOCK_N=config.block_n, BLOCK_V=config.block_v,
-                BLOCK_D=config.block_d, GROUP_ROWS=config.group_rows, PARTS=parts, FLATTEN=flatten,
-                **config.launch_options())
+                h_desc, w_desc, targets, grad_logp, row_max, log2_sum, buffer, n, d, c0, width,
+                buffer.stride(0), gather.LOG2E, 1.0, -100, NUM_PROGRAMS=programs, BLOCK_N=config.block_n,
+                BLOCK_V=config.block_v, BLOCK_D=config.block_d, GROUP_ROWS=config.group_rows, PARTS=parts,
+                FLATTEN=flatten, **config.launch_options())
 
     return run
 
@@ -223,16 +231,17 @@ def variant_loop(hidden, weight, targets, grad_logp, row_max, log2_sum, variant)
         width = min(chunk, v - c0)
         gz_desc = None
         if variant.tma_store:
-            gz_desc = TensorDescriptor.from_tensor(buffer[:, :width], [config.block_n, config.block_v // variant.parts])
+            gz_desc = TensorDescriptor.from_tensor(buffer[:, :width],
+                                                   [config.block_n, config.block_v // variant.parts])
         launches.append((c0, width, gz_desc))
 
     def run():
         for c0, width, gz_desc in launches:
             grid = (triton.cdiv(n, config.block_n) * triton.cdiv(width, config.block_v),)
             _variant_kernel[grid](
-                hidden, weight, h_desc, w_desc, gz_desc, targets, grad_logp, row_max, log2_sum, buffer, sums, n, v, d,
-                c0, width, hidden.stride(0), weight.stride(0), buffer.stride(0), gather.LOG2E, 1.0, -100,
-                BLOCK_N=config.block_n, BLOCK_V=config.block_v, BLOCK_D=config.block_d,
+                hidden, weight, h_desc, w_desc, gz_desc, targets, grad_logp, row_max, log2_sum, buffer, sums,
+                n, v, d, c0, width, hidden.stride(0), weight.stride(0), buffer.stride(0), gather.LOG2E, 1.0,
+                -100, BLOCK_N=config.block_n, BLOCK_V=config.block_v, BLOCK_D=config.block_d,
                 GROUP_ROWS=config.group_rows, EPILOGUE=EPILOGUES[variant.epilogue], PARTS=variant.parts,
                 TMA=variant.tma, WS=variant.ws, TMA_STORE=variant.tma_store, EVICT_FIRST=variant.evict_first,
                 **config.launch_options())
@@ -271,7 +280,8 @@ def backward_pipelined(grad_logp, hidden, weight, targets, row_max, log2_sum, *,
     config = gather.backward_config(hidden.dtype)
     n, d = hidden.shape
     v = weight.shape[0]
-    chunk = min(v, triton.cdiv(triton.cdiv(v, triton.cdiv(n * v * hidden.element_size(), chunk_bytes)), 128) * 128)
+    chunk = min(v, triton.cdiv(triton.cdiv(v, triton.cdiv(n * v * hidden.element_size(), chunk_bytes)),
+                               128) * 128)
     buffers = [torch.empty(n, chunk, dtype=hidden.dtype, device=hidden.device) for _ in range(2)]
     acc = torch.zeros(n, d, dtype=torch.float32, device=hidden.device)
     grad_weight = torch.empty_like(weight)
@@ -324,7 +334,8 @@ def measure(shape_name, variants):
     shape = SHAPES[shape_name]
     hidden, weight, targets, cu = make_inputs(shape)
     op = "grad_logits_variants"
-    rows = [{"op": op, "shape": shape_name, "provider": "matmul", "ms": device_median_ms(lambda: hidden @ weight.T)}]
+    rows = [{"op": op, "shape": shape_name, "provider": "matmul",
+             "ms": device_median_ms(lambda: hidden @ weight.T)}]
     with torch.no_grad():
         stats = gather.forward(hidden, weight, targets, cu)
         grad_logp = torch.full_like(stats[0], -1.0 / shape[0])
@@ -340,8 +351,9 @@ def measure(shape_name, variants):
             return run
 
         def package(products):
-            return lambda: gather.backward(grad_logp, hidden, weight, targets, stats[3], stats[4], temperature=1.0,
-                                           ignore_index=-100, need_hidden=products, need_weight=products)
+            return lambda: gather.backward(grad_logp, hidden, weight, targets, stats[3], stats[4],
+                                           temperature=1.0, ignore_index=-100, need_hidden=products,
+                                           need_weight=products)
 
         jobs = [("package kernel", package(False)), ("package backward", package(True)),
                 ("package backward, products on two streams",
@@ -400,7 +412,8 @@ def variants():
         "tma 4 slices g16 s4": Variant(dataclasses.replace(g16, num_stages=4), parts=4, tma=True),
         "tma 4 slices g16 tma-store": Variant(g16, parts=4, tma=True, tma_store=True),
         "tma full g16 tma-store": Variant(g16, tma=True, tma_store=True),
-        "256x128 tma 4 slices g16": Variant(dataclasses.replace(g16, block_n=256, block_v=128), parts=4, tma=True),
+        "256x128 tma 4 slices g16": Variant(dataclasses.replace(g16, block_n=256, block_v=128), parts=4,
+                                            tma=True),
     }
 
 
@@ -409,7 +422,8 @@ def main(argv=None):
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--shapes", default=",".join(SHAPES))
     parser.add_argument("--package-only", action="store_true",
-                        help="time only the package's kernel and backward (and its variants) and the products")
+                        help="time only the package's kernel and backward (and its variants) "
+                             "and the products")
     args = parser.parse_args(argv)
     card = torch.cuda.get_device_name()
     table = {} if args.package_only else variants()

@@ -54,10 +54,11 @@ class TileConfig:
     ``weight`` and ``hidden`` panels from L2. ``programs_per_sm`` is the expected occupancy, used
     only to size the vocabulary splits. ``tma``: the operand tiles are read through TMA tensor
     descriptors where the inputs allow it (see ``_tma_ready``), else through pointers.
-    ``epilogue_parts`` (backward only; 1, 2, 4 or 8): the grad-logits epilogue runs on that many
-    column slices of the tile in turn. ``persistent`` (backward only): ``programs_per_sm``
-    programs per SM loop over the tiles instead of one program per tile. ``flatten_tiles``
-    (forward only): a program's loop over its split's tiles is fused with the reduction loop.
+    ``epilogue_parts`` (1, 2, 4 or 8): the epilogue (the forward's exp pass, the backward's
+    gradient and store) runs on that many column slices of the tile in turn. ``persistent``
+    (backward only): ``programs_per_sm`` programs per SM loop over the tiles instead of one
+    program per tile. ``flatten_tiles`` (forward only): a program's loop over its split's tiles
+    is fused with the reduction loop.
     """
 
     block_n: int
@@ -90,7 +91,8 @@ if INTERPRETED:
     # paths (TMA loads where the layout allows, a sliced epilogue).
     _SMALL = TileConfig(block_n=32, block_v=64, block_d=32, num_warps=4, num_stages=1, group_rows=2)
     _SMALL_16 = TileConfig(32, 64, 32, num_warps=4, num_stages=1, group_rows=2, tma=True, epilogue_parts=2)
-    FORWARD_CONFIGS = {"16-bit": replace(_SMALL_16, flatten_tiles=True), "16-bit+entropy": _SMALL, "fp32": _SMALL}
+    FORWARD_CONFIGS = {"16-bit": replace(_SMALL_16, flatten_tiles=True), "16-bit+entropy": _SMALL,
+                       "fp32": _SMALL}
     BACKWARD_CONFIGS = {"16-bit": replace(_SMALL_16, persistent=True), "fp32": _SMALL}
 else:
     FORWARD_CONFIGS = {
@@ -100,7 +102,8 @@ else:
         # TMA loads with the split's tile loop fused into the reduction loop (the next tile's loads
         # overlap a tile's softmax update): 0.99 / 0.99 / 1.00x at d = 896 / 2048 / 4096, against
         # 1.05 / 1.02 / 1.02x unfused and 1.05 / 1.03 / 1.02x with pointer loads (1.57x fused).
-        "16-bit": TileConfig(128, 256, 64, num_warps=8, num_stages=3, group_rows=16, tma=True, flatten_tiles=True),
+        "16-bit": TileConfig(128, 256, 64, num_warps=8, num_stages=3, group_rows=16, tma=True,
+                             flatten_tiles=True),
         # With entropy the TMA variants run out of registers (254-255): 1.17 / 1.08 / 1.03x (1.20 /
         # 1.09 / 1.06x fused) against 1.06 / 1.02 / 1.03x with pointer loads.
         "16-bit+entropy": TileConfig(128, 256, 64, num_warps=8, num_stages=3, group_rows=16),
@@ -113,8 +116,8 @@ else:
         # slices of the tile (184 registers instead of 254), TMA loads and 16 row blocks a panel
         # bring it to 1.20 / 1.08 / 1.06x at d = 896 / 2048 / 4096; a persistent launch with a
         # flattened tile loop (the next tile's loads overlap the epilogue) to 1.11x at d=896.
-        "16-bit": TileConfig(128, 256, 64, num_warps=8, num_stages=3, group_rows=16, tma=True, epilogue_parts=4,
-                             persistent=True),
+        "16-bit": TileConfig(128, 256, 64, num_warps=8, num_stages=3, group_rows=16, tma=True,
+                             epilogue_parts=4, persistent=True),
         "fp32": TileConfig(64, 64, 32, num_warps=4, num_stages=2, group_rows=8),
     }
 
@@ -235,40 +238,61 @@ def _exp_sums(a, scale, neg_max, valid, RETURN_ENTROPY: tl.constexpr, MASKED: tl
 @triton.jit
 def _online_update(acc, run_max, run_sum, run_ent, scale, n_valid,
                    RETURN_ENTROPY: tl.constexpr, MASKED: tl.constexpr, BLOCK_N: tl.constexpr,
-                   BLOCK_V: tl.constexpr):
+                   BLOCK_V: tl.constexpr, PARTS: tl.constexpr):
     """Fold one raw logit tile into the running per-row statistics (base 2).
 
     ``run_max`` = max of ``z * scale``; ``run_sum`` = sum ``exp2(u)``; ``run_ent`` = sum
     ``exp2(u) * u``, with ``u = z * scale - run_max`` (kept relative to the running max, so huge
     logits leave small terms). ``MASKED`` (the vocabulary's last, partial tile only) drops the
-    columns from ``n_valid`` on; every other tile pays no masking.
+    columns from ``n_valid`` on; every other tile pays no masking. The exp pass runs on ``PARTS``
+    column slices in turn (``_tile_exp_sums``).
     """
-    valid_even = 0
-    valid_odd = 0
     if MASKED:
         valid = tl.arange(0, BLOCK_V) < n_valid
         tile_max = tl.max(tl.where(valid[None, :], acc, float("-inf")), axis=1)
-        valid_even, valid_odd = tl.split(tl.reshape(valid, (BLOCK_V // 2, 2)))
-        valid_even = valid_even[None, :]
-        valid_odd = valid_odd[None, :]
     else:
         tile_max = tl.max(acc, axis=1)
     # Every tile has a real column, so new_max is finite. scale > 0 keeps the order of z.
     new_max = tl.maximum(run_max, tile_max * scale)
-    neg_max = -new_max[:, None]
-    # The exp pass runs on the even and the odd columns in turn (a free split of the MMA
-    # accumulator layout): with entropy, exp2(u) and u of the whole tile are never live at once,
-    # which keeps the small-d tile at <= 128 registers (two programs per SM).
-    even, odd = tl.split(tl.reshape(acc, (BLOCK_N, BLOCK_V // 2, 2)))
-    sum_even, ent_even = _exp_sums(even, scale, neg_max, valid_even, RETURN_ENTROPY, MASKED)
-    sum_odd, ent_odd = _exp_sums(odd, scale, neg_max, valid_odd, RETURN_ENTROPY, MASKED)
+    tile_sum, tile_ent = _tile_exp_sums(acc, scale, -new_max[:, None], n_valid, RETURN_ENTROPY, MASKED,
+                                        BLOCK_N, BLOCK_V, PARTS)
     alpha = tl.exp2(run_max - new_max)  # 0 on the first tile (run_max = -inf)
     if RETURN_ENTROPY:
         # The first tile has run_sum == 0 and a -inf shift: 0 * -inf would be NaN.
         shift = tl.where(run_sum > 0, run_max - new_max, 0.0)
-        run_ent = alpha * (run_ent + run_sum * shift) + (ent_even + ent_odd)
-    run_sum = run_sum * alpha + (sum_even + sum_odd)
+        run_ent = alpha * (run_ent + run_sum * shift) + tile_ent
+    run_sum = run_sum * alpha + tile_sum
     return new_max, run_sum, run_ent
+
+
+@triton.jit
+def _tile_exp_sums(a, scale, neg_max, n_valid, RETURN_ENTROPY: tl.constexpr, MASKED: tl.constexpr,
+                   BLOCK_N: tl.constexpr, WIDTH: tl.constexpr, PARTS: tl.constexpr):
+    """Row sums of ``exp2(u)`` and ``exp2(u) * u`` over ``a [BLOCK_N, WIDTH]``, by column slices.
+
+    ``PARTS`` (1, 2, 4 or 8) column slices in turn (splitting itself in halves); each slice runs
+    its even and then its odd columns (a free split of the MMA accumulator layout), so that with
+    entropy ``exp2(u)`` and ``u`` of a whole slice are never live at once. Columns from
+    ``n_valid`` on are dropped when ``MASKED``.
+    """
+    if PARTS > 1:
+        left, right = _column_halves(a, BLOCK_N, WIDTH)
+        sum_left, ent_left = _tile_exp_sums(left, scale, neg_max, n_valid, RETURN_ENTROPY, MASKED, BLOCK_N,
+                                            WIDTH // 2, PARTS // 2)
+        sum_right, ent_right = _tile_exp_sums(right, scale, neg_max, n_valid - WIDTH // 2, RETURN_ENTROPY,
+                                              MASKED, BLOCK_N, WIDTH // 2, PARTS // 2)
+        return sum_left + sum_right, ent_left + ent_right
+    else:
+        valid_even = 0
+        valid_odd = 0
+        if MASKED:
+            valid_even, valid_odd = tl.split(tl.reshape(tl.arange(0, WIDTH) < n_valid, (WIDTH // 2, 2)))
+            valid_even = valid_even[None, :]
+            valid_odd = valid_odd[None, :]
+        even, odd = tl.split(tl.reshape(a, (BLOCK_N, WIDTH // 2, 2)))
+        sum_even, ent_even = _exp_sums(even, scale, neg_max, valid_even, RETURN_ENTROPY, MASKED)
+        sum_odd, ent_odd = _exp_sums(odd, scale, neg_max, valid_odd, RETURN_ENTROPY, MASKED)
+        return sum_even + sum_odd, ent_even + ent_odd
 
 
 @triton.jit
@@ -276,7 +300,8 @@ def _forward_partials_kernel(h_ptr, w_ptr, h_desc, w_desc, part_ptr, N, V, D, n_
                              stride_hn, stride_hd, stride_wv, stride_wd, scale,
                              RETURN_ENTROPY: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
                              BLOCK_D: tl.constexpr, GROUP_ROWS: tl.constexpr, EVEN_D: tl.constexpr,
-                             TMA: tl.constexpr, FLATTEN_TILES: tl.constexpr, INTERP_BF16: tl.constexpr):
+                             TMA: tl.constexpr, FLATTEN_TILES: tl.constexpr, EPILOGUE_PARTS: tl.constexpr,
+                             INTERP_BF16: tl.constexpr):
     """One program per (row block, vocabulary split); writes the split's per-row statistics.
 
     ``part`` is ``[2 or 3, n_splits, N]`` fp32: max, sum-exp and (with entropy) the entropy sum,
@@ -300,16 +325,17 @@ def _forward_partials_kernel(h_ptr, w_ptr, h_desc, w_desc, part_ptr, N, V, D, n_
     run_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
     run_ent = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for t in tl.range(tile0, full_end, flatten=FLATTEN_TILES):
-        acc = _logit_tile(h_ptr, w_ptr, h_desc, w_desc, row0, tl.cast(t, tl.int64) * BLOCK_V, N, V, D, stride_hn,
-                          stride_hd, stride_wv, stride_wd, BLOCK_N, BLOCK_V, BLOCK_D, EVEN_D, TMA, INTERP_BF16)
+        acc = _logit_tile(h_ptr, w_ptr, h_desc, w_desc, row0, tl.cast(t, tl.int64) * BLOCK_V, N, V, D,
+                          stride_hn, stride_hd, stride_wv, stride_wd, BLOCK_N, BLOCK_V, BLOCK_D, EVEN_D, TMA,
+                          INTERP_BF16)
         run_max, run_sum, run_ent = _online_update(acc, run_max, run_sum, run_ent, scale, BLOCK_V,
-                                                   RETURN_ENTROPY, False, BLOCK_N, BLOCK_V)
+                                                   RETURN_ENTROPY, False, BLOCK_N, BLOCK_V, EPILOGUE_PARTS)
     if full_end < tile_end:  # this strip holds the vocabulary's last, partial tile
         col0 = full_end.to(tl.int64) * BLOCK_V
         acc = _logit_tile(h_ptr, w_ptr, h_desc, w_desc, row0, col0, N, V, D, stride_hn, stride_hd, stride_wv,
                           stride_wd, BLOCK_N, BLOCK_V, BLOCK_D, EVEN_D, TMA, INTERP_BF16)
         run_max, run_sum, run_ent = _online_update(acc, run_max, run_sum, run_ent, scale, V - col0,
-                                                   RETURN_ENTROPY, True, BLOCK_N, BLOCK_V)
+                                                   RETURN_ENTROPY, True, BLOCK_N, BLOCK_V, EPILOGUE_PARTS)
 
     rows = row0 + tl.arange(0, BLOCK_N)
     row_mask = rows < N
@@ -370,7 +396,8 @@ def _combine_kernel(part_ptr, h_ptr, w_ptr, t_ptr, logp_ptr, max_ptr, log2sum_pt
         ks = d0 + k
         k_mask = (ks < D)[None, :]
         h = tl.load(h_ptr + rows_in[:, None] * stride_hn + ks[None, :] * stride_hd, mask=k_mask, other=0.0)
-        w = tl.load(w_ptr + safe_target[:, None] * stride_wv + ks[None, :] * stride_wd, mask=k_mask, other=0.0)
+        w = tl.load(w_ptr + safe_target[:, None] * stride_wv + ks[None, :] * stride_wd, mask=k_mask,
+                    other=0.0)
         z_target += tl.sum(h.to(tl.float32) * w.to(tl.float32), axis=1)
 
     log2_sum = tl.log2(total)
@@ -412,8 +439,8 @@ def _column_halves(x, BLOCK_N: tl.constexpr, WIDTH: tl.constexpr):
 
 
 @triton.jit
-def _store_grad_logits(z, gz_ptr, row0, col0, col_start, width, stride_gz, target, coef, row_max, log2_sum, scale,
-                       row_mask, BLOCK_N: tl.constexpr, WIDTH: tl.constexpr, PARTS: tl.constexpr,
+def _store_grad_logits(z, gz_ptr, row0, col0, col_start, width, stride_gz, target, coef, row_max, log2_sum,
+                       scale, row_mask, BLOCK_N: tl.constexpr, WIDTH: tl.constexpr, PARTS: tl.constexpr,
                        INTERP_BF16: tl.constexpr):
     """Write ``gz`` for the logits ``z [BLOCK_N, WIDTH]`` of chunk columns ``col0:col0+WIDTH``.
 
@@ -422,8 +449,8 @@ def _store_grad_logits(z, gz_ptr, row0, col0, col_start, width, stride_gz, targe
     """
     if PARTS > 1:
         left, right = _column_halves(z, BLOCK_N, WIDTH)
-        _store_grad_logits(left, gz_ptr, row0, col0, col_start, width, stride_gz, target, coef, row_max, log2_sum,
-                           scale, row_mask, BLOCK_N, WIDTH // 2, PARTS // 2, INTERP_BF16)
+        _store_grad_logits(left, gz_ptr, row0, col0, col_start, width, stride_gz, target, coef, row_max,
+                           log2_sum, scale, row_mask, BLOCK_N, WIDTH // 2, PARTS // 2, INTERP_BF16)
         _store_grad_logits(right, gz_ptr, row0, col0 + WIDTH // 2, col_start, width, stride_gz, target, coef,
                            row_max, log2_sum, scale, row_mask, BLOCK_N, WIDTH // 2, PARTS // 2, INTERP_BF16)
     else:
@@ -450,7 +477,8 @@ def grad_tile_origin(tile, N, width, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexp
     first_block = (tile // per_group) * GROUP_ROWS
     blocks_here = tl.minimum(n_row_blocks - first_block, GROUP_ROWS)
     local = tile % per_group
-    return (first_block + local % blocks_here).to(tl.int64) * BLOCK_N, (local // blocks_here).to(tl.int64) * BLOCK_V
+    return ((first_block + local % blocks_here).to(tl.int64) * BLOCK_N,
+            (local // blocks_here).to(tl.int64) * BLOCK_V)
 
 
 @triton.jit
@@ -468,19 +496,20 @@ def grad_row_terms(rows, N, t_ptr, g_ptr, max_ptr, log2sum_ptr, stride_g, inv_te
 
 @triton.jit
 def _grad_logits_tile(tile, h_ptr, w_ptr, h_desc, w_desc, t_ptr, g_ptr, max_ptr, log2sum_ptr, gz_ptr,
-                      N, V, D, col_start, width, stride_hn, stride_hd, stride_wv, stride_wd, stride_g, stride_gz, scale,
-                      inv_temperature, ignore_index, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
-                      BLOCK_D: tl.constexpr, GROUP_ROWS: tl.constexpr, EVEN_D: tl.constexpr, TMA: tl.constexpr,
+                      N, V, D, col_start, width, stride_hn, stride_hd, stride_wv, stride_wd, stride_g,
+                      stride_gz, scale, inv_temperature, ignore_index,
+                      BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
+                      GROUP_ROWS: tl.constexpr, EVEN_D: tl.constexpr, TMA: tl.constexpr,
                       EPILOGUE_PARTS: tl.constexpr, INTERP_BF16: tl.constexpr):
     """Output tile number ``tile`` of ``_grad_logits_kernel``."""
     row0, local_col0 = grad_tile_origin(tile, N, width, BLOCK_N, BLOCK_V, GROUP_ROWS)
-    acc = _logit_tile(h_ptr, w_ptr, h_desc, w_desc, row0, col_start + local_col0, N, V, D, stride_hn, stride_hd,
-                      stride_wv, stride_wd, BLOCK_N, BLOCK_V, BLOCK_D, EVEN_D, TMA, INTERP_BF16)
+    acc = _logit_tile(h_ptr, w_ptr, h_desc, w_desc, row0, col_start + local_col0, N, V, D, stride_hn,
+                      stride_hd, stride_wv, stride_wd, BLOCK_N, BLOCK_V, BLOCK_D, EVEN_D, TMA, INTERP_BF16)
     rows = row0 + tl.arange(0, BLOCK_N)
-    row_mask, target, coef, row_max, log2_sum = grad_row_terms(rows, N, t_ptr, g_ptr, max_ptr, log2sum_ptr, stride_g,
-                                                               inv_temperature, ignore_index)
-    _store_grad_logits(acc, gz_ptr, row0, local_col0, col_start, width, stride_gz, target, coef, row_max, log2_sum,
-                       scale, row_mask, BLOCK_N, BLOCK_V, EPILOGUE_PARTS, INTERP_BF16)
+    row_mask, target, coef, row_max, log2_sum = grad_row_terms(rows, N, t_ptr, g_ptr, max_ptr, log2sum_ptr,
+                                                               stride_g, inv_temperature, ignore_index)
+    _store_grad_logits(acc, gz_ptr, row0, local_col0, col_start, width, stride_gz, target, coef, row_max,
+                       log2_sum, scale, row_mask, BLOCK_N, BLOCK_V, EPILOGUE_PARTS, INTERP_BF16)
 
 
 @triton.jit
@@ -489,7 +518,8 @@ def _grad_logits_kernel(h_ptr, w_ptr, h_desc, w_desc, t_ptr, g_ptr, max_ptr, log
                         stride_gz, scale, inv_temperature, ignore_index,
                         BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
                         GROUP_ROWS: tl.constexpr, EVEN_D: tl.constexpr, TMA: tl.constexpr,
-                        EPILOGUE_PARTS: tl.constexpr, PERSISTENT_PROGRAMS: tl.constexpr, INTERP_BF16: tl.constexpr):
+                        EPILOGUE_PARTS: tl.constexpr, PERSISTENT_PROGRAMS: tl.constexpr,
+                        INTERP_BF16: tl.constexpr):
     """``gz [N, width]`` (input dtype) = d loss / d logits for columns ``col_start:col_start+width``.
 
     ``gz[n, j] = g[n] / T * (onehot(target[n])[c] - softmax(z[n] / T)[c])`` with ``c = col_start + j``,
@@ -501,15 +531,15 @@ def _grad_logits_kernel(h_ptr, w_ptr, h_desc, w_desc, t_ptr, g_ptr, max_ptr, log
     if PERSISTENT_PROGRAMS > 0:
         n_tiles = tl.cdiv(N, BLOCK_N) * tl.cdiv(width, BLOCK_V)
         for tile in tl.range(pid, n_tiles, PERSISTENT_PROGRAMS, flatten=True):
-            _grad_logits_tile(tile, h_ptr, w_ptr, h_desc, w_desc, t_ptr, g_ptr, max_ptr, log2sum_ptr, gz_ptr, N, V, D,
-                              col_start, width, stride_hn, stride_hd, stride_wv, stride_wd, stride_g, stride_gz,
-                              scale, inv_temperature, ignore_index, BLOCK_N, BLOCK_V, BLOCK_D, GROUP_ROWS, EVEN_D,
-                              TMA, EPILOGUE_PARTS, INTERP_BF16)
+            _grad_logits_tile(tile, h_ptr, w_ptr, h_desc, w_desc, t_ptr, g_ptr, max_ptr, log2sum_ptr, gz_ptr,
+                              N, V, D, col_start, width, stride_hn, stride_hd, stride_wv, stride_wd, stride_g,
+                              stride_gz, scale, inv_temperature, ignore_index, BLOCK_N, BLOCK_V, BLOCK_D,
+                              GROUP_ROWS, EVEN_D, TMA, EPILOGUE_PARTS, INTERP_BF16)
     else:
-        _grad_logits_tile(pid, h_ptr, w_ptr, h_desc, w_desc, t_ptr, g_ptr, max_ptr, log2sum_ptr, gz_ptr, N, V, D,
-                          col_start, width, stride_hn, stride_hd, stride_wv, stride_wd, stride_g, stride_gz, scale,
-                          inv_temperature, ignore_index, BLOCK_N, BLOCK_V, BLOCK_D, GROUP_ROWS, EVEN_D, TMA,
-                          EPILOGUE_PARTS, INTERP_BF16)
+        _grad_logits_tile(pid, h_ptr, w_ptr, h_desc, w_desc, t_ptr, g_ptr, max_ptr, log2sum_ptr, gz_ptr,
+                          N, V, D, col_start, width, stride_hn, stride_hd, stride_wv, stride_wd, stride_g,
+                          stride_gz, scale, inv_temperature, ignore_index, BLOCK_N, BLOCK_V, BLOCK_D,
+                          GROUP_ROWS, EVEN_D, TMA, EPILOGUE_PARTS, INTERP_BF16)
 
 
 def _addressable(t: torch.Tensor, rows: int) -> torch.Tensor:
@@ -558,7 +588,8 @@ def _persistent_programs(config: TileConfig, device: torch.device) -> int:
         return 0
     if device.type != "cuda":
         return INTERPRETED_PERSISTENT_PROGRAMS
-    return _sm_count(device.index if device.index is not None else torch.cuda.current_device()) * config.programs_per_sm
+    return _sm_count(device.index if device.index is not None
+                     else torch.cuda.current_device()) * config.programs_per_sm
 
 
 def _tiles_per_split(n: int, n_tiles: int, planes: int, config: TileConfig, device: torch.device) -> int:
@@ -612,8 +643,8 @@ def forward(hidden, weight, targets, cu_seqlens=None, *, temperature=1.0, ignore
             hidden, weight, h_desc, w_desc, partials, n, v, d, n_splits, tiles_per_split, *strides, scale,
             RETURN_ENTROPY=return_entropy, BLOCK_N=config.block_n, BLOCK_V=config.block_v,
             BLOCK_D=config.block_d, GROUP_ROWS=config.group_rows, EVEN_D=d % config.block_d == 0,
-            TMA=h_desc is not None, FLATTEN_TILES=config.flatten_tiles, INTERP_BF16=_interp_bf16(hidden),
-            **config.launch_options(),
+            TMA=h_desc is not None, FLATTEN_TILES=config.flatten_tiles, EPILOGUE_PARTS=config.epilogue_parts,
+            INTERP_BF16=_interp_bf16(hidden), **config.launch_options(),
         )
         _combine_kernel[(triton.cdiv(n, COMBINE_ROWS),)](
             partials, hidden, weight, targets, logp, row_max, log2_sum, entropy if return_entropy else logp,
@@ -650,8 +681,8 @@ def _accumulate_product(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> 
         acc.add_(torch.mm(a, b))
 
 
-def launch_grad_logits(grad_logits, col_start, grad_logp, hidden, weight, targets, row_max, log2_sum, descriptors, *,
-                       temperature, ignore_index, config: TileConfig):
+def launch_grad_logits(grad_logits, col_start, grad_logp, hidden, weight, targets, row_max, log2_sum,
+                       descriptors, *, temperature, ignore_index, config: TileConfig):
     """Fill ``grad_logits [N, width]`` with d loss / d logits of vocabulary columns ``col_start:``.
 
     ``descriptors``: :func:`_operand_descriptors` of ``hidden`` / ``weight`` for ``config``.
@@ -663,9 +694,9 @@ def launch_grad_logits(grad_logits, col_start, grad_logp, hidden, weight, target
     programs = _persistent_programs(config, hidden.device)
     grid = (min(n_tiles, programs) if programs else n_tiles,)
     _grad_logits_kernel[grid](
-        hidden, weight, h_desc, w_desc, targets, grad_logp, row_max, log2_sum, grad_logits, n, v, d, col_start,
-        width, hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), grad_logp.stride(0),
-        grad_logits.stride(0), LOG2E / temperature, 1.0 / temperature, ignore_index,
+        hidden, weight, h_desc, w_desc, targets, grad_logp, row_max, log2_sum, grad_logits, n, v, d,
+        col_start, width, hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1),
+        grad_logp.stride(0), grad_logits.stride(0), LOG2E / temperature, 1.0 / temperature, ignore_index,
         BLOCK_N=config.block_n, BLOCK_V=config.block_v, BLOCK_D=config.block_d, GROUP_ROWS=config.group_rows,
         EVEN_D=d % config.block_d == 0, TMA=h_desc is not None, EPILOGUE_PARTS=config.epilogue_parts,
         PERSISTENT_PROGRAMS=programs, INTERP_BF16=_interp_bf16(hidden), **config.launch_options(),
@@ -706,8 +737,8 @@ def backward(grad_logp, hidden, weight, targets, row_max, log2_sum, *, temperatu
     for c0 in range(0, v, chunk):
         width = min(chunk, v - c0)
         grad_logits = buffer[:, :width]
-        launch_grad_logits(grad_logits, c0, grad_logp, hidden, weight, targets, row_max, log2_sum, descriptors,
-                           temperature=temperature, ignore_index=ignore_index, config=config)
+        launch_grad_logits(grad_logits, c0, grad_logp, hidden, weight, targets, row_max, log2_sum,
+                           descriptors, temperature=temperature, ignore_index=ignore_index, config=config)
         if need_hidden:
             _accumulate_product(acc, grad_logits, weight[c0:c0 + width])
         if need_weight:

@@ -249,40 +249,21 @@ def variant_loop(hidden, weight, targets, grad_logp, row_max, log2_sum, variant)
     return run
 
 
-def backward_two_streams(grad_logp, hidden, weight, targets, row_max, log2_sum):
-    """The package's backward with each chunk's ``grad_z @ W`` on a side stream, concurrent with
-    its ``grad_z.T @ H`` (both only read the chunk), so each product fills the other's last wave."""
+def backward_on_two_streams(grad_logp, hidden, weight, targets, row_max, log2_sum, *, pipelined, chunk_bytes):
+    """The package's backward with a side stream, over chunks of at most ``chunk_bytes``.
+
+    ``pipelined=False``: one chunk buffer; each chunk's ``grad_z @ W`` runs on the side stream
+    concurrently with its ``grad_z.T @ H`` (both only read the chunk), so each product fills the
+    other's last wave. ``pipelined=True``: two buffers; chunk c+1's grad-logits kernel (current
+    stream) runs while chunk c's two products run on the side stream.
+    """
     config = gather.backward_config(hidden.dtype)
     n, d = hidden.shape
     v = weight.shape[0]
-    chunk = gather._chunk_columns(n, v, hidden.element_size())
-    buffer = torch.empty(n, chunk, dtype=hidden.dtype, device=hidden.device)
-    acc = torch.zeros(n, d, dtype=torch.float32, device=hidden.device)
-    grad_weight = torch.empty_like(weight)
-    descriptors = gather._operand_descriptors(hidden, weight, config)
-    main, side = torch.cuda.current_stream(), torch.cuda.Stream()
-    for c0 in range(0, v, chunk):
-        width = min(chunk, v - c0)
-        grad_logits = buffer[:, :width]
-        gather.launch_grad_logits(grad_logits, c0, grad_logp, hidden, weight, targets, row_max, log2_sum,
-                                  descriptors, temperature=1.0, ignore_index=-100, config=config)
-        side.wait_stream(main)
-        with torch.cuda.stream(side):
-            gather._accumulate_product(acc, grad_logits, weight[c0:c0 + width])
-        torch.mm(grad_logits.t(), hidden, out=grad_weight[c0:c0 + width])
-        main.wait_stream(side)
-    return acc.to(hidden.dtype), grad_weight
-
-
-def backward_pipelined(grad_logp, hidden, weight, targets, row_max, log2_sum, *, chunk_bytes):
-    """The package's backward with two chunk buffers: chunk c+1's grad-logits kernel (current
-    stream) runs while chunk c's two products run on a side stream."""
-    config = gather.backward_config(hidden.dtype)
-    n, d = hidden.shape
-    v = weight.shape[0]
-    chunk = min(v, triton.cdiv(triton.cdiv(v, triton.cdiv(n * v * hidden.element_size(), chunk_bytes)),
-                               128) * 128)
-    buffers = [torch.empty(n, chunk, dtype=hidden.dtype, device=hidden.device) for _ in range(2)]
+    chunks = triton.cdiv(n * v * hidden.element_size(), chunk_bytes)
+    chunk = min(v, triton.cdiv(triton.cdiv(v, chunks), 128) * 128)
+    buffers = [torch.empty(n, chunk, dtype=hidden.dtype, device=hidden.device)
+               for _ in range(2 if pipelined else 1)]
     acc = torch.zeros(n, d, dtype=torch.float32, device=hidden.device)
     grad_weight = torch.empty_like(weight)
     descriptors = gather._operand_descriptors(hidden, weight, config)
@@ -290,16 +271,20 @@ def backward_pipelined(grad_logp, hidden, weight, targets, row_max, log2_sum, *,
     done = [torch.cuda.Event(), torch.cuda.Event()]
     for i, c0 in enumerate(range(0, v, chunk)):
         width = min(chunk, v - c0)
-        grad_logits = buffers[i % 2][:, :width]
-        if i >= 2:
+        grad_logits = buffers[i % len(buffers)][:, :width]
+        if pipelined and i >= 2:
             main.wait_event(done[i % 2])  # the products that read this buffer two chunks ago
         gather.launch_grad_logits(grad_logits, c0, grad_logp, hidden, weight, targets, row_max, log2_sum,
                                   descriptors, temperature=1.0, ignore_index=-100, config=config)
         side.wait_stream(main)
         with torch.cuda.stream(side):
             gather._accumulate_product(acc, grad_logits, weight[c0:c0 + width])
+            if pipelined:
+                torch.mm(grad_logits.t(), hidden, out=grad_weight[c0:c0 + width])
+                done[i % 2].record(side)
+        if not pipelined:
             torch.mm(grad_logits.t(), hidden, out=grad_weight[c0:c0 + width])
-            done[i % 2].record(side)
+            main.wait_stream(side)
     main.wait_stream(side)
     return acc.to(hidden.dtype), grad_weight
 
@@ -355,15 +340,14 @@ def measure(shape_name, variants):
                                            temperature=1.0, ignore_index=-100, need_hidden=products,
                                            need_weight=products)
 
+        def on_streams(pipelined, mib):
+            return lambda: backward_on_two_streams(grad_logp, hidden, weight, targets, stats[3], stats[4],
+                                                   pipelined=pipelined, chunk_bytes=mib * 2**20)
+
         jobs = [("package kernel", package(False)), ("package backward", package(True)),
-                ("package backward, products on two streams",
-                 lambda: backward_two_streams(grad_logp, hidden, weight, targets, stats[3], stats[4])),
-                ("package backward, pipelined (2 buffers of 768 MiB)",
-                 lambda: backward_pipelined(grad_logp, hidden, weight, targets, stats[3], stats[4],
-                                            chunk_bytes=gather.CHUNK_BYTES)),
-                ("package backward, pipelined (2 buffers of 384 MiB)",
-                 lambda: backward_pipelined(grad_logp, hidden, weight, targets, stats[3], stats[4],
-                                            chunk_bytes=gather.CHUNK_BYTES // 2))]
+                ("package backward, products on two streams", on_streams(False, 768)),
+                ("package backward, pipelined (2 buffers of 768 MiB)", on_streams(True, 768)),
+                ("package backward, pipelined (2 buffers of 384 MiB)", on_streams(True, 384))]
         for mib in (384, 256):
             jobs.append((f"package backward, chunks of {mib} MiB", chunked(mib)))
         for flatten in (False, True):

@@ -148,11 +148,16 @@ def test_a_rerun_recomputes_nothing(demo, models, monkeypatch, capsys):
     assert "branches pruned" in capsys.readouterr().out
 
 
-def test_seeds_in_parallel_processes_give_the_same_results(demo, models, tmp_path):
+def test_seeds_in_parallel_processes_give_the_same_results(demo, models, tmp_path, capfd):
     _, results = demo
+    capfd.readouterr()
     parallel = run_demo(tmp_path / "run", preset=TINY, device="cpu", seed=0, models=models, progress=False, jobs=2)
     assert parallel["per_seed"] == results["per_seed"]
     assert parallel["methods"] == results["methods"]
+    # The workers print no stage lines of their own; the parent reports each finished job.
+    captured = capfd.readouterr()
+    assert "seed0/gen-ssd: search" not in captured.err
+    assert "[genssd] finished seed0/gen-ssd" in captured.out
 
 
 def test_a_failing_job_in_a_worker_process_fails_the_run(models, tmp_path):

@@ -39,6 +39,7 @@ from genssd.distill import (
     resolve_device,
     run_pipeline,
     run_stage,
+    silence_stage_lines,
     write_json,
 )
 from genssd.errors import UsageError
@@ -499,8 +500,8 @@ def _run_seeds(
     top of it another, so up to ``jobs`` of them run at once (the equal-budget run waits for its
     seed's Gen-SSD). The demo's models are so small that one process keeps a GPU mostly idle (its
     time goes to launching kernels from one CPU core). Workers are spawned (CUDA cannot be used in
-    a forked child) and show no progress bars of their own: one bar (or, without, one line)
-    counts the finished jobs.
+    a forked child) and show no progress bars or stage lines of their own: one bar (or, without,
+    one line a job) counts the finished jobs.
     """
     if jobs == 1:
         return [
@@ -516,7 +517,9 @@ def _run_seeds(
     quiet = {"device": device, "progress": False}
     total = len(seeds) * (1 + len(methods(preset)))
     with (
-        concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool,
+        concurrent.futures.ProcessPoolExecutor(
+            jobs, mp_context=context, initializer=silence_stage_lines
+        ) as pool,
         tqdm(total=total, desc="demo jobs", unit="job", disable=not progress) as bar,
     ):
 

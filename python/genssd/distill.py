@@ -173,8 +173,20 @@ def guard_run(out: Path, identity: dict) -> None:
     write_json(path, identity)
 
 
+# Stage lines ("seed0/gen-ssd: search") go to stderr unless this process turned them off.
+_stage_lines = True
+
+
+def silence_stage_lines() -> None:
+    """Stop printing stage lines in this process: the demo's worker processes, whose parent
+    shows one progress bar (or one line a finished job) for all of them."""
+    global _stage_lines
+    _stage_lines = False
+
+
 def _log(message: str) -> None:
-    print(f"[genssd] {message}", file=sys.stderr, flush=True)
+    if _stage_lines:
+        print(f"[genssd] {message}", file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------------------------ devices

@@ -260,8 +260,7 @@ def backward_on_two_streams(grad_logp, hidden, weight, targets, row_max, log2_su
     config = gather.backward_config(hidden.dtype)
     n, d = hidden.shape
     v = weight.shape[0]
-    chunks = triton.cdiv(n * v * hidden.element_size(), chunk_bytes)
-    chunk = min(v, triton.cdiv(triton.cdiv(v, chunks), 128) * 128)
+    chunk = gather._chunk_columns(n, v, hidden.element_size(), chunk_bytes)
     buffers = [torch.empty(n, chunk, dtype=hidden.dtype, device=hidden.device)
                for _ in range(2 if pipelined else 1)]
     acc = torch.zeros(n, d, dtype=torch.float32, device=hidden.device)

@@ -578,8 +578,13 @@ def _interp_bf16(hidden: torch.Tensor) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _sm_count(device_index: int) -> int:
+def _sm_count_of(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _sm_count(device: torch.device) -> int:
+    """Multiprocessors of CUDA ``device`` (the current device when it has no index)."""
+    return _sm_count_of(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def _persistent_programs(config: TileConfig, device: torch.device) -> int:
@@ -588,8 +593,7 @@ def _persistent_programs(config: TileConfig, device: torch.device) -> int:
         return 0
     if device.type != "cuda":
         return INTERPRETED_PERSISTENT_PROGRAMS
-    return _sm_count(device.index if device.index is not None
-                     else torch.cuda.current_device()) * config.programs_per_sm
+    return _sm_count(device) * config.programs_per_sm
 
 
 def _tiles_per_split(n: int, n_tiles: int, planes: int, config: TileConfig, device: torch.device) -> int:
@@ -602,8 +606,7 @@ def _tiles_per_split(n: int, n_tiles: int, planes: int, config: TileConfig, devi
     if device.type != "cuda":
         tiles = INTERPRETED_TILES_PER_SPLIT
     else:
-        slots = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-        slots *= config.programs_per_sm
+        slots = _sm_count(device) * config.programs_per_sm
         share = triton.cdiv(n, config.block_n) * n_tiles / slots
         tiles = max(1, int(share // SPLITS_PER_SLOT))
     max_splits = max(1, PARTIAL_BYTES // (planes * 4 * n))
@@ -661,9 +664,10 @@ def forward(hidden, weight, targets, cu_seqlens=None, *, temperature=1.0, ignore
     return logp, entropy, means, row_max, log2_sum
 
 
-def _chunk_columns(n: int, v: int, element_size: int) -> int:
-    """Columns per backward chunk: ``[n, Vc]`` grad-logits within CHUNK_BYTES, chunks of equal width."""
-    chunks = triton.cdiv(n * v * element_size, CHUNK_BYTES)
+def _chunk_columns(n: int, v: int, element_size: int, budget: int | None = None) -> int:
+    """Columns per backward chunk: ``[n, Vc]`` grad-logits within ``budget`` bytes (CHUNK_BYTES
+    unless given), chunks of equal width."""
+    chunks = triton.cdiv(n * v * element_size, budget or CHUNK_BYTES)
     width = triton.cdiv(triton.cdiv(v, chunks), CHUNK_ALIGN) * CHUNK_ALIGN
     return min(v, width)
 

@@ -17,6 +17,7 @@ Times are medians on random data (weight std d**-0.5); ratios are to the bf16 cu
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -143,16 +144,12 @@ def sweep_configs(kind):
     Triton 3.6; ``benchmarks/compile_kernels.py`` gives the registers). The earlier candidates and
     their timings are in NOTES.md and ``benchmarks/results/sweep-*.json``."""
     if kind == "forward":
-        # Defaults: the first entry without entropy, the last with it. The sliced exp pass (206
-        # registers with entropy instead of 254) is the candidate for the entropy path.
+        # The first entry is the default, with and without entropy.
+        tile = functools.partial(_tile, 128, 256, 64, 8, 3, 16, 1)
         return {
-            "128x256x64 w8 s3 g16 tma, fused tile loop": _tile(128, 256, 64, 8, 3, 16, 1, tma=True,
-                                                               flatten=True),
-            "128x256x64 w8 s3 g16 tma, fused tile loop, 4 slices": _tile(128, 256, 64, 8, 3, 16, 1, tma=True,
-                                                                         flatten=True, parts=4),
-            "128x256x64 w8 s3 g16 tma, fused tile loop, 8 slices": _tile(128, 256, 64, 8, 3, 16, 1, tma=True,
-                                                                         flatten=True, parts=8),
-            "128x256x64 w8 s3 g16 pointer loads": _tile(128, 256, 64, 8, 3, 16, 1),
+            "128x256x64 w8 s3 g16 tma, fused tile loop": tile(tma=True, flatten=True),
+            "128x256x64 w8 s3 g16 tma": tile(tma=True),
+            "128x256x64 w8 s3 g16 pointer loads": tile(),
         }
     return {
         "128x256x64 w8 s3 g16 tma, 4 slices, persistent": _tile(128, 256, 64, 8, 3, 16, 1, tma=True, parts=4,

@@ -102,8 +102,7 @@ def jobs():
         for entropy in (False, True):
             yield (f"forward partials [{name}] entropy={entropy}", triton_gather._forward_partials_kernel,
                    dtype,
-                   dict(tile_constexprs(config), RETURN_ENTROPY=entropy, FLATTEN_TILES=config.flatten_tiles,
-                        EPILOGUE_PARTS=config.epilogue_parts),
+                   dict(tile_constexprs(config), RETURN_ENTROPY=entropy, FLATTEN_TILES=config.flatten_tiles),
                    config.launch_options(),
                    tile_descriptors(config))
     for name, config in triton_gather.BACKWARD_CONFIGS.items():

@@ -54,8 +54,8 @@ class TileConfig:
     ``weight`` and ``hidden`` panels from L2. ``programs_per_sm`` is the expected occupancy, used
     only to size the vocabulary splits. ``tma``: the operand tiles are read through TMA tensor
     descriptors where the inputs allow it (see ``_tma_ready``), else through pointers.
-    ``epilogue_parts`` (1, 2, 4 or 8): the epilogue (the forward's exp pass, the backward's
-    gradient and store) runs on that many column slices of the tile in turn. ``persistent``
+    ``epilogue_parts`` (1, 2, 4 or 8; backward only): the epilogue (gradient and store) runs on
+    that many column slices of the tile in turn. ``persistent``
     (backward only): ``programs_per_sm`` programs per SM loop over the tiles instead of one
     program per tile. ``flatten_tiles`` (forward only): a program's loop over its split's tiles
     is fused with the reduction loop.
@@ -88,12 +88,11 @@ class TileConfig:
 if INTERPRETED:
     # The interpreter pays per operation: small tiles, and small splits/chunks so that the tests
     # run every multi-split and multi-chunk path on tiny shapes. 16-bit inputs take the GPU's
-    # paths (TMA loads where the layout allows, a sliced epilogue).
+    # paths (TMA loads where the layout allows, a fused tile loop, a sliced epilogue).
     _SMALL = TileConfig(block_n=32, block_v=64, block_d=32, num_warps=4, num_stages=1, group_rows=2)
-    _SMALL_16 = TileConfig(32, 64, 32, num_warps=4, num_stages=1, group_rows=2, tma=True, epilogue_parts=2)
-    FORWARD_CONFIGS = {"16-bit": replace(_SMALL_16, flatten_tiles=True), "16-bit+entropy": _SMALL,
-                       "fp32": _SMALL}
-    BACKWARD_CONFIGS = {"16-bit": replace(_SMALL_16, persistent=True), "fp32": _SMALL}
+    FORWARD_CONFIGS = {"16-bit": replace(_SMALL, tma=True, flatten_tiles=True), "fp32": _SMALL}
+    BACKWARD_CONFIGS = {"16-bit": replace(_SMALL, tma=True, epilogue_parts=2, persistent=True),
+                        "fp32": _SMALL}
 else:
     FORWARD_CONFIGS = {
         # The H100 sweeps (NOTES.md) put 128x256x64 tiles, 8 warps, 3 stages, one program per SM
@@ -101,12 +100,12 @@ else:
         # SM, and 1.02x at d=4096. The wider tile's lower L2 traffic outweighs hiding the epilogue.
         # TMA loads with the split's tile loop fused into the reduction loop (the next tile's loads
         # overlap a tile's softmax update): 0.99 / 0.99 / 1.00x at d = 896 / 2048 / 4096, against
-        # 1.05 / 1.02 / 1.02x unfused and 1.05 / 1.03 / 1.02x with pointer loads (1.57x fused).
+        # 1.05 / 1.02 / 1.02x unfused and 1.05 / 1.03 / 1.02x with pointer loads. The entropy costs
+        # 1.02 / 1.02 / 0.99x of that time: its exp pass runs on the whole MMA accumulator (181
+        # registers); an even/odd column split there had made Triton compute the exp twice, in two
+        # layouts, with 512 shuffles a tile between them (254 registers, 1.20x at d=896).
         "16-bit": TileConfig(128, 256, 64, num_warps=8, num_stages=3, group_rows=16, tma=True,
                              flatten_tiles=True),
-        # With entropy the TMA variants run out of registers (254-255): 1.17 / 1.08 / 1.03x (1.20 /
-        # 1.09 / 1.06x fused) against 1.06 / 1.02 / 1.03x with pointer loads.
-        "16-bit+entropy": TileConfig(128, 256, 64, num_warps=8, num_stages=3, group_rows=16),
         # fp32 runs the exact ("ieee") dot on CUDA cores: smaller tiles keep it in registers.
         "fp32": TileConfig(64, 64, 32, num_warps=4, num_stages=2, group_rows=8, programs_per_sm=2),
     }
@@ -138,11 +137,9 @@ CHUNK_BYTES = 8 * 2**10 if INTERPRETED else 768 * 2**20
 CHUNK_ALIGN = 1 if INTERPRETED else 128
 
 
-def forward_config(dtype: torch.dtype, return_entropy: bool = False) -> TileConfig:
-    """The forward tile configuration for input ``dtype`` (with or without the entropy)."""
-    if dtype == torch.float32:
-        return FORWARD_CONFIGS["fp32"]
-    return FORWARD_CONFIGS["16-bit+entropy" if return_entropy else "16-bit"]
+def forward_config(dtype: torch.dtype) -> TileConfig:
+    """The forward tile configuration for input ``dtype``."""
+    return FORWARD_CONFIGS["fp32" if dtype == torch.float32 else "16-bit"]
 
 
 def backward_config(dtype: torch.dtype) -> TileConfig:
@@ -237,25 +234,22 @@ def _exp_sums(a, scale, neg_max, valid, RETURN_ENTROPY: tl.constexpr, MASKED: tl
 
 @triton.jit
 def _online_update(acc, run_max, run_sum, run_ent, scale, n_valid,
-                   RETURN_ENTROPY: tl.constexpr, MASKED: tl.constexpr, BLOCK_N: tl.constexpr,
-                   BLOCK_V: tl.constexpr, PARTS: tl.constexpr):
+                   RETURN_ENTROPY: tl.constexpr, MASKED: tl.constexpr, BLOCK_V: tl.constexpr):
     """Fold one raw logit tile into the running per-row statistics (base 2).
 
     ``run_max`` = max of ``z * scale``; ``run_sum`` = sum ``exp2(u)``; ``run_ent`` = sum
     ``exp2(u) * u``, with ``u = z * scale - run_max`` (kept relative to the running max, so huge
     logits leave small terms). ``MASKED`` (the vocabulary's last, partial tile only) drops the
-    columns from ``n_valid`` on; every other tile pays no masking. The exp pass runs on ``PARTS``
-    column slices in turn (``_tile_exp_sums``).
+    columns from ``n_valid`` on; every other tile pays no masking.
     """
+    valid = (tl.arange(0, BLOCK_V) < n_valid)[None, :]
     if MASKED:
-        valid = tl.arange(0, BLOCK_V) < n_valid
-        tile_max = tl.max(tl.where(valid[None, :], acc, float("-inf")), axis=1)
+        tile_max = tl.max(tl.where(valid, acc, float("-inf")), axis=1)
     else:
         tile_max = tl.max(acc, axis=1)
     # Every tile has a real column, so new_max is finite. scale > 0 keeps the order of z.
     new_max = tl.maximum(run_max, tile_max * scale)
-    tile_sum, tile_ent = _tile_exp_sums(acc, scale, -new_max[:, None], n_valid, RETURN_ENTROPY, MASKED,
-                                        BLOCK_N, BLOCK_V, PARTS)
+    tile_sum, tile_ent = _exp_sums(acc, scale, -new_max[:, None], valid, RETURN_ENTROPY, MASKED)
     alpha = tl.exp2(run_max - new_max)  # 0 on the first tile (run_max = -inf)
     if RETURN_ENTROPY:
         # The first tile has run_sum == 0 and a -inf shift: 0 * -inf would be NaN.
@@ -266,42 +260,11 @@ def _online_update(acc, run_max, run_sum, run_ent, scale, n_valid,
 
 
 @triton.jit
-def _tile_exp_sums(a, scale, neg_max, n_valid, RETURN_ENTROPY: tl.constexpr, MASKED: tl.constexpr,
-                   BLOCK_N: tl.constexpr, WIDTH: tl.constexpr, PARTS: tl.constexpr):
-    """Row sums of ``exp2(u)`` and ``exp2(u) * u`` over ``a [BLOCK_N, WIDTH]``, by column slices.
-
-    ``PARTS`` (1, 2, 4 or 8) column slices in turn (splitting itself in halves); each slice runs
-    its even and then its odd columns (a free split of the MMA accumulator layout), so that with
-    entropy ``exp2(u)`` and ``u`` of a whole slice are never live at once. Columns from
-    ``n_valid`` on are dropped when ``MASKED``.
-    """
-    if PARTS > 1:
-        left, right = _column_halves(a, BLOCK_N, WIDTH)
-        sum_left, ent_left = _tile_exp_sums(left, scale, neg_max, n_valid, RETURN_ENTROPY, MASKED, BLOCK_N,
-                                            WIDTH // 2, PARTS // 2)
-        sum_right, ent_right = _tile_exp_sums(right, scale, neg_max, n_valid - WIDTH // 2, RETURN_ENTROPY,
-                                              MASKED, BLOCK_N, WIDTH // 2, PARTS // 2)
-        return sum_left + sum_right, ent_left + ent_right
-    else:
-        valid_even = 0
-        valid_odd = 0
-        if MASKED:
-            valid_even, valid_odd = tl.split(tl.reshape(tl.arange(0, WIDTH) < n_valid, (WIDTH // 2, 2)))
-            valid_even = valid_even[None, :]
-            valid_odd = valid_odd[None, :]
-        even, odd = tl.split(tl.reshape(a, (BLOCK_N, WIDTH // 2, 2)))
-        sum_even, ent_even = _exp_sums(even, scale, neg_max, valid_even, RETURN_ENTROPY, MASKED)
-        sum_odd, ent_odd = _exp_sums(odd, scale, neg_max, valid_odd, RETURN_ENTROPY, MASKED)
-        return sum_even + sum_odd, ent_even + ent_odd
-
-
-@triton.jit
 def _forward_partials_kernel(h_ptr, w_ptr, h_desc, w_desc, part_ptr, N, V, D, n_splits, tiles_per_split,
                              stride_hn, stride_hd, stride_wv, stride_wd, scale,
                              RETURN_ENTROPY: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
                              BLOCK_D: tl.constexpr, GROUP_ROWS: tl.constexpr, EVEN_D: tl.constexpr,
-                             TMA: tl.constexpr, FLATTEN_TILES: tl.constexpr, EPILOGUE_PARTS: tl.constexpr,
-                             INTERP_BF16: tl.constexpr):
+                             TMA: tl.constexpr, FLATTEN_TILES: tl.constexpr, INTERP_BF16: tl.constexpr):
     """One program per (row block, vocabulary split); writes the split's per-row statistics.
 
     ``part`` is ``[2 or 3, n_splits, N]`` fp32: max, sum-exp and (with entropy) the entropy sum,
@@ -329,13 +292,13 @@ def _forward_partials_kernel(h_ptr, w_ptr, h_desc, w_desc, part_ptr, N, V, D, n_
                           stride_hn, stride_hd, stride_wv, stride_wd, BLOCK_N, BLOCK_V, BLOCK_D, EVEN_D, TMA,
                           INTERP_BF16)
         run_max, run_sum, run_ent = _online_update(acc, run_max, run_sum, run_ent, scale, BLOCK_V,
-                                                   RETURN_ENTROPY, False, BLOCK_N, BLOCK_V, EPILOGUE_PARTS)
+                                                   RETURN_ENTROPY, False, BLOCK_V)
     if full_end < tile_end:  # this strip holds the vocabulary's last, partial tile
         col0 = full_end.to(tl.int64) * BLOCK_V
         acc = _logit_tile(h_ptr, w_ptr, h_desc, w_desc, row0, col0, N, V, D, stride_hn, stride_hd, stride_wv,
                           stride_wd, BLOCK_N, BLOCK_V, BLOCK_D, EVEN_D, TMA, INTERP_BF16)
         run_max, run_sum, run_ent = _online_update(acc, run_max, run_sum, run_ent, scale, V - col0,
-                                                   RETURN_ENTROPY, True, BLOCK_N, BLOCK_V, EPILOGUE_PARTS)
+                                                   RETURN_ENTROPY, True, BLOCK_V)
 
     rows = row0 + tl.arange(0, BLOCK_N)
     row_mask = rows < N
@@ -626,7 +589,7 @@ def forward(hidden, weight, targets, cu_seqlens=None, *, temperature=1.0, ignore
     """
     n, d = hidden.shape
     v = weight.shape[0]
-    config = config or forward_config(hidden.dtype, return_entropy)
+    config = config or forward_config(hidden.dtype)
     hidden = _addressable(hidden, config.block_n)
     weight = _addressable(weight, config.block_v)
     f32 = dict(dtype=torch.float32, device=hidden.device)
@@ -642,12 +605,15 @@ def forward(hidden, weight, targets, cu_seqlens=None, *, temperature=1.0, ignore
         partials = torch.empty(planes, n_splits, n, **f32)
         grid = (triton.cdiv(n, config.block_n) * n_splits,)
         h_desc, w_desc = _operand_descriptors(hidden, weight, config)
+        # The fused tile loop only pays with TMA loads: with pointer loads it ran 1.57x the matmul
+        # at d=896 against 1.05x unfused.
+        flatten_tiles = config.flatten_tiles and h_desc is not None
         _forward_partials_kernel[grid](
             hidden, weight, h_desc, w_desc, partials, n, v, d, n_splits, tiles_per_split, *strides, scale,
             RETURN_ENTROPY=return_entropy, BLOCK_N=config.block_n, BLOCK_V=config.block_v,
             BLOCK_D=config.block_d, GROUP_ROWS=config.group_rows, EVEN_D=d % config.block_d == 0,
-            TMA=h_desc is not None, FLATTEN_TILES=config.flatten_tiles, EPILOGUE_PARTS=config.epilogue_parts,
-            INTERP_BF16=_interp_bf16(hidden), **config.launch_options(),
+            TMA=h_desc is not None, FLATTEN_TILES=flatten_tiles, INTERP_BF16=_interp_bf16(hidden),
+            **config.launch_options(),
         )
         _combine_kernel[(triton.cdiv(n, COMBINE_ROWS),)](
             partials, hidden, weight, targets, logp, row_max, log2_sum, entropy if return_entropy else logp,

@@ -55,10 +55,10 @@ class TileConfig:
     only to size the vocabulary splits. ``tma``: the operand tiles are read through TMA tensor
     descriptors where the inputs allow it (see ``_tma_ready``), else through pointers.
     ``epilogue_parts`` (1, 2, 4 or 8; backward only): the epilogue (gradient and store) runs on
-    that many column slices of the tile in turn. ``persistent``
-    (backward only): ``programs_per_sm`` programs per SM loop over the tiles instead of one
-    program per tile. ``flatten_tiles`` (forward only): a program's loop over its split's tiles
-    is fused with the reduction loop.
+    that many column slices of the tile in turn. ``persistent`` (backward only):
+    ``programs_per_sm`` programs per SM loop over the tiles instead of one program per tile.
+    ``flatten_tiles`` (forward only, with TMA loads only): a program's loop over its split's
+    tiles is fused with the reduction loop.
     """
 
     block_n: int

@@ -6,10 +6,10 @@ Two entry points over the same measurements:
 - ``python benchmarks/bench_kernels.py --json benchmarks/results/kernels.json`` prints the
   tables of benchmarks/README.md and saves every row as JSON; ``--quick`` times only the
   matmul floor and genssd with fewer repetitions;
-- ``python benchmarks/bench_kernels.py --sweep forward --json ...`` (or ``--sweep backward``, or ``--sweep parts`` for the backward's parts)
-  times the Triton tile configurations of ``sweep_configs`` against the matmul floor, to pick
-  the entries of ``FORWARD_CONFIGS`` / ``BACKWARD_CONFIGS`` in
-  ``genssd_kernels/triton/logprob_gather.py``.
+- ``python benchmarks/bench_kernels.py --sweep forward --json ...`` (or ``--sweep backward``;
+  ``--sweep parts`` times the backward's parts) times the Triton tile configurations of
+  ``sweep_configs`` against the matmul floor, to pick the entries of ``FORWARD_CONFIGS`` /
+  ``BACKWARD_CONFIGS`` in ``genssd_kernels/triton/logprob_gather.py``.
 Times are medians on random data (weight std d**-0.5); ratios are to the bf16 cuBLAS product
 ``hidden @ weight.T`` measured in the same process on the same card.
 """
@@ -143,20 +143,19 @@ def sweep_configs(kind):
     """name -> TileConfig candidates for ``--sweep forward|backward`` (none spills for sm_90 with
     Triton 3.6; ``benchmarks/compile_kernels.py`` gives the registers). The earlier candidates and
     their timings are in NOTES.md and ``benchmarks/results/sweep-*.json``."""
+    tile = functools.partial(_tile, 128, 256, 64, 8, 3, 16, 1)
     if kind == "forward":
         # The first entry is the default, with and without entropy.
-        tile = functools.partial(_tile, 128, 256, 64, 8, 3, 16, 1)
         return {
             "128x256x64 w8 s3 g16 tma, fused tile loop": tile(tma=True, flatten=True),
             "128x256x64 w8 s3 g16 tma": tile(tma=True),
             "128x256x64 w8 s3 g16 pointer loads": tile(),
         }
+    # The first entry is the default.
     return {
-        "128x256x64 w8 s3 g16 tma, 4 slices, persistent": _tile(128, 256, 64, 8, 3, 16, 1, tma=True, parts=4,
-                                                                persistent=True),  # the default
-        "128x256x64 w8 s3 g16 tma, 8 slices, persistent": _tile(128, 256, 64, 8, 3, 16, 1, tma=True, parts=8,
-                                                                persistent=True),
-        "128x256x64 w8 s3 g16 tma, 4 slices": _tile(128, 256, 64, 8, 3, 16, 1, tma=True, parts=4),
+        "128x256x64 w8 s3 g16 tma, 4 slices, persistent": tile(tma=True, parts=4, persistent=True),
+        "128x256x64 w8 s3 g16 tma, 8 slices, persistent": tile(tma=True, parts=8, persistent=True),
+        "128x256x64 w8 s3 g16 tma, 4 slices": tile(tma=True, parts=4),
         "128x256x64 w8 s3 g8 pointer loads, 1 slice (before)": _tile(128, 256, 64, 8, 3, 8, 1),
     }
 

@@ -44,10 +44,22 @@ class BatchedCache:
         self.length = self.length[index]
         self._pending = index if self._pending is None else self._pending[index]
 
-    def drop_columns(self, rows: torch.Tensor, columns: torch.Tensor) -> None:
-        """Turn real tokens into holes: ``rows [n]``, ``columns [n]`` (one token each)."""
-        self.mask[rows, columns] = 0
-        self.length -= torch.bincount(rows, minlength=self.rows)
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the cached keys and values."""
+        total = 0
+        for layer in getattr(self.cache, "layers", []):
+            for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+                if isinstance(tensor, torch.Tensor):
+                    total += tensor.numel() * tensor.element_size()
+        return total
+
+    def drop_last(self, counts: torch.Tensor) -> None:
+        """Turn the last ``counts[b]`` real tokens of each row ``b`` into holes (``[B]`` int64)."""
+        from_right = self.mask.flip(1).cumsum(1).flip(1)  # real tokens at or after each column
+        drop = (self.mask == 1) & (from_right <= counts[:, None])
+        self.mask = self.mask.masked_fill(drop, 0)
+        self.length = self.length - counts
 
     def extend(self, ids: torch.Tensor, valid: torch.Tensor, **forward_kwargs):
         """Run the module on new columns and append them to the cache.

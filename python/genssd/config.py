@@ -26,6 +26,10 @@ class SearchConfig:
     beams and each continues on its own, so ``num_candidates = beam_width = n`` draws n plain
     samples per prompt (rejection sampling then keeps the correct ones).
     ``scorer`` is ``"student"`` (likelihood in ``score_scope``) or ``"random"``.
+    ``stop_strings`` end a trajectory where its text first contains one (the tokens from the one
+    holding its first character on are dropped); None takes the task's (``Task.stop_strings``).
+    ``engine`` picks the decode engine (``auto``: static where the model's family is supported);
+    engines give the same results, so it is not hashed.
     """
 
     method: str = "gen-ssd"
@@ -45,6 +49,8 @@ class SearchConfig:
     record_candidates: bool = False
     select: bool = True
     scorer: str = "student"
+    stop_strings: list[str] | None = None
+    engine: str = field(default="auto", metadata={"hash": False})
 
     def __post_init__(self) -> None:
         checks = [
@@ -63,10 +69,20 @@ class SearchConfig:
              f"scorer must be 'student' or 'random', got {self.scorer!r}"),
             (self.step_delimiter is None or (isinstance(self.step_delimiter, str) and self.step_delimiter),
              f"step_delimiter must be a non-empty string or null, got {self.step_delimiter!r}"),
+            (self.stop_strings is None
+             or (isinstance(self.stop_strings, (list, tuple)) and all(isinstance(x, str) and x for x in self.stop_strings)),
+             f"stop_strings must be a list of non-empty strings or null, got {self.stop_strings!r}"),
+            (self.engine in ("auto", "static", "hf"), f"engine must be auto, static or hf, got {self.engine!r}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
+
+    def for_task(self, task) -> SearchConfig:
+        """This config with the task's stop strings where it names none (before hashing)."""
+        if self.stop_strings is not None:
+            return self
+        return dataclasses.replace(self, stop_strings=list(task.stop_strings))
 
     @property
     def min_score(self) -> float:

@@ -237,6 +237,7 @@ def search_stage(
     from genssd.commands.search import output_row
     from genssd.data import RowWriter, read_output, resume_state
 
+    config = config.for_task(task)
     hash_ = config_hash(config)
     done = resume_state(path, hash_)
     spent = sum(int(r["teacher_tokens"]) for r in read_output(path))

@@ -15,7 +15,7 @@ import torch
 
 from genssd.config import EvalConfig
 from genssd.errors import UsageError
-from genssd.teacher import left_pad
+from genssd.engine.runners import left_pad
 
 
 def _until_eos(ids: list[int], eos_ids: set[int]) -> list[int]:

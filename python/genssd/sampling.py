@@ -76,8 +76,14 @@ def uniform(keys: torch.Tensor, width: int | None = None) -> torch.Tensor:
     return (_lsr(bits, 40).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
 
 
-def step_keys(keys: torch.Tensor, step: int) -> torch.Tensor:
-    """The keys of sampling step ``step``: ``[B]`` int64 -> ``[B]`` int64."""
+def step_keys(keys: torch.Tensor, step: int | torch.Tensor) -> torch.Tensor:
+    """The keys of sampling step ``step``: ``[B]`` int64 -> ``[B]`` int64.
+
+    ``step`` may be a device scalar (int64), so that a captured decode step can advance it
+    without the host; int64 products wrap modulo 2**64 exactly as the host-side value does.
+    """
+    if isinstance(step, torch.Tensor):
+        return mix(keys + (step + 1) * _M2)
     return mix(keys + _signed((step + 1) * _M2))
 
 

@@ -24,6 +24,8 @@ import torch
 
 import genssd_kernels
 from genssd.config import SearchConfig
+from genssd.engine import kv_cache_bytes, resolve_engine
+from genssd.engine.decode import StaticTeacherSampler, row_bucket
 from genssd.errors import UsageError
 from genssd.models import input_device, load_model, load_tokenizer, same_vocabulary
 from genssd.sampling import combine, text_key
@@ -160,6 +162,8 @@ class Searcher:
         device, dtype: placement of models loaded from paths.
         trust_remote_code: allow model code from the checkpoint (off by default).
         backend: ``genssd_kernels`` backend for the student's log-probs and the pruning.
+
+    ``config.engine`` picks each model's decode engine; ``engine_lines`` says which runs and why.
     """
 
     def __init__(
@@ -203,7 +207,11 @@ class Searcher:
         self.scorer = scorer if scorer is not None else default_scorer(self.config)
         shared = same_vocabulary(self.tokenizer, self.student_tokenizer)
         student_vocab = self.student.get_output_embeddings().weight.shape[0]
-        self.sampler = TeacherSampler(
+        teacher_engine, teacher_line = resolve_engine(self.teacher, self.config.engine, "teacher")
+        student_engine, student_line = resolve_engine(self.student, self.config.engine, "student")
+        self.engine_lines = [teacher_line, student_line]
+        sampler_cls = StaticTeacherSampler if teacher_engine == "static" else TeacherSampler
+        self.sampler = sampler_cls(
             self.teacher,
             self.tokenizer,
             temperature=self.config.temperature,
@@ -212,7 +220,7 @@ class Searcher:
             vocab_limit=student_vocab if shared else None,
         )
         self.tracker = StudentTracker(
-            self.student, self.student_tokenizer, shared_vocab=shared, backend=backend
+            self.student, self.student_tokenizer, shared_vocab=shared, backend=backend, engine=student_engine
         )
 
     def run(
@@ -237,31 +245,65 @@ class Searcher:
             raise UsageError(f"got {len(uids)} uids for {len(prompts)} prompts")
         names = [str(u) for u in uids] if uids is not None else prompts
         keys = [combine(self.config.seed, text_key(name)) for name in names]
-        meter = _Progress(len(prompts), enabled=progress)
-        size = self.config.batch_size
-        try:
-            for start in range(0, len(prompts), size):
-                yield from self._search_batch(
-                    prompts[start : start + size], keys[start : start + size], meter
-                )
-        finally:
-            meter.close()
-
-    @torch.no_grad()
-    def _search_batch(self, prompts: list[str], keys: list[int], meter: _Progress) -> list[SearchResult]:
         teacher_ids = [self.tokenizer(p)["input_ids"] for p in prompts]
         for prompt, ids in zip(prompts, teacher_ids):
             if not ids:
                 raise UsageError(f"prompt {prompt[:40]!r} encodes to no tokens")
-        self.sampler.start(teacher_ids)
-        self.tracker.start(prompts, teacher_ids)
+        self._check_fits(teacher_ids)
+        meter = _Progress(len(prompts), enabled=progress)
+        size = self.config.batch_size
+        try:
+            for start in range(0, len(prompts), size):
+                end = start + size
+                yield from self._search_batch(prompts[start:end], teacher_ids[start:end], keys[start:end], meter)
+        finally:
+            meter.close()
+
+    def _cache_shape(self, longest_prompt: int) -> tuple[int, int]:
+        """Rows and columns a batch's caches need at most: every live beam forked K times, and
+        the longest prompt plus the whole answer."""
+        cfg = self.config
+        return cfg.batch_size * cfg.beam_width * cfg.num_candidates, longest_prompt + cfg.max_new_tokens + 1
+
+    def _check_fits(self, teacher_ids: list[list[int]]) -> None:
+        """Refuse, before any model runs, prompts past a model's context and caches past free memory."""
+        new = self.config.max_new_tokens
+        models = [("teacher", self.teacher)] + ([("student", self.student)] if self.tracker.shared_vocab else [])
+        for role, model in models:
+            context = getattr(model.config, "max_position_embeddings", None)
+            longest = max(range(len(teacher_ids)), key=lambda i: len(teacher_ids[i]))
+            need = len(teacher_ids[longest]) + new
+            if context is not None and need > context:
+                raise UsageError(
+                    f"prompt {longest} has {len(teacher_ids[longest])} tokens; with max_new_tokens={new} it needs "
+                    f"{need} positions, past the {role}'s context of {context}"
+                )
+        if self.device.type != "cuda":
+            return
+        rows, columns = self._cache_shape(max(len(ids) for ids in teacher_ids))
+        need = kv_cache_bytes(self.teacher, row_bucket(rows), columns) + kv_cache_bytes(self.student, rows, columns)
+        free, _ = torch.cuda.mem_get_info(self.device)
+        if need > free:
+            raise UsageError(
+                f"the KV caches of a batch need {need / 2**30:.1f} GiB ({rows} rows x {columns} columns) but "
+                f"{free / 2**30:.1f} GiB is free on {self.device}; lower batch_size ({self.config.batch_size}) "
+                f"or max_new_tokens"
+            )
+
+    @torch.no_grad()
+    def _search_batch(
+        self, prompts: list[str], teacher_ids: list[list[int]], keys: list[int], meter: _Progress
+    ) -> list[SearchResult]:
+        rows, columns = self._cache_shape(max(len(ids) for ids in teacher_ids))
+        self.sampler.start(teacher_ids, rows=rows, columns=columns)
+        self.tracker.start(prompts, teacher_ids, rows=rows, columns=columns)
         states = [_PromptState(key) for key in keys]
         beams = [_Beam(p, 0, [], []) for p in range(len(prompts))]
         round_index = 0
         while beams:
             beams = self._round(round_index, prompts, beams, states, meter)
             round_index += 1
-            meter.round(live=len(beams), states=states)
+            meter.round(live=len(beams), states=states, cache_bytes=self.sampler.cache_bytes + self.tracker.cache_bytes)
         meter.prompts_done(len(prompts), states)
         results = []
         for prompt, state in zip(prompts, states):
@@ -299,6 +341,8 @@ class Searcher:
         groups, offsets_host = _groups(beams, k)
         offsets = torch.tensor(offsets_host, dtype=torch.long, device=device)
         host = _HostChunk(chunk)
+        if cfg.stop_strings:
+            chunk = host.cut(self.tokenizer, [beams[b].ids for b in parent_rows], cfg.stop_strings, self.sampler.pad_id)
 
         def completions() -> list[str]:
             return [
@@ -407,8 +451,8 @@ def _groups(beams: list[_Beam], k: int) -> tuple[list[tuple[int, int]], list[int
 
 
 class _HostChunk:
-    """The round's chunk on the host, read once: early when the text path or a scorer needs the
-    texts, else together with the selection's results."""
+    """The round's chunk on the host, read once: early when stop strings, the text path or a
+    scorer need the texts, else together with the selection's results."""
 
     def __init__(self, chunk: Chunk):
         self.chunk = chunk
@@ -430,6 +474,33 @@ class _HostChunk:
         if self._ids is None:
             self.receive(_fetch(*self.pending()))
 
+    def cut(self, tokenizer, previous: list[list[int]], stop_strings: Sequence[str], pad_id: int) -> Chunk:
+        """End candidates whose text now contains a stop string, before the token holding its
+        first character; the chunk with those candidates shortened and marked ended.
+
+        ``previous`` holds each candidate's completion ids before this chunk (no stop string in
+        their text: it would have ended the trajectory).
+        """
+        self._read()
+        changed = False
+        for c, (before, new) in enumerate(zip(previous, self._ids)):
+            keep = _stop_prefix(tokenizer, before, new, stop_strings)
+            if keep is not None:
+                self._ids[c], self._lengths[c], self._ended[c] = new[:keep], keep, True
+                changed = True
+        if not changed:
+            return self.chunk
+        device = self.chunk.ids.device
+        lengths = torch.tensor(self._lengths, dtype=torch.long, device=device)
+        mask = torch.arange(self.chunk.ids.shape[1], device=device)[None, :] < lengths[:, None]
+        self.chunk = Chunk(
+            ids=self.chunk.ids.masked_fill(~mask, pad_id),
+            mask=mask,
+            lengths=lengths,
+            ended=torch.tensor(self._ended, dtype=torch.bool, device=device),
+        )
+        return self.chunk
+
     @property
     def ids(self) -> list[list[int]]:
         """Each candidate's new token ids."""
@@ -447,6 +518,23 @@ class _HostChunk:
         """Each candidate's number of new tokens."""
         self._read()
         return self._lengths
+
+
+def _stop_prefix(tokenizer, before: list[int], new: list[int], stop_strings: Sequence[str]) -> int | None:
+    """How many of ``new`` to keep when ``before + new`` spells a stop string that ``before``
+    does not: the tokens before the one holding the stop string's first character (None: no stop)."""
+    text = tokenizer.decode(before + new, skip_special_tokens=True)
+    start = len(tokenizer.decode(before, skip_special_tokens=True))
+    found = [text.find(stop, max(0, start - len(stop) + 1)) for stop in stop_strings]
+    found = [at for at in found if at >= 0]
+    if not found:
+        return None
+    cut, keep = min(found), 0
+    for n in range(1, len(new) + 1):
+        if len(tokenizer.decode(before + new[:n], skip_special_tokens=True)) > cut:
+            break
+        keep = n
+    return keep
 
 
 def _fetch(*tensors: torch.Tensor) -> list[torch.Tensor]:
@@ -481,11 +569,11 @@ class _Progress:
         share = pruned / done if done else 0.0
         return {"live": live, "pruned": f"{share:.0%}", "teacher tok/s": f"{rate:,.0f}"}
 
-    def round(self, *, live: int, states: list[_PromptState]) -> None:
+    def round(self, *, live: int, states: list[_PromptState], cache_bytes: int) -> None:
         batch_pruned = sum(s.pruned for s in states)
-        self.bar.set_postfix(
-            self._postfix(live, self.pruned + batch_pruned, self.done + len(states)), refresh=False
-        )
+        postfix = self._postfix(live, self.pruned + batch_pruned, self.done + len(states))
+        postfix["kv"] = f"{cache_bytes / 2**30:.2f} GiB"
+        self.bar.set_postfix(postfix, refresh=False)
         self.bar.refresh()
 
     def prompts_done(self, count: int, states: list[_PromptState]) -> None:

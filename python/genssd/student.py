@@ -12,7 +12,8 @@ no host work, no host synchronization). Otherwise (the text path) the student to
 prompt and, separately, the completion's text; as the text grows, the re-tokenization may change
 the last few student tokens, so each candidate keeps the longest common prefix with its parent's
 tokens, turns the rest into cache holes, takes their log-probs out of the running sum and
-re-runs from the last kept token. Either way the score of a completion is exactly the from-scratch
+re-runs from the last kept token (``drop_last`` on the runner: rolled-back tokens are always
+the row's last ones). Either way the score of a completion is exactly the from-scratch
 mean log-prob of ``student_tokens(prompt) + student_tokens(completion)`` over the completion.
 """
 
@@ -23,10 +24,10 @@ from dataclasses import dataclass
 import torch
 
 import genssd_kernels
-from genssd.cache import BatchedCache
+from genssd.engine.runners import HFRunner, StaticRunner
 from genssd.errors import UsageError
 from genssd.models import decoder_and_head, eos_token_ids, input_device, pad_token_id
-from genssd.teacher import Chunk, left_pad
+from genssd.teacher import Chunk
 
 IGNORE = -100
 
@@ -55,7 +56,6 @@ class _TextState:
     """Host-side token bookkeeping of one row on the text path."""
 
     tokens: list[int]  # prompt + completion, student ids
-    columns: list[int]  # the cache column of each token
     prompt_len: int
     logprobs: list[float]  # one per completion token
 
@@ -68,23 +68,30 @@ class StudentTracker:
         tokenizer: the student's tokenizer (used on the text path and for the prompts).
         shared_vocab: True when teacher token ids are student token ids (the fast path).
         backend: ``genssd_kernels`` backend (None chooses).
+        engine: ``"static"`` (the compact forward over a static cache) or ``"hf"``.
     """
 
-    def __init__(self, student, tokenizer, *, shared_vocab: bool, backend: str | None = None):
-        self.decoder, self.weight = decoder_and_head(student)
+    def __init__(self, student, tokenizer, *, shared_vocab: bool, backend: str | None = None, engine: str = "hf"):
+        decoder, self.weight = decoder_and_head(student)
         self.device = input_device(student)
+        self.runner = StaticRunner(student) if engine == "static" else HFRunner(decoder, self.device)
         self.tokenizer = tokenizer
         self.shared_vocab = shared_vocab
         self.backend = backend
         eos = eos_token_ids(student, tokenizer)
         self.eos_id = eos[0] if eos else None
         self.pad_id = pad_token_id(tokenizer, eos)
-        self.cache: BatchedCache | None = None
         self._pending: dict | None = None
 
+    @property
+    def cache_bytes(self) -> int:
+        return self.runner.nbytes
+
     @torch.no_grad()
-    def start(self, prompts: list[str], teacher_prompt_ids: list[list[int]]) -> None:
-        """Encode the prompts: one live row per prompt."""
+    def start(
+        self, prompts: list[str], teacher_prompt_ids: list[list[int]], *, rows: int = 0, columns: int = 0
+    ) -> None:
+        """Encode the prompts: one live row per prompt (``rows`` x ``columns`` sizes a static cache)."""
         if self.shared_vocab:
             ids = teacher_prompt_ids
         else:
@@ -93,18 +100,10 @@ class StudentTracker:
                 if not seq:
                     raise UsageError(f"prompt {prompt[:40]!r} encodes to no student tokens")
                 self._check_vocab(seq)
-        ids_t, valid = left_pad(ids, self.pad_id, self.device)
-        self.cache = BatchedCache(self.decoder, len(ids), self.device)
-        hidden = self.cache.extend(ids_t, valid).last_hidden_state
-        self.last_hidden = hidden[:, -1]
+        self.last_hidden = self.runner.prefill(ids, self.pad_id, rows=rows, columns=columns)
         self.total = torch.zeros(len(ids), dtype=torch.float64, device=self.device)
         self.count = torch.zeros(len(ids), dtype=torch.long, device=self.device)
-        width = ids_t.shape[1]
-        self.text_rows = (
-            None
-            if self.shared_vocab
-            else [_TextState(list(seq), list(range(width - len(seq), width)), len(seq), []) for seq in ids]
-        )
+        self.text_rows = None if self.shared_vocab else [_TextState(list(seq), len(seq), []) for seq in ids]
 
     @torch.no_grad()
     def score(
@@ -124,7 +123,7 @@ class StudentTracker:
             parent_rows, texts, ended: text path only: ``parent`` as a list, each candidate's
                 whole completion text, and whether it ended with end-of-sequence.
         """
-        self.cache.reindex(parent)
+        self.runner.reindex(parent)
         prev_hidden = self.last_hidden[parent]
         if self.shared_vocab:
             feed, valid = chunk.ids, chunk.mask
@@ -135,8 +134,7 @@ class StudentTracker:
             feed, valid, first_scored, dropped_sum, dropped_count, text_plan = self._text_feed(
                 parent_rows, texts, ended
             )
-        columns_before = self.cache.mask.shape[1]
-        hidden = self.cache.extend(feed, valid).last_hidden_state  # [C, L, d]
+        hidden = self.runner.extend(feed, valid)  # [C, L, d]
         rows, width = feed.shape
 
         # Position j is predicted by the hidden state before it: the row's last hidden state for
@@ -167,7 +165,6 @@ class StudentTracker:
             "token_logprobs": token_logprobs,
             "scored": scored,
             "text_plan": text_plan,
-            "columns_before": columns_before,
         }
         trajectory = torch.where(count > 0, total / count.clamp_min(1), 0.0)
         chunk_mean = torch.where(new_count > 0, new_sum / new_count.clamp_min(1), trajectory)
@@ -187,7 +184,7 @@ class StudentTracker:
 
     def _text_feed(self, parent_rows, texts, ended):
         """Plan each candidate's student tokens on the text path (host work)."""
-        plan, feeds, firsts, drop_rows, drop_cols, drop_sum, drop_count = [], [], [], [], [], [], []
+        plan, feeds, firsts, dropped, drop_sum, drop_count = [], [], [], [], [], []
         for c, (r, text, end) in enumerate(zip(parent_rows, texts, ended)):
             old = self.text_rows[r]
             completion = self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -201,8 +198,7 @@ class StudentTracker:
             start = keep if keep == len(old.tokens) else keep - 1
             feeds.append(new[start:])
             firsts.append(start == keep)
-            drop_rows += [c] * (len(old.tokens) - start)
-            drop_cols += old.columns[start:]
+            dropped.append(len(old.tokens) - start)
             drop_sum.append(sum(old.logprobs[keep - old.prompt_len :]))
             drop_count.append(len(old.tokens) - keep)
             plan.append((r, new, start, keep))
@@ -212,10 +208,8 @@ class StudentTracker:
         for c, f in enumerate(feeds):
             ids[c, : len(f)] = torch.tensor(f, dtype=torch.long)
             valid[c, : len(f)] = True
-        if drop_rows:
-            self.cache.drop_columns(
-                torch.tensor(drop_rows, device=self.device), torch.tensor(drop_cols, device=self.device)
-            )
+        if any(dropped):
+            self.runner.drop_last(torch.tensor(dropped, dtype=torch.long, device=self.device))
         device = self.device
         return (
             ids.to(device),
@@ -230,7 +224,7 @@ class StudentTracker:
     def commit(self, index: torch.Tensor, index_list: list[int]) -> None:
         """Keep pending candidates ``index`` (``[R']`` int64; ``index_list`` the same on the host)."""
         pending, self._pending = self._pending, None
-        self.cache.reindex(index)
+        self.runner.reindex(index)
         self.total = pending["total"][index]
         self.count = pending["count"][index]
         self.last_hidden = pending["last_hidden"][index]
@@ -238,16 +232,12 @@ class StudentTracker:
             return
         logprobs = pending["token_logprobs"][index].tolist()
         scored = pending["scored"][index].tolist()
-        base = pending["columns_before"]
         rows = []
         for c, lps, flags in zip(index_list, logprobs, scored):
             r, new, start, keep = pending["text_plan"][c]
             old = self.text_rows[r]
             new_lps = [lp for lp, flag in zip(lps, flags) if flag]
-            columns = old.columns[:start] + list(range(base, base + len(new) - start))
-            rows.append(
-                _TextState(new, columns, old.prompt_len, old.logprobs[: keep - old.prompt_len] + new_lps)
-            )
+            rows.append(_TextState(new, old.prompt_len, old.logprobs[: keep - old.prompt_len] + new_lps))
         self.text_rows = rows
 
 

@@ -14,6 +14,7 @@ import torch
 
 from genssd.cache import BatchedCache
 from genssd.models import eos_token_ids, input_device, pad_token_id
+from genssd.engine.runners import left_pad
 from genssd.sampling import sample, step_keys
 
 
@@ -42,6 +43,40 @@ def token_flags(tokenizer, size: int, delimiter: str, device: torch.device) -> t
     return flags.to(device)
 
 
+class TokenRules:
+    """Which teacher tokens end a chunk or a trajectory, and which are never sampled.
+
+    Banned: ids past ``vocab_limit`` (the student's vocabulary when ids pass straight through)
+    and the tokenizer's special tokens other than end-of-sequence: a sampled BOS or PAD would
+    vanish from the decoded text while its log-prob stayed in the student's score.
+
+    Attributes:
+        pad_id: the id written where a row has no token.
+        is_eos, is_delimiter, banned: ``[V]`` bool over the teacher's LM head rows.
+    """
+
+    def __init__(self, model, tokenizer, *, step_delimiter: str | None, vocab_limit: int | None, device):
+        eos = eos_token_ids(model, tokenizer)
+        self.pad_id = pad_token_id(tokenizer, eos)
+        size = model.get_output_embeddings().weight.shape[0]
+        self.is_eos = torch.zeros(size, dtype=torch.bool, device=device)
+        self.is_eos[[e for e in eos if e < size]] = True
+        self.is_delimiter = (
+            token_flags(tokenizer, size, step_delimiter, device)
+            if step_delimiter
+            else torch.zeros(size, dtype=torch.bool, device=device)
+        )
+        self.banned = torch.zeros(size, dtype=torch.bool, device=device)
+        special = [i for i in getattr(tokenizer, "all_special_ids", []) if i < size and i not in eos]
+        self.banned[special] = True
+        if vocab_limit is not None and vocab_limit < size:
+            self.banned[vocab_limit:] = True
+
+    def logits(self, raw: torch.Tensor) -> torch.Tensor:
+        """``[R, V]`` float32 next-token logits with the banned ids at -inf."""
+        return raw.float().masked_fill(self.banned, float("-inf"))
+
+
 class TeacherSampler:
     """Batched chunk proposals from the teacher, with forked KV caches.
 
@@ -68,21 +103,13 @@ class TeacherSampler:
         self.temperature = temperature
         self.top_p = top_p
         self.device = input_device(model)
-        self.vocab_limit = vocab_limit
-        eos = eos_token_ids(model, tokenizer)
-        self.pad_id = pad_token_id(tokenizer, eos)
-        size = model.get_output_embeddings().weight.shape[0]
-        self.is_eos = torch.zeros(size, dtype=torch.bool, device=self.device)
-        self.is_eos[[e for e in eos if e < size]] = True
-        self.is_delimiter = (
-            token_flags(tokenizer, size, step_delimiter, self.device)
-            if step_delimiter
-            else torch.zeros(size, dtype=torch.bool, device=self.device)
-        )
+        self.rules = TokenRules(model, tokenizer, step_delimiter=step_delimiter, vocab_limit=vocab_limit,
+                                device=self.device)
+        self.pad_id = self.rules.pad_id
         self.cache: BatchedCache | None = None
         self.next_logits: torch.Tensor | None = None  # [R, V] fp32
 
-    def start(self, prompt_ids: list[list[int]]) -> None:
+    def start(self, prompt_ids: list[list[int]], *, rows: int = 0, columns: int = 0) -> None:
         """Encode the prompts (left-padded): one live row per prompt."""
         ids, valid = left_pad(prompt_ids, self.pad_id, self.device)
         self.cache = BatchedCache(self.model, len(prompt_ids), self.device)
@@ -90,10 +117,11 @@ class TeacherSampler:
         self.next_logits = self._last_logits(out)
 
     def _last_logits(self, out) -> torch.Tensor:
-        logits = out.logits[:, -1, :].to(device=self.device, dtype=torch.float32)
-        if self.vocab_limit is not None and self.vocab_limit < logits.shape[1]:
-            logits[:, self.vocab_limit :] = float("-inf")
-        return logits
+        return self.rules.logits(out.logits[:, -1, :].to(self.device))
+
+    @property
+    def cache_bytes(self) -> int:
+        return 0 if self.cache is None else self.cache.nbytes
 
     @torch.no_grad()
     def propose(
@@ -126,10 +154,10 @@ class TeacherSampler:
             token = torch.where(active, token, self.pad_id)
             ids[:, t] = token
             mask[:, t] = active
-            is_end = active & self.is_eos[token]
+            is_end = active & self.rules.is_eos[token]
             ended |= is_end
             at_budget = budget_t <= t + 1
-            done = done | (active & (is_end | self.is_delimiter[token] | at_budget))
+            done = done | (active & (is_end | self.rules.is_delimiter[token] | at_budget))
             # Run the token through the model unless its row has no future: it ended, or it
             # used the last token of the trajectory's budget.
             feed = active & ~is_end & ~(at_budget & final_t)
@@ -148,17 +176,3 @@ class TeacherSampler:
         """Keep candidates ``index`` (``[R']`` int64) as the next round's live rows."""
         self.cache.reindex(index)
         self.next_logits = self.next_logits[index]
-
-
-def left_pad(
-    sequences: list[list[int]], pad_id: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[B, T]`` int64 ids and ``[B, T]`` bool validity of left-padded sequences."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    valid = torch.zeros(len(sequences), width, dtype=torch.bool)
-    for row, seq in enumerate(sequences):
-        if seq:
-            ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-            valid[row, width - len(seq) :] = True
-    return ids.to(device), valid.to(device)

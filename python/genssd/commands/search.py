@@ -217,7 +217,7 @@ def run_search(args) -> int:
 
     dist = _distributed()
     task = get_task(args.task)
-    config = _search_config(args)
+    config = _search_config(args).for_task(task)
     hash_ = config_hash(config)
     shard_index, shard_count = parse_shard(args.shard)
     if dist is not None:

@@ -80,6 +80,9 @@ class Task:
     """
 
     name = ""
+    # A base model that goes on past its answer starts the next few-shot item; the search cuts
+    # its text there (as lm-eval's "until" does).
+    stop_strings: tuple[str, ...] = ("\nQuestion:",)
     question_fields: tuple[str, ...] = ("question",)
     answer_fields: tuple[str, ...] = ("answer",)
 

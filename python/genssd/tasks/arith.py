@@ -232,6 +232,7 @@ class ArithTask(Task):
     """The ``arith`` task: the final answer is the integer after ``####``, checked exactly."""
 
     name = "arith"
+    stop_strings = ("\nQ:",)
 
     def prompt(self, row: dict) -> str:
         """``Q: <question>`` / ``A:``; the solution starts on the next line. Shorter than the

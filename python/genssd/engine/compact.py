@@ -1,0 +1,163 @@
+"""A compact forward over a Hugging Face decoder's own modules, against a ``StaticKVCache``.
+
+The families people distill with (Llama 2/3/3.x, Mistral, Qwen2/2.5, Qwen3) share one layer
+shape: RMSNorm -> attention with rotary positions (Qwen3: RMSNorm on q and k per head) ->
+residual -> RMSNorm -> gated MLP -> residual. This module calls the checkpoint's own embedding,
+norms, projections, MLPs and rotary embedding (so every rope scaling the checkpoint's config
+names is computed by transformers itself) and replaces only the cache and the attention: K/V
+go into preallocated buffers at each row's own length, and attention reads a fixed number of
+columns with a per-row mask, so every decode step has the same shapes and can be graph-captured.
+
+Grouped-query attention without copying K/V per query head: the ``G`` query heads of a KV head
+are laid out as ``G x L`` query rows of that head, so one SDPA call over ``[B, kv_heads, G*L, D]``
+queries attends to the unexpanded ``[B, kv_heads, S, D]`` cache.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from genssd.engine.static_cache import StaticKVCache
+
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+# rope types whose frequencies depend on the running sequence length (state a replayed graph
+# cannot follow); everything else transformers computes from the position alone.
+_STATEFUL_ROPE = ("dynamic", "longrope")
+
+
+def static_support(model) -> str | None:
+    """None when the static engine can run ``model``, else why it cannot (one line)."""
+    config = getattr(model, "config", None)
+    family = getattr(config, "model_type", None)
+    if family not in FAMILIES:
+        return f"model type {family!r} is not one of {', '.join(FAMILIES)}"
+    base = getattr(model, "model", None)
+    if base is None or not all(hasattr(base, name) for name in ("embed_tokens", "layers", "norm", "rotary_emb")):
+        return f"{type(model).__name__} does not have the decoder layout of its family"
+    rope = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
+    if rope in _STATEFUL_ROPE:
+        return f"rope type {rope!r} depends on the sequence length"
+    devices = {p.device for p in model.parameters()}
+    if len(devices) > 1:
+        return "the model is spread over several devices"
+    return None
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+    """Grouped-query attention over a cache.
+
+    Args:
+        q: ``[B, Hq, L, D]`` queries.
+        k, v: ``[B, Hkv, S, D]`` cached keys and values (``Hq`` a multiple of ``Hkv``).
+        mask: ``[B, L, S]`` bool, True where query ``l`` may attend to column ``s``.
+    Returns:
+        ``[B, Hq, L, D]``.
+    """
+    batch, q_heads, length, dim = q.shape
+    kv_heads = k.shape[1]
+    groups = q_heads // kv_heads
+    q = q.reshape(batch, kv_heads, groups * length, dim)
+    mask = mask[:, None].repeat(1, 1, groups, 1)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    return out.reshape(batch, q_heads, length, dim)
+
+
+class CompactDecoder:
+    """The forward of a supported causal LM over a ``StaticKVCache`` (module docstring).
+
+    Args:
+        model: a ``*ForCausalLM`` of a family in ``FAMILIES`` (``static_support`` is None).
+    """
+
+    def __init__(self, model):
+        reason = static_support(model)
+        if reason is not None:
+            raise ValueError(f"the static engine cannot run this model: {reason}")
+        self.model = model
+        base = model.model
+        self.embed, self.layers, self.norm, self.rotary = base.embed_tokens, base.layers, base.norm, base.rotary_emb
+        self.head = model.get_output_embeddings()
+        config = model.config
+        attention = self.layers[0].self_attn
+        self.head_dim = attention.head_dim
+        self.q_heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.scale = attention.scaling
+        self.windows = [self._window(layer.self_attn, config) for layer in self.layers]
+        self.dtype = self.embed.weight.dtype
+        self.device = self.embed.weight.device
+
+    @staticmethod
+    def _window(attention, config) -> int | None:
+        """The layer's sliding window (Qwen2/3 set it per layer; Mistral for every layer)."""
+        if hasattr(attention, "sliding_window"):
+            return attention.sliding_window
+        return getattr(config, "sliding_window", None)
+
+    def new_cache(self, rows: int, capacity: int) -> StaticKVCache:
+        return StaticKVCache(
+            layers=len(self.layers),
+            kv_heads=self.kv_heads,
+            head_dim=self.head_dim,
+            dtype=self.dtype,
+            device=self.device,
+            rows=rows,
+            capacity=capacity,
+        )
+
+    def cache_bytes(self, rows: int, capacity: int) -> int:
+        return StaticKVCache.bytes_for(
+            layers=len(self.layers),
+            kv_heads=self.kv_heads,
+            head_dim=self.head_dim,
+            dtype=self.dtype,
+            rows=rows,
+            capacity=capacity,
+        )
+
+    def forward(self, ids: torch.Tensor, cache: StaticKVCache, span: int) -> torch.Tensor:
+        """Run ``ids`` after each row's cached tokens; write their K/V (lengths are not advanced).
+
+        Args:
+            ids: ``[B, L]`` int64, rows ``0 .. B-1`` of the cache.
+            cache: holds at least ``B`` rows and ``length + L <= capacity`` columns.
+            span: columns attention reads (a bound on ``length + L``; fixed per captured graph).
+        Returns:
+            ``[B, L, d]`` final hidden states (after the last norm).
+        """
+        batch, length = ids.shape
+        positions = cache.length[:batch, None] + torch.arange(length, device=ids.device)  # [B, L]
+        columns = torch.arange(span, device=ids.device)
+        causal = columns[None, None, :] <= positions[:, :, None]  # [B, L, S]
+        rows = torch.arange(batch, device=ids.device)[:, None]
+        hidden = self.embed(ids)
+        cos, sin = self.rotary(hidden, positions)
+        cos, sin = cos[:, None], sin[:, None]  # [B, 1, L, D]
+        for layer, window, keys, values in zip(self.layers, self.windows, cache.keys, cache.values):
+            mask = causal if window is None else causal & (columns[None, None, :] > positions[:, :, None] - window)
+            attention = layer.self_attn
+            x = layer.input_layernorm(hidden)
+            q = attention.q_proj(x).view(batch, length, self.q_heads, self.head_dim)
+            k = attention.k_proj(x).view(batch, length, self.kv_heads, self.head_dim)
+            v = attention.v_proj(x).view(batch, length, self.kv_heads, self.head_dim)
+            if hasattr(attention, "q_norm"):  # Qwen3
+                q, k = attention.q_norm(q), attention.k_norm(k)
+            q, k = q.transpose(1, 2), k.transpose(1, 2)
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
+            keys[rows, :, positions] = k.transpose(1, 2)
+            values[rows, :, positions] = v
+            out = attend(q, keys[:batch, :, :span], values[:batch, :, :span], mask, self.scale)
+            hidden = hidden + attention.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
+            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        return self.norm(hidden)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``[..., V]`` logits of ``[..., d]`` hidden states (in the model's dtype)."""
+        return self.head(hidden)

@@ -1,0 +1,249 @@
+"""The teacher's chunk sampling on the static engine: one decode step, replayed without the host.
+
+A decode step samples each row's next token from its kept logits (keyed, so draws depend only on
+(seed, uid, round, beam, candidate, step)), records it, updates the row's stop flags (EOS, the
+step delimiter, its token budget) and runs the token through the compact forward, all on the
+device with fixed shapes. On CUDA the step is captured once per (row bucket, attention span)
+as a CUDA graph and replayed ``chunk_tokens`` times; the host enqueues the replays and never
+waits inside a chunk. It only polls, without blocking, whether every row has stopped (an event
+query on a flag copied to pinned memory) to skip the rest of a chunk whose rows all ended early.
+On CPU the same step runs eagerly.
+
+Row buckets (like vLLM's capture sizes): a batch of ``C`` candidates runs as the smallest bucket
+``>= C``; the padding rows start stopped. Attention spans are rounded up to ``SPAN_STEP``
+columns, so a 512-token search captures a handful of graphs per bucket, each reused for every
+chunk whose rows fit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from genssd.engine.runners import StaticRunner
+from genssd.models import input_device
+from genssd.sampling import sample, step_keys
+from genssd.teacher import Chunk, TokenRules
+
+# Attention reads this many columns more at most (128 bf16 columns of a 7B's 28 layers x 4 KV
+# heads cost ~7 us a step at 256 rows), against one graph per 128 columns of span.
+SPAN_STEP = 128
+# Steps replayed between two non-blocking "all rows stopped?" polls.
+POLL_EVERY = 4
+
+
+def row_bucket(rows: int) -> int:
+    """The captured batch size for ``rows`` candidates: powers of two to 32, then steps of 32."""
+    if rows <= 32:
+        return 1 << max(rows - 1, 0).bit_length()
+    return -(-rows // 32) * 32
+
+
+@dataclass
+class _StepState:
+    """The decode step's inputs and outputs, in buffers whose addresses a graph keeps.
+
+    Attributes:
+        logits: ``[R, V]`` fp32 next-token logits of each row.
+        keys: ``[R]`` int64 random keys; budget ``[R]`` int64 tokens allowed this chunk;
+            final ``[R]`` bool, reaching the budget ends the trajectory.
+        done, ended: ``[R]`` bool, the row stopped / emitted EOS this chunk.
+        ids, mask: ``[R, W]`` the chunk's tokens and their validity.
+        step: ``[1]`` int64, the step about to run.
+    """
+
+    logits: torch.Tensor
+    keys: torch.Tensor
+    budget: torch.Tensor
+    final: torch.Tensor
+    done: torch.Tensor
+    ended: torch.Tensor
+    ids: torch.Tensor
+    mask: torch.Tensor
+    step: torch.Tensor
+    graphs: dict = field(default_factory=dict)
+
+    @classmethod
+    def allocate(cls, rows: int, width: int, vocab: int, device) -> _StepState:
+        def zeros(*shape, dtype):
+            return torch.zeros(*shape, dtype=dtype, device=device)
+
+        return cls(
+            logits=zeros(rows, vocab, dtype=torch.float32),
+            keys=zeros(rows, dtype=torch.long),
+            budget=zeros(rows, dtype=torch.long),
+            final=zeros(rows, dtype=torch.bool),
+            done=zeros(rows, dtype=torch.bool),
+            ended=zeros(rows, dtype=torch.bool),
+            ids=zeros(rows, width, dtype=torch.long),
+            mask=zeros(rows, width, dtype=torch.bool),
+            step=zeros(1, dtype=torch.long),
+        )
+
+    @property
+    def rows(self) -> int:
+        return self.keys.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.ids.shape[1]
+
+    def mutable(self) -> list[torch.Tensor]:
+        return [self.logits, self.done, self.ended, self.ids, self.mask, self.step]
+
+
+class StaticTeacherSampler:
+    """``TeacherSampler``'s interface on the static engine (see the module docstring).
+
+    Args:
+        model: the teacher, of a family the compact forward supports.
+        tokenizer: its tokenizer.
+        temperature, top_p, step_delimiter, vocab_limit: as ``TeacherSampler``.
+        graphs: capture the step as CUDA graphs (None: on CUDA devices).
+    """
+
+    engine = "static"
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        temperature: float,
+        top_p: float,
+        step_delimiter: str | None,
+        vocab_limit: int | None = None,
+        graphs: bool | None = None,
+    ):
+        self.device = input_device(model)
+        self.runner = StaticRunner(model)
+        self.decoder = self.runner.decoder
+        self.rules = TokenRules(
+            model, tokenizer, step_delimiter=step_delimiter, vocab_limit=vocab_limit, device=self.device
+        )
+        self.pad_id = self.rules.pad_id
+        self.temperature = temperature
+        self.top_p = top_p
+        self.graphs = self.device.type == "cuda" if graphs is None else graphs
+        self.vocab = model.get_output_embeddings().weight.shape[0]
+        self.next_logits: torch.Tensor | None = None  # [R, V] fp32
+        self._states: dict[int, _StepState] = {}
+        self._pool = torch.cuda.graph_pool_handle() if self.graphs else None
+        self._poll = torch.zeros(1, dtype=torch.bool, pin_memory=True) if self.graphs else None
+
+    @property
+    def cache_bytes(self) -> int:
+        return self.runner.nbytes
+
+    @torch.no_grad()
+    def start(self, prompt_ids: list[list[int]], *, rows: int = 0, columns: int = 0) -> None:
+        """Encode the prompts: one live row per prompt; the cache is sized for ``rows`` x ``columns``."""
+        hidden = self.runner.prefill(prompt_ids, self.pad_id, rows=row_bucket(max(rows, 1)), columns=columns)
+        self.next_logits = self.rules.logits(self.decoder.logits(hidden))
+
+    @torch.no_grad()
+    def propose(self, parent: torch.Tensor, keys: torch.Tensor, budget: list[int], final: list[bool]) -> Chunk:
+        """Sample one chunk for every candidate (arguments and result as ``TeacherSampler.propose``)."""
+        count, steps = parent.numel(), max(budget)
+        logits = self.next_logits[parent]
+        self.runner.reindex(parent)
+        self.runner.apply_pending()
+        cache = self.runner.cache
+        rows = row_bucket(count) if self.graphs else count
+        cache.reserve(rows, cache.columns_bound + steps)
+        span = min(-(-(cache.columns_bound + steps) // SPAN_STEP) * SPAN_STEP, cache.capacity)
+        state = self._state(rows, steps)
+        state.logits[:count] = logits
+        state.keys[:count] = keys
+        state.budget[:count] = torch.tensor(budget, device=self.device)
+        state.final[:count] = torch.tensor(final, device=self.device)
+        state.done.zero_()
+        state.done[count:] = True
+        state.ended.zero_()
+        state.ids.fill_(self.pad_id)
+        state.mask.zero_()
+        state.step.zero_()
+        used = self._run_steps(state, steps, span)
+        cache.columns_bound += used
+        self.next_logits = state.logits[:count].clone()
+        mask = state.mask[:count, :used].clone()
+        return Chunk(ids=state.ids[:count, :used].clone(), mask=mask, lengths=mask.sum(1), ended=state.ended[:count].clone())
+
+    def select(self, index: torch.Tensor) -> None:
+        """Keep candidates ``index`` (``[R']`` int64) as the next round's live rows."""
+        self.runner.reindex(index)
+        self.next_logits = self.next_logits[index]
+
+    def _state(self, rows: int, steps: int) -> _StepState:
+        state = self._states.get(rows)
+        if state is None or state.width < steps:
+            state = _StepState.allocate(rows, steps, self.vocab, self.device)
+            self._states[rows] = state
+        return state
+
+    def _run_steps(self, state: _StepState, steps: int, span: int) -> int:
+        """Run up to ``steps`` decode steps; the number of columns the chunk used."""
+        if not self.graphs:
+            for t in range(steps):
+                self._step(state, span)
+                if bool(state.done.all()):
+                    return t + 1
+            return steps
+        graph = self._graph(state, span)
+        polled_at, event = None, None
+        for t in range(steps):
+            if event is not None and event.query():
+                if bool(self._poll.item()):
+                    return polled_at
+                event = None
+            graph.replay()
+            if event is None and (t + 1) % POLL_EVERY == 0 and t + 1 < steps:
+                self._poll.copy_(state.done.all()[None], non_blocking=True)
+                event = torch.cuda.Event()
+                event.record()
+                polled_at = t + 1
+        return steps
+
+    def _graph(self, state: _StepState, span: int) -> torch.cuda.CUDAGraph:
+        """The captured step for ``state``'s rows and ``span`` columns (captured on first use)."""
+        cache = self.runner.cache
+        key = (span, cache.generation)
+        graph = state.graphs.get(key)
+        if graph is not None:
+            return graph
+        state.graphs = {k: g for k, g in state.graphs.items() if k[1] == cache.generation}
+        saved = [t.clone() for t in state.mutable() + [cache.length]]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # a warm-up run initializes libraries outside the capture
+            self._step(state, span)
+        torch.cuda.current_stream().wait_stream(side)
+        for tensor, value in zip(state.mutable() + [cache.length], saved):
+            tensor.copy_(value)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            self._step(state, span)
+        state.graphs[key] = graph
+        return graph
+
+    def _step(self, state: _StepState, span: int) -> None:
+        """One decode step over all ``state.rows`` rows, in place (nothing read back)."""
+        rows, cache, rules = state.rows, self.runner.cache, self.rules
+        active = ~state.done
+        token = sample(state.logits, step_keys(state.keys, state.step), temperature=self.temperature, top_p=self.top_p)
+        token = torch.where(active, token, self.pad_id)
+        column = state.step.expand(rows)[:, None]
+        state.ids.scatter_(1, column, token[:, None])
+        state.mask.scatter_(1, column, active[:, None])
+        is_end = active & rules.is_eos[token]
+        state.ended.logical_or_(is_end)
+        at_budget = state.budget <= state.step + 1
+        state.done.logical_or_(active & (is_end | rules.is_delimiter[token] | at_budget))
+        # Every row writes its token's K/V at its length; rows that do not feed keep their
+        # length, so the next real token overwrites that column.
+        feed = active & ~is_end & ~(at_budget & state.final)
+        hidden = self.decoder.forward(token[:, None], cache, span)[:, 0]
+        cache.length[:rows] += feed
+        state.logits.copy_(torch.where(feed[:, None], rules.logits(self.decoder.logits(hidden)), state.logits))
+        state.step += 1

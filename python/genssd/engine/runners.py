@@ -1,0 +1,136 @@
+"""Rows of token sequences run through a model with a KV cache: the two engines' common surface.
+
+Both the teacher and the student keep one cache row per live beam or candidate and need the same
+four things from it: encode prompts (``prefill``), run new tokens after each row (``extend``),
+fork/select rows (``reindex``) and forget each row's last tokens (``drop_last``, the student's
+re-tokenizing path). ``StaticRunner`` does them with the compact forward over a
+``StaticKVCache``; ``HFRunner`` with the model's own forward over a ``BatchedCache`` (any
+causal LM). Both return final hidden states.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from genssd.cache import BatchedCache
+from genssd.engine.compact import CompactDecoder
+from genssd.engine.static_cache import StaticKVCache
+
+
+def left_pad(
+    sequences: list[list[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[B, T]`` int64 ids and ``[B, T]`` bool validity of left-padded sequences."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    valid = torch.zeros(len(sequences), width, dtype=torch.bool)
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+            valid[row, width - len(seq) :] = True
+    return ids.to(device), valid.to(device)
+
+
+def right_pad(sequences: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[B, T]`` int64 ids and ``[B]`` int64 lengths of right-padded sequences."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
+    return ids.to(device), lengths.to(device)
+
+
+class HFRunner:
+    """Today's engine: the Hugging Face forward of ``module`` over a ``DynamicCache`` with holes.
+
+    Args:
+        module: the base decoder (returns ``last_hidden_state``).
+        device: where its inputs go.
+    """
+
+    name = "hf"
+
+    def __init__(self, module: torch.nn.Module, device: torch.device):
+        self.module = module
+        self.device = device
+        self.cache: BatchedCache | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.cache is None else self.cache.nbytes
+
+    def prefill(self, prompts: list[list[int]], pad_id: int, *, rows: int = 0, columns: int = 0) -> torch.Tensor:
+        """Encode prompts (one row each); ``[B, d]`` hidden state of each prompt's last token."""
+        ids, valid = left_pad(prompts, pad_id, self.device)
+        self.cache = BatchedCache(self.module, len(prompts), self.device)
+        return self.cache.extend(ids, valid).last_hidden_state[:, -1]
+
+    def extend(self, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Run ``ids [B, L]`` (``valid [B, L]`` a prefix mask) after rows ``0..B-1``; ``[B, L, d]``."""
+        return self.cache.extend(ids, valid).last_hidden_state
+
+    def reindex(self, index: torch.Tensor) -> None:
+        self.cache.reindex(index)
+
+    def drop_last(self, counts: torch.Tensor) -> None:
+        self.cache.drop_last(counts)
+
+
+class StaticRunner:
+    """The static engine: ``CompactDecoder`` over a ``StaticKVCache`` (any supported family).
+
+    Forks and selections are composed on the host side and gathered into the buffers once, at
+    the next forward (a round's "select survivors, then fork each K times" is one copy).
+    """
+
+    name = "static"
+
+    def __init__(self, model):
+        self.decoder = CompactDecoder(model)
+        self.device = self.decoder.device
+        self.cache: StaticKVCache | None = None
+        self._pending: torch.Tensor | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.cache is None else self.cache.nbytes
+
+    def prefill(self, prompts: list[list[int]], pad_id: int, *, rows: int = 0, columns: int = 0) -> torch.Tensor:
+        """Encode prompts (one row each, no padding in the cache); ``[B, d]`` last hidden states.
+
+        ``rows``/``columns`` size the cache for the whole search up front (it still grows by
+        doubling if a run needs more).
+        """
+        ids, lengths = right_pad(prompts, pad_id, self.device)
+        batch, width = ids.shape
+        self.cache = self.decoder.new_cache(max(batch, rows), max(width, columns))
+        self._pending = None
+        hidden = self.decoder.forward(ids, self.cache, span=width)
+        self.cache.length[:batch] = lengths
+        self.cache.columns_bound = width
+        return hidden[torch.arange(batch, device=self.device), lengths - 1]
+
+    def apply_pending(self) -> None:
+        """Gather the rows that ``reindex`` calls asked for since the last forward."""
+        if self._pending is not None:
+            self.cache.reindex(self._pending)
+            self._pending = None
+
+    def extend(self, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Run ``ids [B, L]`` (``valid [B, L]`` a prefix mask) after rows ``0..B-1``; ``[B, L, d]``."""
+        self.apply_pending()
+        batch, length = ids.shape
+        span = self.cache.columns_bound + length
+        self.cache.reserve(batch, span)
+        hidden = self.decoder.forward(ids, self.cache, span=span)
+        self.cache.length[:batch] += valid.sum(1)
+        self.cache.columns_bound = span
+        return hidden
+
+    def reindex(self, index: torch.Tensor) -> None:
+        self._pending = index if self._pending is None else self._pending[index]
+
+    def drop_last(self, counts: torch.Tensor) -> None:
+        self.apply_pending()
+        self.cache.truncate(counts.shape[0], counts)

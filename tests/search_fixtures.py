@@ -9,7 +9,17 @@ from __future__ import annotations
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 from tiny_models import one_thread, single_thread  # noqa: F401  (re-exported for the search tests)
 
@@ -49,16 +59,24 @@ def bpe_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     )
 
 
-def tiny_lm(kind: str, vocab_size: int, *, seed: int, hidden: int = 32, eos: list[int] | None = None):
-    """A 2-layer ``kind`` ("llama" or "qwen2") causal LM in fp32 eval mode.
+FAMILIES = {
+    "llama": (LlamaConfig, LlamaForCausalLM),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM),
+    "mistral": (MistralConfig, MistralForCausalLM),
+}
 
-    ``eos`` sets the generation config's end-of-sequence ids (several make endings frequent).
+
+def tiny_lm(
+    kind: str, vocab_size: int, *, seed: int, hidden: int = 32, eos: list[int] | None = None, **overrides
+):
+    """A 2-layer causal LM of family ``kind`` (a key of ``FAMILIES``) in fp32 eval mode.
+
+    ``eos`` sets the generation config's end-of-sequence ids (several make endings frequent);
+    ``overrides`` replace or add config fields.
     """
-    config_cls, model_cls = {
-        "llama": (LlamaConfig, LlamaForCausalLM),
-        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
-    }[kind]
-    config = config_cls(
+    config_cls, model_cls = FAMILIES[kind]
+    defaults = dict(
         vocab_size=vocab_size,
         hidden_size=hidden,
         intermediate_size=2 * hidden,
@@ -71,6 +89,7 @@ def tiny_lm(kind: str, vocab_size: int, *, seed: int, hidden: int = 32, eos: lis
         bos_token_id=BOS,
         eos_token_id=EOS,
     )
+    config = config_cls(**{**defaults, **overrides})
     torch.manual_seed(seed)
     model = model_cls(config).eval()
     model.generation_config.eos_token_id = eos if eos is not None else EOS

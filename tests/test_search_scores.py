@@ -4,7 +4,7 @@ Every recorded score is recomputed by running the student on the whole text at o
 trajectory's ``student_score`` and, chunk by chunk, the chosen candidate's score in the configured
 scope. Runs use several prompts of different lengths (left padding), beam_width > 1 (cache forks
 and selections), frequent end-of-sequence tokens and, in some cases, a step delimiter (ragged
-chunks, so cache holes).
+chunks, so cache holes), on both decode engines.
 """
 
 from __future__ import annotations
@@ -34,6 +34,10 @@ def _chunk_bounds(trajectory):
     return ends
 
 
+ENGINES = pytest.mark.parametrize("engine", ["static", "hf"])
+
+
+@ENGINES
 @pytest.mark.parametrize(
     "kind, scope, beam_width, delimiter",
     [
@@ -43,7 +47,7 @@ def _chunk_bounds(trajectory):
         ("qwen2", "trajectory", 3, "e"),
     ],
 )
-def test_shared_vocab_scores_match_from_scratch(kind, scope, beam_width, delimiter):
+def test_shared_vocab_scores_match_from_scratch(kind, scope, beam_width, delimiter, engine):
     tokenizer = bpe_tokenizer(300)
     teacher = tiny_lm(kind, len(tokenizer), seed=11, hidden=48, eos=TEACHER_EOS)
     student = tiny_lm("qwen2" if kind == "llama" else "llama", len(tokenizer), seed=12)
@@ -58,6 +62,7 @@ def test_shared_vocab_scores_match_from_scratch(kind, scope, beam_width, delimit
         score_scope=scope,
         batch_size=3,
         seed=5,
+        engine=engine,
     )
     results = Searcher(teacher, student, tokenizer, config=config).run(PROMPTS)
 
@@ -92,8 +97,9 @@ def _student_ids(tokenizer, prompt: str, text: str, ended: bool) -> tuple[list[i
     return tokenizer(prompt)["input_ids"], completion
 
 
+@ENGINES
 @pytest.mark.parametrize("beam_width", [1, 2])
-def test_different_tokenizers_score_the_students_own_tokens(beam_width):
+def test_different_tokenizers_score_the_students_own_tokens(beam_width, engine):
     teacher_tokenizer, student_tokenizer = letters_tokenizer(), bpe_tokenizer(420)
     teacher = tiny_lm("llama", len(teacher_tokenizer), seed=21, hidden=48)
     student = tiny_lm("qwen2", len(student_tokenizer), seed=22)
@@ -106,6 +112,7 @@ def test_different_tokenizers_score_the_students_own_tokens(beam_width):
         margin=1.0,
         batch_size=5,
         seed=9,
+        engine=engine,
     )
     searcher = Searcher(teacher, student, teacher_tokenizer, student_tokenizer, config=config)
     assert not searcher.tracker.shared_vocab

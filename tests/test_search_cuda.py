@@ -84,3 +84,61 @@ def test_bf16_search_runs(models):
     results = Searcher(teacher.bfloat16(), student.bfloat16(), tokenizer, config=config).run(PROMPTS)
     assert all(r.trajectories or r.pruned_early for r in results)
     assert all(-20 < t.student_score < 0 for r in results for t in r.trajectories)
+
+
+def _sampler_run(teacher, tokenizer, graphs: bool):
+    from genssd.engine.decode import StaticTeacherSampler
+
+    prompts = [tokenizer(p)["input_ids"] for p in PROMPTS]
+    sampler = StaticTeacherSampler(
+        teacher, tokenizer, temperature=1.0, top_p=1.0, step_delimiter=" ", graphs=graphs
+    )
+    sampler.start(prompts, rows=3 * len(prompts), columns=8)  # small: the cache grows mid-run
+    parent = torch.arange(len(prompts), device="cuda").repeat_interleave(3)
+    keys = torch.arange(parent.numel(), device="cuda") * 7919
+    chunks = []
+    for round_index in range(3):
+        chunk = sampler.propose(parent, keys + round_index, [6] * parent.numel(), [False] * parent.numel())
+        chunks.append((chunk.ids.tolist(), chunk.mask.tolist(), chunk.ended.tolist()))
+        parent = torch.arange(parent.numel(), device="cuda")
+        sampler.select(parent)
+    return chunks
+
+
+def test_graph_replay_gives_the_eager_tokens(models):
+    teacher, _, tokenizer = models
+    assert _sampler_run(teacher, tokenizer, graphs=True) == _sampler_run(teacher, tokenizer, graphs=False)
+
+
+def test_no_host_sync_inside_a_chunk(models, monkeypatch):
+    """Sync debug mode "error" around every chunk's decode loop (graph replays and polls)."""
+    from genssd.engine.decode import StaticTeacherSampler
+
+    run_steps = StaticTeacherSampler._run_steps
+    loops = []
+
+    def strict(self, *args):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return run_steps(self, *args)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+            loops.append(1)
+
+    monkeypatch.setattr(StaticTeacherSampler, "_run_steps", strict)
+    config = SearchConfig(num_candidates=4, beam_width=2, chunk_tokens=8, max_new_tokens=24, temperature=1.0)
+    searcher = Searcher(*models, config=config)
+    assert searcher.engine_lines[0] == "teacher: static engine (llama)"
+    searcher.run(PROMPTS)
+    assert len(loops) >= 3
+
+
+def test_engines_give_the_same_rows_on_cuda(models):
+    teacher, student, tokenizer = models
+    rows = {}
+    for engine in ("static", "hf"):
+        config = SearchConfig(num_candidates=3, beam_width=2, chunk_tokens=4, max_new_tokens=16,
+                              temperature=1.0, batch_size=5, engine=engine)
+        results = Searcher(teacher, student, tokenizer, config=config).run(PROMPTS)
+        rows[engine] = [[(t.token_ids, round(t.student_score, 3)) for t in r.trajectories] for r in results]
+    assert rows["static"] == rows["hf"]

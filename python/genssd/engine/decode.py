@@ -21,14 +21,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from genssd.engine.runners import StaticRunner
+from genssd.engine.runners import SPAN_STEP, StaticRunner
 from genssd.models import input_device
 from genssd.sampling import sample, step_keys
 from genssd.teacher import Chunk, TokenRules
 
-# Attention reads this many columns more at most (128 bf16 columns of a 7B's 28 layers x 4 KV
-# heads cost ~7 us a step at 256 rows), against one graph per 128 columns of span.
-SPAN_STEP = 128
 # Steps replayed between two non-blocking "all rows stopped?" polls.
 POLL_EVERY = 4
 
@@ -164,7 +161,8 @@ class StaticTeacherSampler:
         state.ids.fill_(self.pad_id)
         state.mask.zero_()
         state.step.zero_()
-        used = self._run_steps(state, steps, span)
+        graph = self._graph(state, span) if self.graphs else None
+        used = self._run_steps(state, steps, span, graph)
         cache.columns_bound += used
         self.next_logits = state.logits[:count].clone()
         mask = state.mask[:count, :used].clone()
@@ -182,15 +180,15 @@ class StaticTeacherSampler:
             self._states[rows] = state
         return state
 
-    def _run_steps(self, state: _StepState, steps: int, span: int) -> int:
-        """Run up to ``steps`` decode steps; the number of columns the chunk used."""
-        if not self.graphs:
+    def _run_steps(self, state: _StepState, steps: int, span: int, graph: torch.cuda.CUDAGraph | None) -> int:
+        """Run up to ``steps`` decode steps (replays of ``graph`` when given, else eagerly); the
+        number of columns the chunk used."""
+        if graph is None:
             for t in range(steps):
                 self._step(state, span)
                 if bool(state.done.all()):
                     return t + 1
             return steps
-        graph = self._graph(state, span)
         polled_at, event = None, None
         for t in range(steps):
             if event is not None and event.query():

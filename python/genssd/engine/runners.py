@@ -16,6 +16,12 @@ from genssd.cache import BatchedCache
 from genssd.engine.compact import CompactDecoder
 from genssd.engine.static_cache import StaticKVCache
 
+# Attention spans are rounded up to this many columns, so that a search sees few distinct
+# attention shapes (one CUDA graph each on the teacher's side). The masked columns read cost 64
+# on average: at 256 rows of a 7B's 28 layers x 4 KV heads of 128 (bf16), 0.94 GB, ~0.2 ms of a
+# ~10 ms step at 4.8 TB/s; a 512-token search then captures ~5 spans per row bucket.
+SPAN_STEP = 128
+
 
 def left_pad(
     sequences: list[list[int]], pad_id: int, device: torch.device
@@ -121,11 +127,11 @@ class StaticRunner:
         """Run ``ids [B, L]`` (``valid [B, L]`` a prefix mask) after rows ``0..B-1``; ``[B, L, d]``."""
         self.apply_pending()
         batch, length = ids.shape
-        span = self.cache.columns_bound + length
-        self.cache.reserve(batch, span)
-        hidden = self.decoder.forward(ids, self.cache, span=span)
+        needed = self.cache.columns_bound + length
+        self.cache.reserve(batch, needed)
+        hidden = self.decoder.forward(ids, self.cache, span=min(-(-needed // SPAN_STEP) * SPAN_STEP, self.cache.capacity))
         self.cache.length[:batch] += valid.sum(1)
-        self.cache.columns_bound = span
+        self.cache.columns_bound = needed
         return hidden
 
     def reindex(self, index: torch.Tensor) -> None:

@@ -142,3 +142,11 @@ def test_engines_give_the_same_rows_on_cuda(models):
         results = Searcher(teacher, student, tokenizer, config=config).run(PROMPTS)
         rows[engine] = [[(t.token_ids, round(t.student_score, 3)) for t in r.trajectories] for r in results]
     assert rows["static"] == rows["hf"]
+
+
+def test_a_searcher_runs_twice_alike(models):
+    """A second run allocates new caches: graphs captured on the first run's buffers are not reused."""
+    config = SearchConfig(num_candidates=3, beam_width=2, chunk_tokens=4, max_new_tokens=16, temperature=1.0)
+    searcher = Searcher(*models, config=config)
+    first, second = searcher.run(PROMPTS), searcher.run(PROMPTS)
+    assert [r.to_dict() for r in first] == [r.to_dict() for r in second]

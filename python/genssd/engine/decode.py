@@ -210,7 +210,7 @@ class StaticTeacherSampler:
         graph = state.graphs.get(key)
         if graph is not None:
             return graph
-        state.graphs = {k: g for k, g in state.graphs.items() if k[1] == cache.generation}
+        state.graphs = {k: g for k, g in state.graphs.items() if k[1] == cache.generation}  # free stale ones
         saved = [t.clone() for t in state.mutable() + [cache.length]]
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())

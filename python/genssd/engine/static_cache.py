@@ -13,7 +13,13 @@ columns than the buffers hold, they grow by doubling (``reserve``), never trunca
 
 from __future__ import annotations
 
+import itertools
+
 import torch
+
+# Every allocation of buffers gets a new number: a CUDA graph captured on buffers is valid only
+# while they live, also across caches (a new search batch allocates anew).
+_ALLOCATIONS = itertools.count()
 
 
 class StaticKVCache:
@@ -46,7 +52,6 @@ class StaticKVCache:
         self.length = torch.zeros(0, dtype=torch.long, device=self.device)
         self.columns_bound = 0
         self._allocate(rows, capacity)
-        self.generation = 0  # bumped whenever the buffers move (graphs captured on them are stale)
 
     @staticmethod
     def bytes_for(*, layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype, rows: int, capacity: int) -> int:
@@ -80,7 +85,7 @@ class StaticKVCache:
             for new, old in zip(self.keys + self.values, old_keys + old_values):
                 new[:keep_rows, :, :keep_cols] = old[:keep_rows, :, :keep_cols]
             self.length[:keep_rows] = old_length[:keep_rows]
-        self.generation = getattr(self, "generation", -1) + 1
+        self.generation = next(_ALLOCATIONS)  # graphs captured on older buffers are stale
 
     def reserve(self, rows: int, columns: int) -> None:
         """Make room for ``rows`` rows of ``columns`` columns each (doubling what falls short)."""

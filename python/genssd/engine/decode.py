@@ -126,7 +126,6 @@ class StaticTeacherSampler:
         self.vocab = model.get_output_embeddings().weight.shape[0]
         self.next_logits: torch.Tensor | None = None  # [R, V] fp32
         self._states: dict[int, _StepState] = {}
-        self._pool = torch.cuda.graph_pool_handle() if self.graphs else None
         self._poll = torch.zeros(1, dtype=torch.bool, pin_memory=True) if self.graphs else None
 
     @property
@@ -219,8 +218,11 @@ class StaticTeacherSampler:
         torch.cuda.current_stream().wait_stream(side)
         for tensor, value in zip(state.mutable() + [cache.length], saved):
             tensor.copy_(value)
+        # Each graph keeps its own memory pool: with one pool shared by the graphs of a sampler,
+        # a 512-token search at the 7B shape sampled ids its step had masked to -inf (seen on an
+        # H200; eager and private-pool runs of the same search were right).
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        with torch.cuda.graph(graph):
             self._step(state, span)
         state.graphs[key] = graph
         return graph

@@ -119,7 +119,7 @@ def _timed(fn):
 
 
 def run(shape: str = "1.1b", prompts: int = 64, candidates: int = 4, chunk: int = 32, temperature: float = 0.7,
-        repeats: int = 3, new_tokens: int | None = None):
+        repeats: int = 3, new_tokens: int | None = None, graph_modes: tuple[bool, ...] = (False,)):
     """Rows ``{name, seconds, teacher_tokens, ms_per_step, us_per_token}`` plus the floor row."""
     from genssd.config import search_config_for
     from genssd.search import Searcher
@@ -163,10 +163,17 @@ def run(shape: str = "1.1b", prompts: int = 64, candidates: int = 4, chunk: int 
     runs = {
         "HF generate, dynamic cache": hf(None),
         "HF generate, static cache (compiled)": hf("static"),
-        "genssd standard (plain sampling)": genssd("standard", num_candidates=candidates, beam_width=candidates),
-        "genssd Gen-SSD, margin inf": genssd("gen-ssd", num_candidates=candidates, margin=float("inf")),
-        "genssd Gen-SSD, margin 0.5": genssd("gen-ssd", num_candidates=candidates, margin=0.5),
     }
+    for graphs in graph_modes:
+        tag = ", CUDA graphs" if graphs else ""
+        runs.update({
+            f"genssd standard (plain sampling){tag}": genssd(
+                "standard", num_candidates=candidates, beam_width=candidates, cuda_graphs=graphs),
+            f"genssd Gen-SSD, margin inf{tag}": genssd(
+                "gen-ssd", num_candidates=candidates, margin=float("inf"), cuda_graphs=graphs),
+            f"genssd Gen-SSD, margin 0.5{tag}": genssd("gen-ssd", num_candidates=candidates, margin=0.5,
+                                                       cuda_graphs=graphs),
+        })
     best = {name: (float("inf"), 0) for name in runs}
     with torch.no_grad():
         for name, fn in runs.items():
@@ -225,9 +232,12 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, help="default: the shape's")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each, the fastest kept")
+    parser.add_argument("--graphs", choices=["off", "on", "both"], default="off",
+                        help="genssd rows with the decode step eager, as CUDA graphs, or both")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
-    rows = run(args.shape, prompts=args.prompts, repeats=args.repeats, new_tokens=args.new_tokens)
+    modes = {"off": (False,), "on": (True,), "both": (False, True)}[args.graphs]
+    rows = run(args.shape, prompts=args.prompts, repeats=args.repeats, new_tokens=args.new_tokens, graph_modes=modes)
     card = torch.cuda.get_device_name()
     print(table(rows, card, args.shape))
     if args.json:

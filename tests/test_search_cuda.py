@@ -110,7 +110,8 @@ def test_graph_replay_gives_the_eager_tokens(models):
     assert _sampler_run(teacher, tokenizer, graphs=True) == _sampler_run(teacher, tokenizer, graphs=False)
 
 
-def test_no_host_sync_inside_a_chunk(models, monkeypatch):
+@pytest.mark.parametrize("cuda_graphs", [False, True])
+def test_no_host_sync_inside_a_chunk(models, monkeypatch, cuda_graphs):
     """Sync debug mode "error" around every chunk's decode loop (graph replays and polls)."""
     from genssd.engine.decode import StaticTeacherSampler
 
@@ -126,9 +127,11 @@ def test_no_host_sync_inside_a_chunk(models, monkeypatch):
             loops.append(1)
 
     monkeypatch.setattr(StaticTeacherSampler, "_run_steps", strict)
-    config = SearchConfig(num_candidates=4, beam_width=2, chunk_tokens=8, max_new_tokens=24, temperature=1.0)
+    config = SearchConfig(num_candidates=4, beam_width=2, chunk_tokens=8, max_new_tokens=24, temperature=1.0,
+                          cuda_graphs=cuda_graphs)
     searcher = Searcher(*models, config=config)
     assert searcher.engine_lines[0] == "teacher: static engine (llama)"
+    assert searcher.sampler.graphs == cuda_graphs
     searcher.run(PROMPTS)
     assert len(loops) >= 3
 
@@ -146,7 +149,8 @@ def test_engines_give_the_same_rows_on_cuda(models):
 
 def test_a_searcher_runs_twice_alike(models):
     """A second run allocates new caches: graphs captured on the first run's buffers are not reused."""
-    config = SearchConfig(num_candidates=3, beam_width=2, chunk_tokens=4, max_new_tokens=16, temperature=1.0)
+    config = SearchConfig(num_candidates=3, beam_width=2, chunk_tokens=4, max_new_tokens=16, temperature=1.0,
+                          cuda_graphs=True)
     searcher = Searcher(*models, config=config)
     first, second = searcher.run(PROMPTS), searcher.run(PROMPTS)
     assert [r.to_dict() for r in first] == [r.to_dict() for r in second]

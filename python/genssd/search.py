@@ -210,15 +210,17 @@ class Searcher:
         teacher_engine, teacher_line = resolve_engine(self.teacher, self.config.engine, "teacher")
         student_engine, student_line = resolve_engine(self.student, self.config.engine, "student")
         self.engine_lines = [teacher_line, student_line]
-        sampler_cls = StaticTeacherSampler if teacher_engine == "static" else TeacherSampler
-        self.sampler = sampler_cls(
-            self.teacher,
-            self.tokenizer,
+        sampling = dict(
             temperature=self.config.temperature,
             top_p=self.config.top_p,
             step_delimiter=self.config.step_delimiter,
             vocab_limit=student_vocab if shared else None,
         )
+        if teacher_engine == "static":
+            graphs = self.config.cuda_graphs and self.device.type == "cuda"
+            self.sampler = StaticTeacherSampler(self.teacher, self.tokenizer, graphs=graphs, **sampling)
+        else:
+            self.sampler = TeacherSampler(self.teacher, self.tokenizer, **sampling)
         self.tracker = StudentTracker(
             self.student, self.student_tokenizer, shared_vocab=shared, backend=backend, engine=student_engine
         )

@@ -126,7 +126,8 @@ class StaticTeacherSampler:
         self.vocab = model.get_output_embeddings().weight.shape[0]
         self.next_logits: torch.Tensor | None = None  # [R, V] fp32
         self._states: dict[int, _StepState] = {}
-        self._poll = torch.zeros(1, dtype=torch.bool, pin_memory=True) if self.graphs else None
+        on_cuda = self.device.type == "cuda"
+        self._poll = torch.zeros(1, dtype=torch.bool, pin_memory=True) if on_cuda else None
 
     @property
     def cache_bytes(self) -> int:
@@ -181,10 +182,11 @@ class StaticTeacherSampler:
 
     def _run_steps(self, state: _StepState, steps: int, span: int, graph: torch.cuda.CUDAGraph | None) -> int:
         """Run up to ``steps`` decode steps (replays of ``graph`` when given, else eagerly); the
-        number of columns the chunk used."""
-        if graph is None:
+        number of columns the chunk used. On CUDA nothing here waits for the device."""
+        step = graph.replay if graph is not None else (lambda: self._step(state, span))
+        if self.device.type != "cuda":  # a CPU "sync" is free: stop as soon as every row has
             for t in range(steps):
-                self._step(state, span)
+                step()
                 if bool(state.done.all()):
                     return t + 1
             return steps
@@ -194,7 +196,7 @@ class StaticTeacherSampler:
                 if bool(self._poll.item()):
                     return polled_at
                 event = None
-            graph.replay()
+            step()
             if event is None and (t + 1) % POLL_EVERY == 0 and t + 1 < steps:
                 self._poll.copy_(state.done.all()[None], non_blocking=True)
                 event = torch.cuda.Event()

@@ -119,7 +119,7 @@ def _timed(fn):
 
 
 def run(shape: str = "1.1b", prompts: int = 64, candidates: int = 4, chunk: int = 32, temperature: float = 0.7,
-        repeats: int = 3, new_tokens: int | None = None, graph_modes: tuple[bool, ...] = (False,)):
+        repeats: int = 3, new_tokens: int | None = None, graph_modes: tuple[bool, ...] = (True,)):
     """Rows ``{name, seconds, teacher_tokens, ms_per_step, us_per_token}`` plus the floor row."""
     from genssd.config import search_config_for
     from genssd.search import Searcher
@@ -165,7 +165,7 @@ def run(shape: str = "1.1b", prompts: int = 64, candidates: int = 4, chunk: int 
         "HF generate, static cache (compiled)": hf("static"),
     }
     for graphs in graph_modes:
-        tag = ", CUDA graphs" if graphs else ""
+        tag = "" if graphs else ", eager (no CUDA graphs)"
         runs.update({
             f"genssd standard (plain sampling){tag}": genssd(
                 "standard", num_candidates=candidates, beam_width=candidates, cuda_graphs=graphs),
@@ -232,7 +232,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, help="default: the shape's")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each, the fastest kept")
-    parser.add_argument("--graphs", choices=["off", "on", "both"], default="off",
+    parser.add_argument("--graphs", choices=["off", "on", "both"], default="on",
                         help="genssd rows with the decode step eager, as CUDA graphs, or both")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from genssd.sampling import combine, sample, step_keys, text_key, top_p_mask, uniform
+from genssd.sampling import GOLDEN, combine, mix, sample, step_keys, text_key, top_p_mask, uniform
 
 
 def _keys(n: int, salt: int = 0) -> torch.Tensor:
@@ -61,3 +61,16 @@ def test_draws_depend_only_on_keys_and_step():
     later = torch.stack([sample(logits, step_keys(keys, t), temperature=1.0) for t in range(1, 9)])
     assert (later != a).any()  # and steps differ
     assert text_key("uid-1") == text_key("uid-1") != text_key("uid-2")
+
+
+def test_uniform_is_never_one():
+    """Key 68's 517,260th draw has all 24 bits set: (2**24 - 1 + 0.5) / 2**24 rounds to 1.0 in
+    float32, and Gumbel noise of u = 1 is +inf (the token would win whatever its logit)."""
+    from genssd.sampling import _lsr
+
+    keys = torch.tensor([68])
+    u = uniform(keys, 517_260)
+    offsets = torch.arange(1, 517_261, dtype=torch.int64) * GOLDEN
+    assert _lsr(mix(keys[:, None] + offsets[None, :]), 40)[0, 517_259] == (1 << 24) - 1
+    assert u.max() < 1 and u.min() > 0
+    assert torch.isfinite(-torch.log(-torch.log(u))).all()

@@ -23,6 +23,7 @@ def _signed(value: int) -> int:
 
 
 GOLDEN = _signed(0x9E3779B97F4A7C15)
+_BELOW_ONE = 1.0 - 2.0**-24  # the largest float32 below 1
 _M1 = _signed(0xBF58476D1CE4E5B9)
 _M2 = _signed(0x94D049BB133111EB)
 
@@ -73,7 +74,10 @@ def uniform(keys: torch.Tensor, width: int | None = None) -> torch.Tensor:
     else:
         offsets = torch.arange(1, width + 1, device=keys.device, dtype=torch.int64) * GOLDEN
         bits = mix(keys[:, None] + offsets[None, :])
-    return (_lsr(bits, 40).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
+    # (2**24 - 1) + 0.5 has no float32 representation and rounds up to 2**24, which would make
+    # u exactly 1 (Gumbel noise +inf: one draw in 2**24, so about twice per decode step of 256
+    # rows x 152k tokens, picking that token whatever its logit, even a banned one at -inf).
+    return ((_lsr(bits, 40).to(torch.float32) + 0.5) * (1.0 / (1 << 24))).clamp_(max=_BELOW_ONE)
 
 
 def step_keys(keys: torch.Tensor, step: int | torch.Tensor) -> torch.Tensor:

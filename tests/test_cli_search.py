@@ -261,12 +261,29 @@ BAD_INPUTS = {
     "bad shard": lambda w, t: _args(w, t / "o.jsonl", "--shard", "3/2"),
     "missing config file": lambda w, t: _args(w, t / "o.jsonl", "--config", str(t / "none.yaml")),
     "missing model": lambda w, t: _args(w, t / "o.jsonl", "--teacher", str(t / "no-model")),
+    "prompt past the context": lambda w, t: _args(w, t / "o.jsonl", "--set", "max_new_tokens=600"),
+    "static engine forced on an unsupported teacher": lambda w, t: _args(
+        w, t / "o.jsonl", "--teacher", str(_gpt2_teacher(t)), "--engine", "static"
+    ),
 }
+
+
+def _gpt2_teacher(tmp_path):
+    """A saved GPT-2 (a family the static engine does not run) with the test tokenizer."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tokenizer = bpe_tokenizer(300)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2)).save_pretrained(
+        tmp_path / "gpt2"
+    )
+    tokenizer.save_pretrained(tmp_path / "gpt2")
+    return tmp_path / "gpt2"
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_bad_input_exits_2_with_one_message_and_no_row(workdir, tmp_path, capsys, case):
     args = BAD_INPUTS[case](workdir, tmp_path)  # a repeated option: argparse keeps the last
+    capsys.readouterr()  # what setting up the case printed
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("genssd search: error: "), err

@@ -253,6 +253,8 @@ def search_stage(
             dtype=inference_dtype(device),
             trust_remote_code=trust_remote_code,
         )
+        if progress:
+            print(f"engines: {searcher.engine_line}", file=sys.stderr)
         results = searcher.iter_results(
             [task.prompt(row) for row in todo], uids=[str(row["uid"]) for row in todo], progress=progress
         )

@@ -163,7 +163,8 @@ class Searcher:
         trust_remote_code: allow model code from the checkpoint (off by default).
         backend: ``genssd_kernels`` backend for the student's log-probs and the pruning.
 
-    ``config.engine`` picks each model's decode engine; ``engine_lines`` says which runs and why.
+    ``config.engine`` picks each model's decode engine; ``engine_lines`` (``engine_line``: one
+    line) say which runs and why.
     """
 
     def __init__(
@@ -224,6 +225,10 @@ class Searcher:
         self.tracker = StudentTracker(
             self.student, self.student_tokenizer, shared_vocab=shared, backend=backend, engine=student_engine
         )
+
+    @property
+    def engine_line(self) -> str:
+        return "; ".join(self.engine_lines)
 
     def run(
         self, prompts: Sequence[str], *, uids: Sequence[str] | None = None, progress: bool = False

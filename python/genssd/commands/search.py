@@ -61,6 +61,12 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--seed", type=int, help="random seed (overrides the config's)")
     parser.add_argument(
+        "--engine",
+        choices=["auto", "static", "hf"],
+        help="decode engine (= --set engine=...): static (Llama, Mistral, Qwen2, Qwen3; preallocated "
+        "cache, CUDA graphs), hf (any causal LM), auto (static where supported; the default)",
+    )
+    parser.add_argument(
         "--teacher-device-map",
         choices=["auto"],
         help="spread the teacher over the visible GPUs (needs accelerate)",
@@ -100,6 +106,8 @@ def _search_config(args) -> SearchConfig:
         raise UsageError(f"the config sets method {config.method!r}; choose the method with --method")
     if args.seed is not None:
         config = dataclasses.replace(config, seed=args.seed)
+    if args.engine is not None:
+        config = dataclasses.replace(config, engine=args.engine)
     return config
 
 
@@ -234,10 +242,15 @@ def run_search(args) -> int:
     todo = [row for row in rows if row["uid"] not in done]
 
     if todo:
+        from genssd.models import quiet_transformers
         from genssd.search import Searcher
 
+        if args.no_progress:
+            quiet_transformers()
         teacher, student, tokenizer, student_tokenizer = _load_models(args, device, student_device, dtype)
         searcher = Searcher(teacher, student, tokenizer, student_tokenizer, config=config)
+        if not args.no_progress:
+            print(f"engines: {searcher.engine_line}", file=sys.stderr)
         prompts = [task.prompt(row) for row in todo]
         results = searcher.iter_results(
             prompts, uids=[row["uid"] for row in todo], progress=not args.no_progress

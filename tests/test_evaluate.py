@@ -56,17 +56,21 @@ def model_and_tokenizer():
     return tiny_llama(len(tokenizer), seed=random.randrange(1000), hidden=48), tokenizer
 
 
-def test_batched_left_padded_generation_equals_one_prompt_at_a_time(model_and_tokenizer):
+@pytest.mark.parametrize("engine", ["static", "hf"])
+def test_batched_generation_equals_one_prompt_at_a_time_and_hf_greedy(model_and_tokenizer, engine):
     model, tokenizer = model_and_tokenizer
-    # Prompts of very different lengths, so a batch carries a lot of left padding.
+    # Prompts of very different lengths, so a batch carries a lot of padding.
     prompts = [ARITH.prompt(r) for r in generate_problems(6, seed=random.randrange(1000), num_operands=(2, 7))]
-    config = EvalConfig(batch_size=6, max_new_tokens=12)
+    config = EvalConfig(batch_size=6, max_new_tokens=12, engine=engine)
     batched = generate(model, tokenizer, prompts, config)
-    alone = generate(model, tokenizer, prompts, EvalConfig(batch_size=1, max_new_tokens=12))
+    alone = generate(model, tokenizer, prompts, EvalConfig(batch_size=1, max_new_tokens=12, engine=engine))
     assert batched == alone
+    # The static engine never draws <pad> or <bos> (ids 0 and 2); the reference suppresses them too.
+    suppress = [0, 2] if engine == "static" else None
     for prompt, (text,) in zip(prompts, alone):
         ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-        out = model.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=0, eos_token_id=1)[0, ids.shape[1]:]
+        out = model.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=0, eos_token_id=1,
+                             suppress_tokens=suppress)[0, ids.shape[1]:]
         reference = out[: (out == 1).nonzero()[0, 0]] if (out == 1).any() else out
         assert text == tokenizer.decode(reference, skip_special_tokens=True)
 
@@ -83,6 +87,17 @@ def test_sampling_gives_n_seeded_samples_per_problem(model_and_tokenizer):
     assert len({p for r in first["records"] for p in r["predictions"]}) > 5
     assert first["pass@3"] >= first["accuracy"]
     assert [r["uid"] for r in first["records"]] == [r["uid"] for r in rows]
+
+
+def test_static_engine_samples_do_not_depend_on_the_batch(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    prompts = [ARITH.prompt(r) for r in generate_problems(5, seed=3)]
+    runs = [
+        generate(model, tokenizer, prompts, EvalConfig(batch_size=size, max_new_tokens=8, num_samples=2,
+                                                       temperature=1.0, seed=4, engine="static"))
+        for size in (1, 5)
+    ]
+    assert runs[0] == runs[1] and len({t for texts in runs[0] for t in texts}) > 5
 
 
 def test_greedy_samples_are_refused():

@@ -150,7 +150,14 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """Accuracy of a model on a task split."""
+    """Accuracy of a model on a task split.
+
+    ``engine``: ``static`` generates through the search's decode engine (greedy output equals
+    ``generate``'s when the model does not pick a special token other than EOS, which the engine
+    never draws; samples are keyed by (seed, prompt, sample index), so they do not depend on the
+    batch), ``hf`` through ``model.generate`` (samples seeded once per run), ``auto`` static where
+    the model's family is supported.
+    """
 
     batch_size: int = 16
     max_new_tokens: int = 256
@@ -158,11 +165,13 @@ class EvalConfig:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
+    engine: str = "auto"
 
     def __post_init__(self) -> None:
         checks = [
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}"),
+            (self.engine in ("auto", "static", "hf"), f"engine must be auto, static or hf, got {self.engine!r}"),
             (self.num_samples >= 1, f"num_samples must be >= 1, got {self.num_samples}"),
             (self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"),
             (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),

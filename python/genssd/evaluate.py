@@ -13,9 +13,15 @@ from pathlib import Path
 
 import torch
 
+from tqdm.auto import tqdm
+
 from genssd.config import EvalConfig
-from genssd.errors import UsageError
+from genssd.engine import resolve_engine
+from genssd.engine.decode import StaticTeacherSampler
 from genssd.engine.runners import left_pad
+from genssd.errors import UsageError
+from genssd.models import eos_token_ids, pad_token_id
+from genssd.sampling import combine, text_key
 
 
 def _until_eos(ids: list[int], eos_ids: set[int]) -> list[int]:
@@ -30,16 +36,61 @@ def generate(model, tokenizer, prompts: Sequence[str], config: EvalConfig, *, pr
     """``config.num_samples`` completions of each prompt (greedy when ``temperature == 0``).
 
     Prompts are batched ``config.batch_size`` at a time, longest first so a batch holds similar
-    lengths, and left-padded. Returns, per prompt in the given order, the decoded texts of the
-    new tokens up to (not including) the first EOS.
+    lengths. Returns, per prompt in the given order, the decoded texts of the new tokens up to
+    (not including) the first EOS. ``config.engine`` picks how (see ``EvalConfig``).
     """
+    eos_ids = set(eos_token_ids(model, tokenizer))
+    if not eos_ids:
+        raise UsageError("the tokenizer has no EOS token; set eos_token in its tokenizer_config.json")
+    engine, _ = resolve_engine(model, config.engine, "model")
+    encoded = [tokenizer(p)["input_ids"] for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    batches = [order[start : start + config.batch_size] for start in range(0, len(order), config.batch_size)]
+    results: list[list[str]] = [[] for _ in prompts]
+    was_training = model.training
+    model.eval()
+    run_batch = _static_batches(model, tokenizer, prompts, encoded, config) if engine == "static" else (
+        _hf_batches(model, tokenizer, encoded, config, sorted(eos_ids))
+    )
+    with tqdm(total=len(prompts), desc="eval", unit="problem", dynamic_ncols=True, disable=not progress) as bar:
+        for batch in batches:
+            for j, ids in enumerate(run_batch(batch)):
+                text = tokenizer.decode(_until_eos(ids, eos_ids), skip_special_tokens=True)
+                results[batch[j // config.num_samples]].append(text)
+            bar.update(len(batch))
+    model.train(was_training)
+    return results
+
+
+def _static_batches(model, tokenizer, prompts, encoded, config: EvalConfig):
+    """Generation of a batch through the static engine: ``[B * num_samples]`` lists of new ids."""
+    sampler = StaticTeacherSampler(
+        model, tokenizer, temperature=config.temperature, top_p=config.top_p, step_delimiter=None
+    )
+    samples = config.num_samples
+
+    def run(batch: list[int]) -> list[list[int]]:
+        ids = [encoded[i] for i in batch]
+        rows = len(batch) * samples
+        sampler.start(ids, rows=rows, columns=max(map(len, ids)) + config.max_new_tokens + 1)
+        parent = torch.arange(len(batch), device=sampler.device).repeat_interleave(samples)
+        keys = torch.tensor(
+            [combine(config.seed, text_key(prompts[i]), j) for i in batch for j in range(samples)],
+            dtype=torch.long,
+            device=sampler.device,
+        )
+        chunk = sampler.propose(parent, keys, [config.max_new_tokens] * rows, [True] * rows)
+        lengths = chunk.lengths.tolist()
+        return [row[:n] for row, n in zip(chunk.ids.tolist(), lengths)]
+
+    return run
+
+
+def _hf_batches(model, tokenizer, encoded, config: EvalConfig, eos_ids: list[int]):
+    """Generation of a batch with ``model.generate`` (left-padded): ``[B * num_samples]`` id lists."""
     from transformers import GenerationConfig
 
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise UsageError("the tokenizer has no EOS token; set eos_token in its tokenizer_config.json")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    eos_ids = {eos} | set(_as_list(getattr(model.generation_config, "eos_token_id", None)))
+    pad_id = pad_token_id(tokenizer, eos_ids)
     sampling = config.temperature > 0
     generation_config = GenerationConfig(
         max_new_tokens=config.max_new_tokens,
@@ -49,41 +100,18 @@ def generate(model, tokenizer, prompts: Sequence[str], config: EvalConfig, *, pr
         top_k=None,
         num_return_sequences=config.num_samples,
         pad_token_id=pad_id,
-        eos_token_id=sorted(eos_ids),
+        eos_token_id=eos_ids,
     )
     device = next(model.parameters()).device
-    encoded = [tokenizer(p)["input_ids"] for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
-    results: list[list[str]] = [[] for _ in prompts]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(prompts), desc="eval", unit="problem", dynamic_ncols=True)
-    was_training = model.training
-    model.eval()
     torch.manual_seed(config.seed)
-    for start in range(0, len(order), config.batch_size):
-        chunk = order[start : start + config.batch_size]
+
+    def run(batch: list[int]) -> list[list[int]]:
         # Left padding: every prompt ends at the last column, where generation continues.
-        input_ids, valid = left_pad([encoded[i] for i in chunk], pad_id, device)
+        input_ids, valid = left_pad([encoded[i] for i in batch], pad_id, device)
         out = model.generate(input_ids=input_ids, attention_mask=valid.long(), generation_config=generation_config)
-        new_tokens = out[:, input_ids.shape[1] :].tolist()  # [B * num_samples, <= max_new_tokens]
-        for j, ids in enumerate(new_tokens):
-            text = tokenizer.decode(_until_eos(ids, eos_ids), skip_special_tokens=True)
-            results[chunk[j // config.num_samples]].append(text)
-        if bar is not None:
-            bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
-    model.train(was_training)
-    return results
+        return out[:, input_ids.shape[1] :].tolist()
 
-
-def _as_list(value) -> list[int]:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]
+    return run
 
 
 def score_predictions(task, rows: Sequence[dict], predictions: Sequence[str | Sequence[str]]) -> dict:

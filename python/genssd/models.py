@@ -163,14 +163,15 @@ def decoder_and_head(model) -> tuple[torch.nn.Module, torch.Tensor]:
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:
-    """End-of-sequence ids: the model's generation config, else the tokenizer's."""
+    """End-of-sequence ids: the model's generation config's and the tokenizer's, together (a
+    sequence ends at either; the generation config's come first)."""
     generation_config = getattr(model, "generation_config", None)
     eos = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
-    if eos is None:
-        eos = getattr(tokenizer, "eos_token_id", None)
-    if eos is None:
-        return []
-    return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
+    ids = [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None]
+    token = getattr(tokenizer, "eos_token_id", None)
+    if token is not None and int(token) not in ids:
+        ids.append(int(token))
+    return ids
 
 
 def pad_token_id(tokenizer, eos_ids: list[int]) -> int:

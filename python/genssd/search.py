@@ -30,7 +30,7 @@ from genssd.errors import UsageError
 from genssd.models import input_device, load_model, load_tokenizer, same_vocabulary
 from genssd.sampling import combine, text_key
 from genssd.scorers import CandidateBatch, RandomScorer, Scorer, StudentLikelihoodScorer
-from genssd.student import StudentTracker
+from genssd.student import StudentScores, StudentTracker
 from genssd.teacher import Chunk, TeacherSampler
 
 
@@ -130,6 +130,31 @@ class _PromptState:
     pruned: bool = False
     teacher_tokens: int = 0
     student_tokens: int = 0
+
+
+@dataclass
+class _Proposal:
+    """One round's candidates after the teacher's proposal (``C`` candidates, ``G`` prompt groups).
+
+    Attributes:
+        beams: the live beams the round started from.
+        parent_rows: ``C`` indices into ``beams`` (host); ``parent`` the same, ``[C]`` on the device.
+        keys: ``[C]`` int64 random keys of the candidates.
+        groups: ``G`` pairs (prompt, candidates); ``offsets_host`` their ``G+1`` offsets, ``offsets``
+            the same ``[G+1]`` on the device.
+        chunk: the candidates' new tokens; ``host`` its host copy (read when first needed).
+    """
+
+    round_index: int
+    beams: list[_Beam]
+    parent_rows: list[int]
+    parent: torch.Tensor
+    keys: torch.Tensor
+    groups: list[tuple[int, int]]
+    offsets_host: list[int]
+    offsets: torch.Tensor
+    chunk: Chunk
+    host: _HostChunk
 
 
 def _has_tokenizer(path) -> bool:
@@ -328,7 +353,14 @@ class Searcher:
         states: list[_PromptState],
         meter: _Progress,
     ) -> list[_Beam]:
-        """Propose, score, select; returns the next round's live beams."""
+        """Propose, score, select, advance; returns the next round's live beams."""
+        proposal = self._propose(round_index, beams, states)
+        batch, student = self._score(proposal, prompts)
+        scores, kept_idx, kept_count = self._select(batch, proposal.offsets)
+        return self._advance(proposal, student, (scores, kept_idx, kept_count), states, meter)
+
+    def _propose(self, round_index: int, beams: list[_Beam], states: list[_PromptState]) -> _Proposal:
+        """Fork every live beam into its candidates and sample a chunk for each."""
         cfg, device = self.config, self.device
         # Without selection candidates are never compared: the first round draws the beams, after
         # which every beam continues on its own (num_candidates = beam_width = n: n samples).
@@ -342,14 +374,28 @@ class Searcher:
             device=device,
         )
         left = [cfg.max_new_tokens - len(b.ids) for b in beams for _ in range(k)]
-        chunk = self.sampler.propose(
-            parent, keys, [min(chunk_cap, n) for n in left], [chunk_cap >= n for n in left]
-        )
+        chunk = self.sampler.propose(parent, keys, [min(chunk_cap, n) for n in left], [chunk_cap >= n for n in left])
         groups, offsets_host = _groups(beams, k)
-        offsets = torch.tensor(offsets_host, dtype=torch.long, device=device)
         host = _HostChunk(chunk)
         if cfg.stop_strings:
-            chunk = host.cut(self.tokenizer, [beams[b].ids for b in parent_rows], cfg.stop_strings, self.sampler.pad_id)
+            previous = [beams[b].ids for b in parent_rows]
+            chunk = host.cut(self.tokenizer, previous, cfg.stop_strings, self.sampler.pad_id)
+        return _Proposal(
+            round_index=round_index,
+            beams=beams,
+            parent_rows=parent_rows,
+            parent=parent,
+            keys=keys,
+            groups=groups,
+            offsets_host=offsets_host,
+            offsets=torch.tensor(offsets_host, dtype=torch.long, device=device),
+            chunk=chunk,
+            host=host,
+        )
+
+    def _score(self, proposal: _Proposal, prompts: list[str]) -> tuple[CandidateBatch, StudentScores]:
+        """The student's likelihood of every candidate, and the batch the scorer sees."""
+        beams, parent_rows, host = proposal.beams, proposal.parent_rows, proposal.host
 
         def completions() -> list[str]:
             return [
@@ -358,37 +404,47 @@ class Searcher:
             ]
 
         if self.tracker.shared_vocab:
-            student = self.tracker.score(parent, chunk)
+            student = self.tracker.score(proposal.parent, proposal.chunk)
         else:
             student = self.tracker.score(
-                parent, chunk, parent_rows=parent_rows, texts=completions(), ended=host.ended
+                proposal.parent, proposal.chunk, parent_rows=parent_rows, texts=completions(), ended=host.ended
             )
         batch = CandidateBatch(
-            round=round_index,
-            group_offsets=offsets,
-            parent=parent,
-            keys=keys,
-            chunk_ids=chunk.ids,
-            chunk_mask=chunk.mask,
+            round=proposal.round_index,
+            group_offsets=proposal.offsets,
+            parent=proposal.parent,
+            keys=proposal.keys,
+            chunk_ids=proposal.chunk.ids,
+            chunk_mask=proposal.chunk.mask,
             student_trajectory_scores=student.trajectory,
             student_chunk_scores=student.chunk,
             decode=lambda: ([prompts[beams[b].prompt] for b in parent_rows], completions()),
         )
-        scores, kept_idx, kept_count = self._select(batch, offsets)
+        return batch, student
 
-        # The one host read of the round, after the selection (the chunk too, unless the text
-        # path or the scorer needed it earlier).
-        fetched = _fetch(
-            scores, student.total, student.count, student.fed, kept_idx, kept_count, *host.pending()
-        )
+    def _advance(
+        self,
+        proposal: _Proposal,
+        student: StudentScores,
+        selection: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        states: list[_PromptState],
+        meter: _Progress,
+    ) -> list[_Beam]:
+        """Read the round back (once), finish or continue the kept candidates, and move both
+        caches to the survivors; returns the next round's live beams."""
+        cfg, host = self.config, proposal.host
+        # The one host read of the round, after the selection (the chunk too, unless stop
+        # strings, the text path or the scorer needed it earlier).
+        fetched = _fetch(*selection, student.total, student.count, student.fed, *host.pending())
         host.receive(fetched[6:])
-        scores_h, total_h, count_h, fed_h, kept_idx_h, kept_count_h = (t.tolist() for t in fetched[:6])
+        scores_h, kept_idx_h, kept_count_h, total_h, count_h, fed_h = (t.tolist() for t in fetched[:6])
         meter.teacher_tokens(sum(host.lengths))
 
         next_beams: list[_Beam] = []
         index: list[int] = []
-        for g, (p, _) in enumerate(groups):
-            lo, hi = offsets_host[g], offsets_host[g + 1]
+        offsets = proposal.offsets_host
+        for g, (p, _) in enumerate(proposal.groups):
+            lo, hi = offsets[g], offsets[g + 1]
             state = states[p]
             state.teacher_tokens += sum(host.lengths[lo:hi])
             state.student_tokens += int(sum(fed_h[lo:hi]))
@@ -405,7 +461,7 @@ class Searcher:
                 texts = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in host.ids[lo:hi]]
             rank = 0
             for c in kept:
-                beam = beams[parent_rows[c]]
+                beam = proposal.beams[proposal.parent_rows[c]]
                 ids = beam.ids + host.ids[c]
                 chunks = beam.chunks + [ChunkRecord(scores_h[lo:hi], c - lo, hi - lo, host.lengths[c], texts)]
                 if host.ended[c] or len(ids) >= cfg.max_new_tokens:
@@ -416,7 +472,7 @@ class Searcher:
                     next_beams.append(_Beam(p, rank, ids, chunks))
                     index.append(c)
                     rank += 1
-        index_t = torch.tensor(index, dtype=torch.long, device=device)
+        index_t = torch.tensor(index, dtype=torch.long, device=self.device)
         self.sampler.select(index_t)
         self.tracker.commit(index_t, index)
         return next_beams

@@ -52,6 +52,9 @@ def register(subparsers) -> None:
     parser.add_argument("--temperature", type=float, default=defaults.temperature)
     parser.add_argument("--top-p", type=float, default=defaults.top_p)
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--engine", choices=["auto", "static", "hf"], default=defaults.engine,
+                        help="decode engine: static (Llama, Mistral, Qwen2, Qwen3), hf (model.generate), "
+                        "auto (static where supported)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help="model dtype (auto: bfloat16 on CUDA, else float32)")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own Python code")
@@ -66,7 +69,7 @@ def run(args) -> int:
 
     config = EvalConfig(
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, num_samples=args.num_samples,
-        temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+        temperature=args.temperature, top_p=args.top_p, seed=args.seed, engine=args.engine,
     )
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit must be >= 1, got {args.limit}")

@@ -1,4 +1,4 @@
-"""Train the embedded demo's teacher and initialize its student (DESIGN §5), from scratch, on CPU.
+"""Train the embedded demo's teacher and initialize its student (docs/design.md §5), from scratch, on CPU.
 
 The teacher learns ``arith`` solutions in the ``mixed`` style (every line a single operation
 or, with probability 1/2, a leap over two or more, up to all that remain), so it samples both

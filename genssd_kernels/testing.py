@@ -1,6 +1,6 @@
 """Tolerances, shapes and assertion helpers shared by the tests and the benchmarks.
 
-The rule (DESIGN §2.3, after flash-attention): a backend's error against the float64 reference
+The rule (docs/design.md §2.3, after flash-attention): a backend's error against the float64 reference
 may be at most twice the error of the reference run in the input dtype, plus a floor.
 """
 

@@ -1,6 +1,6 @@
 """``logprob_gather`` and ``linear_cross_entropy`` on every backend available here, against float64.
 
-Each backend's output must satisfy the DESIGN §2.3 rule against the reference run in float64:
+Each backend's output must satisfy the docs/design.md §2.3 rule against the reference run in float64:
 ``err <= 2 * err(reference in the input dtype) + floor[dtype]``. Shapes stay small because the
 Triton interpreter runs these on CPU-only machines.
 """

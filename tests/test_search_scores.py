@@ -1,4 +1,4 @@
-"""Incremental student scores equal from-scratch Hugging Face forward passes (DESIGN §3, step 2).
+"""Incremental student scores equal from-scratch Hugging Face forward passes (docs/design.md §3, step 2).
 
 Every recorded score is recomputed by running the student on the whole text at once: the
 trajectory's ``student_score`` and, chunk by chunk, the chosen candidate's score in the configured

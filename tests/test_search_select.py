@@ -1,4 +1,4 @@
-"""Selection follows DESIGN §3 exactly, checked with scorers whose scores the test controls.
+"""Selection follows docs/design.md §3 exactly, checked with scorers whose scores the test controls.
 
 Designed cases pin each rule (margin, ``max_ppl``, top-``beam_width``, ties to the lower index,
 early stop per prompt); a randomized case replays every round through a plain-Python statement of
@@ -135,7 +135,7 @@ class RandomTableScorer:
 
 
 def _reference(rounds, prompts, *, k, beam_width, margin, min_score, max_new):
-    """DESIGN §3 selection in plain Python: each prompt's finished lineages and pruned flag."""
+    """docs/design.md §3 selection in plain Python: each prompt's finished lineages and pruned flag."""
     beams = {p: [([], 0)] for p in range(prompts)}  # lineage (chosen indices), tokens so far
     finished = {p: [] for p in range(prompts)}
     pruned = dict.fromkeys(range(prompts), False)

@@ -19,7 +19,7 @@ from genssd.errors import UsageError
 
 @dataclass
 class SearchConfig:
-    """Gen-SSD search settings (DESIGN §3). ``method`` names the preset these came from.
+    """Gen-SSD search settings (docs/design.md §3). ``method`` names the preset these came from.
 
     ``chunk_tokens=None`` makes one chunk the whole answer (up to ``max_new_tokens``).
     ``select=False`` compares nothing: the first round's first ``beam_width`` candidates become the
@@ -95,7 +95,7 @@ class SearchConfig:
         return float("-inf") if self.max_ppl is None else -math.log(self.max_ppl)
 
 
-# DESIGN §3: every baseline is a configuration of the same engine. Best-of-n samples
+# docs/design.md §3: every baseline is a configuration of the same engine. Best-of-n samples
 # ``num_candidates`` whole answers and keeps the one the student likes best (no margin pruning).
 METHOD_PRESETS: dict[str, dict[str, Any]] = {
     "gen-ssd": {},
@@ -109,7 +109,7 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
 
 @dataclass
 class TrainConfig:
-    """Supervised fine-tuning of the student on trajectories (DESIGN §4)."""
+    """Supervised fine-tuning of the student on trajectories (docs/design.md §4)."""
 
     lr: float = 5e-5
     epochs: int = 1

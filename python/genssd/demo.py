@@ -1,4 +1,4 @@
-"""The embedded default (DESIGN §5): Gen-SSD and its baselines on ``arith``, end to end.
+"""The embedded default (docs/design.md §5): Gen-SSD and its baselines on ``arith``, end to end.
 
 With the shipped teacher and student (``assets/demo``) and problems drawn by the seeded ``arith``
 generator, ``run_demo`` runs the distillation pipeline (``genssd.distill``) once per method:
@@ -157,7 +157,7 @@ class Method:
 
 
 def methods(preset: Preset) -> list[Method]:
-    """The compared methods (DESIGN §3's table), in table order."""
+    """The compared methods (docs/design.md §3's table), in table order."""
     n = preset.num_candidates
     # The arith solution's lines are its reasoning steps; a line is one chunk.
     search = {"num_candidates": n, "step_delimiter": "\n"}
@@ -173,7 +173,7 @@ def methods(preset: Preset) -> list[Method]:
         ),
         Method("best-of-n", f"post-hoc student selection (best of {n})", "best-of-n", {"num_candidates": n}),
         Method("gen-ssd", "Gen-SSD", "gen-ssd", search),
-        # DESIGN §3's optional last step: the same search, then only right answers are trained on.
+        # docs/design.md §3's optional last step: the same search, then only right answers are trained on.
         Method("gen-ssd-checked", "Gen-SSD + answer check", "gen-ssd", search, only_correct=True),
         Method("random", "random-scorer ablation", "random", search),
     ]
@@ -235,7 +235,7 @@ def _eval_config(preset: Preset) -> EvalConfig:
 
 def leap_share(search_path: Path, train_on: str = "best", only_correct: bool = False) -> float:
     """The share of solution lines in a method's training data that carry out two or more
-    operations at once (leaps, which the small student cannot learn; DESIGN §5)."""
+    operations at once (leaps, which the small student cannot learn; docs/design.md §5)."""
     from genssd.data import read_output
     from genssd.distill import training_rows
     from genssd.tasks import get_task

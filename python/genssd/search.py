@@ -1,4 +1,4 @@
-"""The Gen-SSD search engine (DESIGN §3): the teacher proposes, a scorer scores, the selector prunes.
+"""The Gen-SSD search engine (docs/design.md §3): the teacher proposes, a scorer scores, the selector prunes.
 
 Per prompt the engine keeps up to ``beam_width`` live beams. Each round every live beam is
 forked into ``num_candidates`` candidates, the teacher samples a chunk for each

@@ -1,4 +1,4 @@
-"""``arith``: synthetic multi-step arithmetic with step-by-step solutions (DESIGN §5).
+"""``arith``: synthetic multi-step arithmetic with step-by-step solutions (docs/design.md §5).
 
 A problem is a chain of additions and subtractions evaluated left to right,
 ``What is 7 - 1 + 6 - 5 - 3?``. A solution rewrites the expression line by line, carrying out

@@ -17,7 +17,8 @@ for stage in "$@"; do
     tests) python3 -m pytest -q -x tests/test_logprob_gather.py tests/test_branch_prune.py tests/test_extension.py \
              tests/test_validation.py tests/test_search_cuda.py 2>&1 | tail -5 ;;
     kernels) python3 benchmarks/bench_kernels.py --json "$OUT/kernels.json" ${KERNEL_ARGS:-} > "$OUT/kernels.log" 2>&1; tail -40 "$OUT/kernels.log" ;;
-    search) python3 benchmarks/bench_search.py --json "$OUT/search.json" 2>&1 | tail -8 ;;
+    search) python3 benchmarks/bench_search.py --shape 1.1b --json "$OUT/search-1.1b.json" 2>&1 | tail -12
+            python3 benchmarks/bench_search.py --shape 7b --repeats 1 --json "$OUT/search-7b.json" 2>&1 | tail -12 ;;
     train) python3 benchmarks/bench_train.py --json "$OUT/train.json" 2>&1 | tail -8 ;;
   esac
 done

@@ -28,9 +28,14 @@ METADATA_COMMANDS = {"egg_info", "dist_info", "sdist"}
 
 def _fail(reason):
     if REQUIRE_EXT:
-        raise RuntimeError(f"genssd: the C++ extension could not be built ({reason}) and GENSSD_REQUIRE_EXT=1")
+        raise RuntimeError(
+            f"genssd: the C++ extension could not be built ({reason}) and GENSSD_REQUIRE_EXT=1"
+        )
     if METADATA_COMMANDS.isdisjoint(sys.argv[1:]):
-        warnings.warn(f"genssd: building without the C++ extension ({reason}); the 'cpp' backend will be unavailable")
+        warnings.warn(
+            f"genssd: building without the C++ extension ({reason}); the 'cpp' backend will be unavailable",
+            stacklevel=2,
+        )
 
 
 def _cuda_available(torch_utils):
@@ -38,7 +43,10 @@ def _cuda_available(torch_utils):
 
     if torch.version.cuda is None:
         return False, "torch has no CUDA"
-    if torch_utils.CUDA_HOME is None or shutil.which("nvcc", path=os.path.join(torch_utils.CUDA_HOME, "bin")) is None:
+    if (
+        torch_utils.CUDA_HOME is None
+        or shutil.which("nvcc", path=os.path.join(torch_utils.CUDA_HOME, "bin")) is None
+    ):
         return False, "nvcc not found"
     return True, ""
 
@@ -64,7 +72,10 @@ def _extensions():
         ext = cpp_extension.CUDAExtension(
             EXT_NAME,
             sources,
-            extra_compile_args={"cxx": cxx_flags + ["-DGENSSD_WITH_CUDA"], "nvcc": ["-O3", "-DGENSSD_WITH_CUDA"]},
+            extra_compile_args={
+                "cxx": cxx_flags + ["-DGENSSD_WITH_CUDA"],
+                "nvcc": ["-O3", "-DGENSSD_WITH_CUDA"],
+            },
             extra_link_args=["-fopenmp"],
         )
     else:

@@ -84,8 +84,9 @@ def measure_matmul_op(op, shape_name, provider):
     if fn is None:
         return None
     if train or provider == "matmul":
-        grad_bytes = ((hidden.numel() + weight.numel()) * hidden.element_size()
-                      if train and provider != "matmul" else 0)
+        grad_bytes = (
+            (hidden.numel() + weight.numel()) * hidden.element_size() if train and provider != "matmul" else 0
+        )
         output_bytes = grad_bytes + (n * v * 2 if provider == "matmul" else 0)
     else:
         output_bytes = n * 4 * 2
@@ -102,8 +103,17 @@ def measure_matmul_op(op, shape_name, provider):
     finally:
         torch.cuda.empty_cache()
     flops = 2 * n * d * v * (3 if train and provider != "matmul" else 1)
-    return {"op": op, "shape": shape_name, "N": n, "d": d, "V": v, "provider": provider, "ms": ms,
-            "tflops": flops / ms / 1e9, "extra_mib": memory}
+    return {
+        "op": op,
+        "shape": shape_name,
+        "N": n,
+        "d": d,
+        "V": v,
+        "provider": provider,
+        "ms": ms,
+        "tflops": flops / ms / 1e9,
+        "extra_mib": memory,
+    }
 
 
 def measure_prune(provider, *, groups=4096, candidates=64, k=4, margin=0.5, graph=False):
@@ -126,17 +136,44 @@ def measure_prune(provider, *, groups=4096, candidates=64, k=4, margin=0.5, grap
             fn()
         fn = cuda_graph.replay
     ms = device_median_ms(fn, warmup=50, rep=300)
-    return {"op": "branch_prune" + (" (graph)" if graph else ""),
-            "shape": f"P={groups} C/P={candidates} k={k}", "provider": provider, "ms": ms}
+    return {
+        "op": "branch_prune" + (" (graph)" if graph else ""),
+        "shape": f"P={groups} C/P={candidates} k={k}",
+        "provider": provider,
+        "ms": ms,
+    }
 
 
-def _tile(block_n, block_v, block_d, warps, stages, group_rows, per_sm, max_registers=None, tma=False,
-          parts=1, persistent=False, flatten=False):
+def _tile(
+    block_n,
+    block_v,
+    block_d,
+    warps,
+    stages,
+    group_rows,
+    per_sm,
+    max_registers=None,
+    tma=False,
+    parts=1,
+    persistent=False,
+    flatten=False,
+):
     from genssd_kernels.triton.logprob_gather import TileConfig
 
-    return TileConfig(block_n, block_v, block_d, num_warps=warps, num_stages=stages, group_rows=group_rows,
-                      programs_per_sm=per_sm, max_registers=max_registers, tma=tma, epilogue_parts=parts,
-                      persistent=persistent, flatten_tiles=flatten)
+    return TileConfig(
+        block_n,
+        block_v,
+        block_d,
+        num_warps=warps,
+        num_stages=stages,
+        group_rows=group_rows,
+        programs_per_sm=per_sm,
+        max_registers=max_registers,
+        tma=tma,
+        epilogue_parts=parts,
+        persistent=persistent,
+        flatten_tiles=flatten,
+    )
 
 
 def sweep_configs(kind):
@@ -180,8 +217,14 @@ def sweep(kind, shape_name):
     shape = SHAPES[shape_name]
     hidden, weight, targets, cu = make_inputs(shape)
     op = f"sweep_{kind}"
-    rows = [{"op": op, "shape": shape_name, "provider": "matmul",
-             "ms": device_median_ms(lambda: hidden @ weight.T)}]
+    rows = [
+        {
+            "op": op,
+            "shape": shape_name,
+            "provider": "matmul",
+            "ms": device_median_ms(lambda: hidden @ weight.T),
+        }
+    ]
     with torch.no_grad():
         stats = triton_gather.forward(hidden, weight, targets, cu)
         grad_logp = torch.full_like(stats[0], -1.0 / shape[0])
@@ -189,9 +232,20 @@ def sweep(kind, shape_name):
             # The backward's parts by difference: the grad-logits kernel alone (no product asked
             # for), then with grad_z @ W (grad_hidden) or grad_z.T @ H (grad_weight), then both.
             for name, (need_hidden, need_weight) in BACKWARD_PARTS.items():
-                ms = device_median_ms(lambda: triton_gather.backward(
-                    grad_logp, hidden, weight, targets, stats[3], stats[4], temperature=1.0,
-                    ignore_index=-100, need_hidden=need_hidden, need_weight=need_weight))
+                ms = device_median_ms(
+                    lambda need_hidden=need_hidden, need_weight=need_weight: triton_gather.backward(
+                        grad_logp,
+                        hidden,
+                        weight,
+                        targets,
+                        stats[3],
+                        stats[4],
+                        temperature=1.0,
+                        ignore_index=-100,
+                        need_hidden=need_hidden,
+                        need_weight=need_weight,
+                    )
+                )
                 rows.append({"op": op, "shape": shape_name, "provider": name, "ms": ms})
                 print(json.dumps(rows[-1]), flush=True)
         else:
@@ -199,13 +253,26 @@ def sweep(kind, shape_name):
                 if kind == "forward":
                     variants = {"": False, " +entropy": True}
                     for suffix, entropy in variants.items():
-                        ms = device_median_ms(lambda: triton_gather.forward(
-                            hidden, weight, targets, cu, return_entropy=entropy, config=config))
+                        ms = device_median_ms(
+                            lambda entropy=entropy, config=config: triton_gather.forward(
+                                hidden, weight, targets, cu, return_entropy=entropy, config=config
+                            )
+                        )
                         rows.append({"op": op, "shape": shape_name, "provider": name + suffix, "ms": ms})
                 else:
-                    ms = device_median_ms(lambda: triton_gather.backward(
-                        grad_logp, hidden, weight, targets, stats[3], stats[4], temperature=1.0,
-                        ignore_index=-100, config=config))
+                    ms = device_median_ms(
+                        lambda config=config: triton_gather.backward(
+                            grad_logp,
+                            hidden,
+                            weight,
+                            targets,
+                            stats[3],
+                            stats[4],
+                            temperature=1.0,
+                            ignore_index=-100,
+                            config=config,
+                        )
+                    )
                     rows.append({"op": op, "shape": shape_name, "provider": name, "ms": ms})
                 print(json.dumps(rows[-1]), flush=True)
     torch.cuda.empty_cache()
@@ -273,8 +340,9 @@ def markdown(rows, card):
         ratio = f"{r['ratio_to_matmul']:.2f}" if r.get("ratio_to_matmul") else "-"
         tflops = f"{r['tflops']:.0f}" if r.get("tflops") else "-"
         mib = f"{r['extra_mib']:.0f}" if r.get("extra_mib") is not None else "-"
-        lines.append(f"| {r['op']} | {r.get('shape', '-')} | {r['provider']} | {ms} | {ratio} | {tflops} "
-                     f"| {mib} |")
+        lines.append(
+            f"| {r['op']} | {r.get('shape', '-')} | {r['provider']} | {ms} | {ratio} | {tflops} | {mib} |"
+        )
     return "\n".join(lines)
 
 
@@ -282,8 +350,10 @@ def measure_providers(shapes, ops, wanted):
     """Rows for every provider (or those in ``wanted``; the matmul floor always) of ``ops``."""
     rows = []
     for shape_name in shapes:
-        for op, names in (("logprob_gather_fwd", FORWARD_PROVIDERS),
-                          ("linear_cross_entropy_fwd_bwd", TRAIN_PROVIDERS)):
+        for op, names in (
+            ("logprob_gather_fwd", FORWARD_PROVIDERS),
+            ("linear_cross_entropy_fwd_bwd", TRAIN_PROVIDERS),
+        ):
             if ("fwd" if op.endswith("fwd") else "train") not in ops:
                 continue
             for provider in names:
@@ -313,11 +383,18 @@ def main(argv=None):
     parser.add_argument("--shapes", default=",".join(SHAPES))
     parser.add_argument("--ops", default="fwd,train,prune")
     parser.add_argument("--providers", default=None, help="comma-separated subset of providers")
-    parser.add_argument("--quick", action="store_true",
-                        help="matmul + genssd providers only (unless --providers), shorter timing budgets")
-    parser.add_argument("--sweep", choices=("forward", "backward", "parts"), default=None,
-                        help="time the Triton tile configurations (forward, backward) or the backward's "
-                             "parts (parts) instead of the providers")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="matmul + genssd providers only (unless --providers), shorter timing budgets",
+    )
+    parser.add_argument(
+        "--sweep",
+        choices=("forward", "backward", "parts"),
+        default=None,
+        help="time the Triton tile configurations (forward, backward) or the backward's "
+        "parts (parts) instead of the providers",
+    )
     args = parser.parse_args(argv)
     card = torch.cuda.get_device_name()
     if args.quick:

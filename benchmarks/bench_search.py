@@ -33,18 +33,52 @@ SHAPES = {
     "1.1b": dict(
         vocab=32000,
         new_tokens=256,
-        teacher=("llama", dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
-                               num_attention_heads=32, num_key_value_heads=4)),
-        student=("qwen2", dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=12,
-                               num_attention_heads=16, num_key_value_heads=4)),
+        teacher=(
+            "llama",
+            dict(
+                hidden_size=2048,
+                intermediate_size=5632,
+                num_hidden_layers=22,
+                num_attention_heads=32,
+                num_key_value_heads=4,
+            ),
+        ),
+        student=(
+            "qwen2",
+            dict(
+                hidden_size=1024,
+                intermediate_size=2816,
+                num_hidden_layers=12,
+                num_attention_heads=16,
+                num_key_value_heads=4,
+            ),
+        ),
     ),
     "7b": dict(
         vocab=151936,
         new_tokens=512,
-        teacher=("qwen2", dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                               num_attention_heads=28, num_key_value_heads=4, vocab_size=152064)),
-        student=("qwen2", dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                               num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True)),
+        teacher=(
+            "qwen2",
+            dict(
+                hidden_size=3584,
+                intermediate_size=18944,
+                num_hidden_layers=28,
+                num_attention_heads=28,
+                num_key_value_heads=4,
+                vocab_size=152064,
+            ),
+        ),
+        student=(
+            "qwen2",
+            dict(
+                hidden_size=896,
+                intermediate_size=4864,
+                num_hidden_layers=24,
+                num_attention_heads=14,
+                num_key_value_heads=2,
+                tie_word_embeddings=True,
+            ),
+        ),
     ),
 }
 
@@ -66,9 +100,18 @@ def make_tokenizer(vocab: int):
 def make_model(family: str, dims: dict, vocab: int):
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    config_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[family]
-    settings = dict(vocab_size=vocab, max_position_embeddings=4096, pad_token_id=0, bos_token_id=1,
-                    eos_token_id=2, tie_word_embeddings=False)
+    config_cls, model_cls = {
+        "llama": (LlamaConfig, LlamaForCausalLM),
+        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+    }[family]
+    settings = dict(
+        vocab_size=vocab,
+        max_position_embeddings=4096,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+    )
     config = config_cls(**{**settings, **dims})
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
@@ -84,7 +127,10 @@ def make_prompts(count: int, vocab: int, seed: int = 0) -> list[str]:
     """Prompts of 48 to 80 random words (rows of different lengths)."""
     gen = torch.Generator().manual_seed(seed)
     lengths = torch.randint(48, 81, (count,), generator=gen)
-    return [" ".join(f"w{i}" for i in torch.randint(0, vocab - 4, (int(n),), generator=gen).tolist()) for n in lengths]
+    return [
+        " ".join(f"w{i}" for i in torch.randint(0, vocab - 4, (int(n),), generator=gen).tolist())
+        for n in lengths
+    ]
 
 
 def linear_floor_ms(model, rows: int) -> float:
@@ -118,8 +164,16 @@ def _timed(fn):
     return out, time.perf_counter() - start
 
 
-def run(shape: str = "1.1b", prompts: int = 64, candidates: int = 4, chunk: int = 32, temperature: float = 0.7,
-        repeats: int = 3, new_tokens: int | None = None, graph_modes: tuple[bool, ...] = (True,)):
+def run(
+    shape: str = "1.1b",
+    prompts: int = 64,
+    candidates: int = 4,
+    chunk: int = 32,
+    temperature: float = 0.7,
+    repeats: int = 3,
+    new_tokens: int | None = None,
+    graph_modes: tuple[bool, ...] = (True,),
+):
     """Rows ``{name, seconds, teacher_tokens, ms_per_step, us_per_token}`` plus the floor row."""
     from genssd.config import search_config_for
     from genssd.search import Searcher
@@ -138,17 +192,30 @@ def run(shape: str = "1.1b", prompts: int = 64, candidates: int = 4, chunk: int 
     def hf(cache_implementation):
         def go() -> int:
             generated = teacher.generate(
-                **encoded, do_sample=True, temperature=temperature, top_p=1.0, top_k=0,
-                num_return_sequences=candidates, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                pad_token_id=0, cache_implementation=cache_implementation,
+                **encoded,
+                do_sample=True,
+                temperature=temperature,
+                top_p=1.0,
+                top_k=0,
+                num_return_sequences=candidates,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                pad_token_id=0,
+                cache_implementation=cache_implementation,
             )
             return (generated[:, width:] != 0).sum().item()
 
         return go
 
     def genssd(method: str, **overrides):
-        config = search_config_for(method, chunk_tokens=chunk, max_new_tokens=new_tokens, temperature=temperature,
-                                   batch_size=prompts, **overrides)
+        config = search_config_for(
+            method,
+            chunk_tokens=chunk,
+            max_new_tokens=new_tokens,
+            temperature=temperature,
+            batch_size=prompts,
+            **overrides,
+        )
         searcher = Searcher(teacher, student, tokenizer, config=config)
         go_engine = searcher.engine_lines
 
@@ -166,14 +233,19 @@ def run(shape: str = "1.1b", prompts: int = 64, candidates: int = 4, chunk: int 
     }
     for graphs in graph_modes:
         tag = "" if graphs else ", eager (no CUDA graphs)"
-        runs.update({
-            f"genssd standard (plain sampling){tag}": genssd(
-                "standard", num_candidates=candidates, beam_width=candidates, cuda_graphs=graphs),
-            f"genssd Gen-SSD, margin inf{tag}": genssd(
-                "gen-ssd", num_candidates=candidates, margin=float("inf"), cuda_graphs=graphs),
-            f"genssd Gen-SSD, margin 0.5{tag}": genssd("gen-ssd", num_candidates=candidates, margin=0.5,
-                                                       cuda_graphs=graphs),
-        })
+        runs.update(
+            {
+                f"genssd standard (plain sampling){tag}": genssd(
+                    "standard", num_candidates=candidates, beam_width=candidates, cuda_graphs=graphs
+                ),
+                f"genssd Gen-SSD, margin inf{tag}": genssd(
+                    "gen-ssd", num_candidates=candidates, margin=float("inf"), cuda_graphs=graphs
+                ),
+                f"genssd Gen-SSD, margin 0.5{tag}": genssd(
+                    "gen-ssd", num_candidates=candidates, margin=0.5, cuda_graphs=graphs
+                ),
+            }
+        )
     best = {name: (float("inf"), 0) for name in runs}
     with torch.no_grad():
         for name, fn in runs.items():
@@ -185,19 +257,31 @@ def run(shape: str = "1.1b", prompts: int = 64, candidates: int = 4, chunk: int 
                 best[name] = min(best[name], (seconds, tokens))
     out = []
     for name, (seconds, tokens) in best.items():
-        row = {"name": name, "seconds": seconds, "teacher_tokens": tokens,
-               "ms_per_step": 1e3 * seconds * rows / tokens, "us_per_token": 1e6 * seconds / tokens}
+        row = {
+            "name": name,
+            "seconds": seconds,
+            "teacher_tokens": tokens,
+            "ms_per_step": 1e3 * seconds * rows / tokens,
+            "us_per_token": 1e6 * seconds / tokens,
+        }
         if hasattr(runs[name], "pruned"):
             row["pruned_prompts"] = runs[name].pruned
             row["engines"] = runs[name].engines
         out.append(row)
     floor = linear_floor_ms(teacher, rows)
-    out.append({"name": f"floor: the teacher's linear layers at {rows} rows", "ms_per_step": floor,
-                "us_per_token": 1e3 * floor / rows})
+    out.append(
+        {
+            "name": f"floor: the teacher's linear layers at {rows} rows",
+            "ms_per_step": floor,
+            "us_per_token": 1e3 * floor / rows,
+        }
+    )
     by_name = {r["name"]: r for r in out}
     for row in out:
         row["x_floor"] = row["ms_per_step"] / floor
-        row["x_hf_static"] = row["us_per_token"] / by_name["HF generate, static cache (compiled)"]["us_per_token"]
+        row["x_hf_static"] = (
+            row["us_per_token"] / by_name["HF generate, static cache (compiled)"]["us_per_token"]
+        )
     return out
 
 
@@ -205,14 +289,16 @@ def table(rows, card: str, shape: str) -> str:
     lines = [
         f"card: {card}; shape: {shape}",
         "",
-        "| run | teacher tokens | prompts pruned | seconds | ms / step | µs / teacher token | x floor | x HF static |",
+        "| run | teacher tokens | prompts pruned | seconds | ms / step | µs / teacher token | x floor "
+        "| x HF static |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         seconds = f"{r['seconds']:.2f}" if "seconds" in r else "-"
         lines.append(
             f"| {r['name']} | {r.get('teacher_tokens', '-')} | {r.get('pruned_prompts', '-')} | {seconds} | "
-            f"{r['ms_per_step']:.2f} | {r['us_per_token']:.1f} | {r['x_floor']:.2f} | {r['x_hf_static']:.2f} |"
+            f"{r['ms_per_step']:.2f} | {r['us_per_token']:.1f} | {r['x_floor']:.2f} | "
+            f"{r['x_hf_static']:.2f} |"
         )
     return "\n".join(lines)
 
@@ -232,17 +318,25 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, help="default: the shape's")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each, the fastest kept")
-    parser.add_argument("--graphs", choices=["off", "on", "both"], default="on",
-                        help="genssd rows with the decode step eager, as CUDA graphs, or both")
+    parser.add_argument(
+        "--graphs",
+        choices=["off", "on", "both"],
+        default="on",
+        help="genssd rows with the decode step eager, as CUDA graphs, or both",
+    )
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
     modes = {"off": (False,), "on": (True,), "both": (False, True)}[args.graphs]
-    rows = run(args.shape, prompts=args.prompts, repeats=args.repeats, new_tokens=args.new_tokens, graph_modes=modes)
+    rows = run(
+        args.shape, prompts=args.prompts, repeats=args.repeats, new_tokens=args.new_tokens, graph_modes=modes
+    )
     card = torch.cuda.get_device_name()
     print(table(rows, card, args.shape))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"card": card, "shape": args.shape, "torch": torch.__version__, "rows": rows}, f, indent=2)
+            json.dump(
+                {"card": card, "shape": args.shape, "torch": torch.__version__, "rows": rows}, f, indent=2
+            )
 
 
 if __name__ == "__main__":

@@ -36,16 +36,25 @@ def qwen2_half_b():
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     config = Qwen2Config(
-        vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-        num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1_000_000.0,
-        rms_norm_eps=1e-6, tie_word_embeddings=True, attn_implementation="sdpa",
+        vocab_size=151936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        rope_theta=1_000_000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        attn_implementation="sdpa",
     )
     torch.manual_seed(0)
     return Qwen2ForCausalLM(config).cuda()
 
 
 def make_batch(batch: int, seq: int, prompt: int, vocab: int) -> dict[str, torch.Tensor]:
-    """Random ``input_ids``, full ``attention_mask`` and ``labels`` (``-100`` on the prompt), ``[batch, seq]``."""
+    """Random ``input_ids``, full ``attention_mask`` and ``labels`` (``-100`` on the prompt),
+    each ``[batch, seq]``."""
     gen = torch.Generator(device="cuda").manual_seed(1)
     input_ids = torch.randint(0, vocab, (batch, seq), device="cuda", generator=gen)
     labels = input_ids.clone()
@@ -74,13 +83,19 @@ def step_fn(model, optimizer, batch, loss_kind: str):
     return step
 
 
-def measure(model, optimizer, batch, loss_kind: str, checkpointing: bool, *, warmup: int = 2, steps: int = 5) -> dict:
+def measure(
+    model, optimizer, batch, loss_kind: str, checkpointing: bool, *, warmup: int = 2, steps: int = 5
+) -> dict:
     from genssd.train import set_activation_checkpointing
 
     set_activation_checkpointing(model, checkpointing)
     step = step_fn(model, optimizer, batch, loss_kind)
-    row = {"loss": loss_kind, "grad_ckpt": checkpointing, "batch": batch["input_ids"].shape[0],
-           "seq": batch["input_ids"].shape[1]}
+    row = {
+        "loss": loss_kind,
+        "grad_ckpt": checkpointing,
+        "batch": batch["input_ids"].shape[0],
+        "seq": batch["input_ids"].shape[1],
+    }
     try:
         for _ in range(warmup):
             step()
@@ -99,8 +114,13 @@ def measure(model, optimizer, batch, loss_kind: str, checkpointing: bool, *, war
         return {**row, "note": "out of memory"}
     peak = torch.cuda.max_memory_allocated()
     tokens = batch["input_ids"].numel() * steps
-    return {**row, "tokens_per_s": tokens / elapsed, "ms_per_step": 1000 * elapsed / steps,
-            "peak_mib": peak / MiB, "step_mib": (peak - resident) / MiB}
+    return {
+        **row,
+        "tokens_per_s": tokens / elapsed,
+        "ms_per_step": 1000 * elapsed / steps,
+        "peak_mib": peak / MiB,
+        "step_mib": (peak - resident) / MiB,
+    }
 
 
 @torch.no_grad()
@@ -131,9 +151,11 @@ def run(batch: int = 8, seq: int = 1024, prompt: int = 128) -> dict:
             rows.append(row)
             print(json.dumps(row), flush=True)
     return {
-        "card": torch.cuda.get_device_name(), "torch": torch.__version__,
+        "card": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
         "backend": resolve_backend(None, torch.device("cuda"), op="linear_cross_entropy"),
-        "loss_check": agreement, "rows": rows,
+        "loss_check": agreement,
+        "rows": rows,
     }
 
 
@@ -143,29 +165,42 @@ def ratios(result: dict) -> list[dict]:
     for checkpointing in (False, True):
         pair = {r["loss"]: r for r in result["rows"] if r["grad_ckpt"] == checkpointing and "peak_mib" in r}
         if {"fused", "hf"} <= pair.keys():
-            out.append({"grad_ckpt": checkpointing,
-                        "speed": pair["fused"]["tokens_per_s"] / pair["hf"]["tokens_per_s"],
-                        "peak_memory": pair["fused"]["peak_mib"] / pair["hf"]["peak_mib"]})
+            out.append(
+                {
+                    "grad_ckpt": checkpointing,
+                    "speed": pair["fused"]["tokens_per_s"] / pair["hf"]["tokens_per_s"],
+                    "peak_memory": pair["fused"]["peak_mib"] / pair["hf"]["peak_mib"],
+                }
+            )
     return out
 
 
 def markdown(result: dict) -> str:
     check = result["loss_check"]
-    header = (f"Card: {result['card']}, torch {result['torch']}, kernel backend {result['backend']}; "
-              f"loss on the same weights: fused {check['fused']:.5f}, hf {check['hf']:.5f}")
-    lines = [header, "",
-             "| loss | grad ckpt | batch x seq | tokens/s | ms/step | peak MiB | step MiB |",
-             "|---|---|---|---|---|---|---|"]
+    header = (
+        f"Card: {result['card']}, torch {result['torch']}, kernel backend {result['backend']}; "
+        f"loss on the same weights: fused {check['fused']:.5f}, hf {check['hf']:.5f}"
+    )
+    lines = [
+        header,
+        "",
+        "| loss | grad ckpt | batch x seq | tokens/s | ms/step | peak MiB | step MiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
         shape = f"{r['batch']} x {r['seq']}"
         if "note" in r:
             lines.append(f"| {r['loss']} | {r['grad_ckpt']} | {shape} | {r['note']} | | | |")
             continue
-        lines.append(f"| {r['loss']} | {r['grad_ckpt']} | {shape} | {r['tokens_per_s']:.0f} | {r['ms_per_step']:.1f} "
-                     f"| {r['peak_mib']:.0f} | {r['step_mib']:.0f} |")
+        lines.append(
+            f"| {r['loss']} | {r['grad_ckpt']} | {shape} | {r['tokens_per_s']:.0f} | {r['ms_per_step']:.1f} "
+            f"| {r['peak_mib']:.0f} | {r['step_mib']:.0f} |"
+        )
     for ratio in ratios(result):
-        lines.append(f"\nfused / hf (grad ckpt {ratio['grad_ckpt']}): tokens/s x{ratio['speed']:.2f}, "
-                     f"peak memory x{ratio['peak_memory']:.2f}")
+        lines.append(
+            f"\nfused / hf (grad ckpt {ratio['grad_ckpt']}): tokens/s x{ratio['speed']:.2f}, "
+            f"peak memory x{ratio['peak_memory']:.2f}"
+        )
     return "\n".join(lines)
 
 

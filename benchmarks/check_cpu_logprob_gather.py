@@ -41,7 +41,10 @@ if mode == "fwd+bwd":
     weight.requires_grad_()
 
 def call():
-    token_logprobs, _, _ = ops.logprob_gather(hidden, weight, targets, backend=backend, return_entropy=mode == "fwd")
+    entropy = mode == "fwd"
+    token_logprobs, _, _ = ops.logprob_gather(
+        hidden, weight, targets, backend=backend, return_entropy=entropy
+    )
     if mode == "fwd+bwd":
         hidden.grad = weight.grad = None
         token_logprobs.sum().backward()

@@ -32,15 +32,44 @@ CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia",
 TRITON_TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 # Argument name -> Triton type; "*x" is a pointer to the input dtype.
 ARG_TYPES = {
-    "h_ptr": "*x", "w_ptr": "*x", "gz_ptr": "*x", "part_ptr": "*fp32", "t_ptr": "*i64", "g_ptr": "*fp32",
-    "max_ptr": "*fp32", "log2sum_ptr": "*fp32", "logp_ptr": "*fp32", "ent_ptr": "*fp32", "cu_ptr": "*i64",
-    "out_ptr": "*fp32", "scores_ptr": "*fp32", "offsets_ptr": "*i64", "keep_ptr": "*u8",
-    "kept_idx_ptr": "*i64", "kept_count_ptr": "*i32", "mean_ptr": "*fp32", "scale": "fp32",
-    "inv_temperature": "fp32", "margin": "fp32", "min_score": "fp32",
+    "h_ptr": "*x",
+    "w_ptr": "*x",
+    "gz_ptr": "*x",
+    "part_ptr": "*fp32",
+    "t_ptr": "*i64",
+    "g_ptr": "*fp32",
+    "max_ptr": "*fp32",
+    "log2sum_ptr": "*fp32",
+    "logp_ptr": "*fp32",
+    "ent_ptr": "*fp32",
+    "cu_ptr": "*i64",
+    "out_ptr": "*fp32",
+    "scores_ptr": "*fp32",
+    "offsets_ptr": "*i64",
+    "keep_ptr": "*u8",
+    "kept_idx_ptr": "*i64",
+    "kept_count_ptr": "*i32",
+    "mean_ptr": "*fp32",
+    "scale": "fp32",
+    "inv_temperature": "fp32",
+    "margin": "fp32",
+    "min_score": "fp32",
 }
 UNIT_STRIDES = ("stride_hd", "stride_wd", "stride_s", "stride_o")
-DIVISIBLE = ("h_ptr", "w_ptr", "gz_ptr", "part_ptr", "N", "V", "D", "col_start", "width", "stride_hn",
-             "stride_wv", "stride_gz")
+DIVISIBLE = (
+    "h_ptr",
+    "w_ptr",
+    "gz_ptr",
+    "part_ptr",
+    "N",
+    "V",
+    "D",
+    "col_start",
+    "width",
+    "stride_hn",
+    "stride_wv",
+    "stride_gz",
+)
 
 
 def compile_kernel(kernel, dtype, constexprs, options, descriptors=None):
@@ -48,9 +77,11 @@ def compile_kernel(kernel, dtype, constexprs, options, descriptors=None):
     descriptor arguments to their block shapes; the others present are passed as None."""
     names = list(inspect.signature(kernel.fn).parameters)
     descriptors = descriptors or {}
-    constexprs = {**constexprs, **{name: 1 for name in UNIT_STRIDES if name in names},
-                  **{name: None for name in ("h_desc", "w_desc")
-                     if name in names and name not in descriptors}}
+    constexprs = {
+        **constexprs,
+        **{name: 1 for name in UNIT_STRIDES if name in names},
+        **{name: None for name in ("h_desc", "w_desc") if name in names and name not in descriptors},
+    }
     signature = {}
     for name in names:
         if name in constexprs:
@@ -60,11 +91,17 @@ def compile_kernel(kernel, dtype, constexprs, options, descriptors=None):
         else:
             kind = ARG_TYPES.get(name, "i32")
             signature[name] = kind.replace("x", TRITON_TYPES[dtype]) if kind == "*x" else kind
-    attrs = {(names.index(name),): [["tt.divisibility", 16]] for name in DIVISIBLE if name in signature
-             and signature[name] != "constexpr"}
-    source = ASTSource(fn=kernel, signature=signature,
-                       constexprs={(names.index(name),): value for name, value in constexprs.items()},
-                       attrs=attrs)
+    attrs = {
+        (names.index(name),): [["tt.divisibility", 16]]
+        for name in DIVISIBLE
+        if name in signature and signature[name] != "constexpr"
+    }
+    source = ASTSource(
+        fn=kernel,
+        signature=signature,
+        constexprs={(names.index(name),): value for name, value in constexprs.items()},
+        attrs=attrs,
+    )
     return triton.compile(source, target=TARGET, options=options)
 
 
@@ -73,8 +110,9 @@ def resources(compiled) -> str:
     with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as handle:
         handle.write(compiled.asm["cubin"])
     try:
-        usage = subprocess.run([CUOBJDUMP, "--dump-resource-usage", handle.name], capture_output=True,
-                               text=True, check=True).stdout
+        usage = subprocess.run(
+            [CUOBJDUMP, "--dump-resource-usage", handle.name], capture_output=True, text=True, check=True
+        ).stdout
     finally:
         os.unlink(handle.name)
     registers = re.search(r"REG:(\d+)", usage).group(1)
@@ -84,8 +122,15 @@ def resources(compiled) -> str:
 
 
 def tile_constexprs(config):
-    return dict(BLOCK_N=config.block_n, BLOCK_V=config.block_v, BLOCK_D=config.block_d,
-                GROUP_ROWS=config.group_rows, EVEN_D=True, TMA=config.tma, INTERP_BF16=False)
+    return dict(
+        BLOCK_N=config.block_n,
+        BLOCK_V=config.block_v,
+        BLOCK_D=config.block_d,
+        GROUP_ROWS=config.group_rows,
+        EVEN_D=True,
+        TMA=config.tma,
+        INTERP_BF16=False,
+    )
 
 
 def tile_descriptors(config):
@@ -100,28 +145,58 @@ def jobs():
     for name, config in triton_gather.FORWARD_CONFIGS.items():
         dtype = torch.float32 if name == "fp32" else torch.bfloat16
         for entropy in (False, True):
-            yield (f"forward partials [{name}] entropy={entropy}", triton_gather._forward_partials_kernel,
-                   dtype,
-                   dict(tile_constexprs(config), RETURN_ENTROPY=entropy, FLATTEN_TILES=config.flatten_tiles),
-                   config.launch_options(),
-                   tile_descriptors(config))
+            yield (
+                f"forward partials [{name}] entropy={entropy}",
+                triton_gather._forward_partials_kernel,
+                dtype,
+                dict(tile_constexprs(config), RETURN_ENTROPY=entropy, FLATTEN_TILES=config.flatten_tiles),
+                config.launch_options(),
+                tile_descriptors(config),
+            )
     for name, config in triton_gather.BACKWARD_CONFIGS.items():
         dtype = torch.float32 if name == "fp32" else torch.bfloat16
-        yield (f"grad logits [{name}]", triton_gather._grad_logits_kernel, dtype,
-               dict(tile_constexprs(config), EPILOGUE_PARTS=config.epilogue_parts,
-                    PERSISTENT_PROGRAMS=H100_SMS * config.programs_per_sm if config.persistent else 0),
-               config.launch_options(),
-               tile_descriptors(config))
+        yield (
+            f"grad logits [{name}]",
+            triton_gather._grad_logits_kernel,
+            dtype,
+            dict(
+                tile_constexprs(config),
+                EPILOGUE_PARTS=config.epilogue_parts,
+                PERSISTENT_PROGRAMS=H100_SMS * config.programs_per_sm if config.persistent else 0,
+            ),
+            config.launch_options(),
+            tile_descriptors(config),
+        )
     for entropy in (False, True):
-        yield (f"combine entropy={entropy}", triton_gather._combine_kernel, torch.bfloat16,
-               dict(RETURN_ENTROPY=entropy, BLOCK_R=triton_gather.COMBINE_ROWS,
-                    BLOCK_S=triton_gather.COMBINE_SPLITS, BLOCK_D=triton_gather.COMBINE_D),
-               dict(num_warps=4), None)
-    yield ("segment mean", triton_gather._segment_mean_kernel, torch.float32,
-           dict(BLOCK=triton_gather.BLOCK_SEG), dict(num_warps=4), None)
-    yield ("branch prune", triton_prune._branch_prune_kernel, torch.float32,
-           dict(BLOCK=triton_prune.BLOCK, PAIR=triton_prune.PAIR),
-           dict(num_warps=triton_prune.NUM_WARPS), None)
+        yield (
+            f"combine entropy={entropy}",
+            triton_gather._combine_kernel,
+            torch.bfloat16,
+            dict(
+                RETURN_ENTROPY=entropy,
+                BLOCK_R=triton_gather.COMBINE_ROWS,
+                BLOCK_S=triton_gather.COMBINE_SPLITS,
+                BLOCK_D=triton_gather.COMBINE_D,
+            ),
+            dict(num_warps=4),
+            None,
+        )
+    yield (
+        "segment mean",
+        triton_gather._segment_mean_kernel,
+        torch.float32,
+        dict(BLOCK=triton_gather.BLOCK_SEG),
+        dict(num_warps=4),
+        None,
+    )
+    yield (
+        "branch prune",
+        triton_prune._branch_prune_kernel,
+        torch.float32,
+        dict(BLOCK=triton_prune.BLOCK, PAIR=triton_prune.PAIR),
+        dict(num_warps=triton_prune.NUM_WARPS),
+        None,
+    )
 
 
 def main():

@@ -34,13 +34,22 @@ def entropy_cost(shape_name: str, rounds: int) -> dict:
     with torch.no_grad():
         for _ in range(rounds):
             for entropy in (False, True):
-                times[entropy].append(device_median_ms(
-                    lambda entropy=entropy: triton_gather.forward(hidden, weight, targets, cu,
-                                                                  return_entropy=entropy)))
+                times[entropy].append(
+                    device_median_ms(
+                        lambda entropy=entropy: triton_gather.forward(
+                            hidden, weight, targets, cu, return_entropy=entropy
+                        )
+                    )
+                )
     ratios = [with_ / without for without, with_ in zip(times[False], times[True])]
     torch.cuda.empty_cache()
-    return {"shape": shape_name, "ms": times[False], "ms_entropy": times[True], "ratios": ratios,
-            "median_ratio": statistics.median(ratios)}
+    return {
+        "shape": shape_name,
+        "ms": times[False],
+        "ms_entropy": times[True],
+        "ratios": ratios,
+        "median_ratio": statistics.median(ratios),
+    }
 
 
 def main(argv=None):

@@ -45,24 +45,53 @@ EPILOGUES = {"full": 0, "no-exp2": 1, "row-sums": 2, "raw-store": 3}
 
 
 @triton.jit
-def _store_part(sub, gz_ptr, gz_desc, row0, sub_col0, col_start, width, stride_gz, target, coef, row_max,
-                log2_sum, scale, row_mask, BLOCK_N: tl.constexpr, WIDTH: tl.constexpr,
-                TMA_STORE: tl.constexpr, EVICT_FIRST: tl.constexpr):
+def _store_part(
+    sub,
+    gz_ptr,
+    gz_desc,
+    row0,
+    sub_col0,
+    col_start,
+    width,
+    stride_gz,
+    target,
+    coef,
+    row_max,
+    log2_sum,
+    scale,
+    row_mask,
+    BLOCK_N: tl.constexpr,
+    WIDTH: tl.constexpr,
+    TMA_STORE: tl.constexpr,
+    EVICT_FIRST: tl.constexpr,
+):
     """The full epilogue on ``sub [BLOCK_N, WIDTH]``, the logits of columns ``sub_col0:`` of the chunk."""
     lanes = tl.arange(0, WIDTH)
-    target_lane = tl.where((target >= col_start + sub_col0) & (target < col_start + sub_col0 + WIDTH),
-                           target - col_start - sub_col0, -1).to(tl.int32)
+    target_lane = tl.where(
+        (target >= col_start + sub_col0) & (target < col_start + sub_col0 + WIDTH),
+        target - col_start - sub_col0,
+        -1,
+    ).to(tl.int32)
     p = tl.exp2(tl.fma(sub, scale, -row_max[:, None]) - log2_sum[:, None])
-    grad = (coef[:, None]
-            * (tl.where(lanes[None, :] == target_lane[:, None], 1.0, 0.0) - p)).to(gz_ptr.dtype.element_ty)
+    grad = (coef[:, None] * (tl.where(lanes[None, :] == target_lane[:, None], 1.0, 0.0) - p)).to(
+        gz_ptr.dtype.element_ty
+    )
     if TMA_STORE:
         # The descriptor's bounds are the chunk's [N, width]: the copy engine clips the edges.
         gz_desc.store([row0.to(tl.int32), sub_col0.to(tl.int32)], grad)
     else:
-        out = gz_ptr + row0 * stride_gz + sub_col0 + (tl.arange(0, BLOCK_N)[:, None] * stride_gz
-                                                      + lanes[None, :])
-        tl.store(out, grad, mask=row_mask[:, None] & (lanes < width - sub_col0)[None, :],
-                 eviction_policy="evict_first" if EVICT_FIRST else "")
+        out = (
+            gz_ptr
+            + row0 * stride_gz
+            + sub_col0
+            + (tl.arange(0, BLOCK_N)[:, None] * stride_gz + lanes[None, :])
+        )
+        tl.store(
+            out,
+            grad,
+            mask=row_mask[:, None] & (lanes < width - sub_col0)[None, :],
+            eviction_policy="evict_first" if EVICT_FIRST else "",
+        )
 
 
 @triton.jit
@@ -78,29 +107,130 @@ def _tile_blocks(tile, N, width, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, G
 
 
 @triton.jit
-def _store_parts(x, gz_ptr, gz_desc, row0, col0, col_start, width, stride_gz, target, coef, row_max, log2_sum,
-                 scale, row_mask, BLOCK_N: tl.constexpr, WIDTH: tl.constexpr, PARTS: tl.constexpr,
-                 TMA_STORE: tl.constexpr, EVICT_FIRST: tl.constexpr):
+def _store_parts(
+    x,
+    gz_ptr,
+    gz_desc,
+    row0,
+    col0,
+    col_start,
+    width,
+    stride_gz,
+    target,
+    coef,
+    row_max,
+    log2_sum,
+    scale,
+    row_mask,
+    BLOCK_N: tl.constexpr,
+    WIDTH: tl.constexpr,
+    PARTS: tl.constexpr,
+    TMA_STORE: tl.constexpr,
+    EVICT_FIRST: tl.constexpr,
+):
     """The full epilogue on ``x [BLOCK_N, WIDTH]`` in ``PARTS`` (1, 2, 4 or 8) column slices."""
     if PARTS == 1:
-        _store_part(x, gz_ptr, gz_desc, row0, col0, col_start, width, stride_gz, target, coef, row_max,
-                    log2_sum, scale, row_mask, BLOCK_N, WIDTH, TMA_STORE, EVICT_FIRST)
+        _store_part(
+            x,
+            gz_ptr,
+            gz_desc,
+            row0,
+            col0,
+            col_start,
+            width,
+            stride_gz,
+            target,
+            coef,
+            row_max,
+            log2_sum,
+            scale,
+            row_mask,
+            BLOCK_N,
+            WIDTH,
+            TMA_STORE,
+            EVICT_FIRST,
+        )
     else:
         left, right = _column_halves(x, BLOCK_N, WIDTH)
-        _store_parts(left, gz_ptr, gz_desc, row0, col0, col_start, width, stride_gz, target, coef, row_max,
-                     log2_sum, scale, row_mask, BLOCK_N, WIDTH // 2, PARTS // 2, TMA_STORE, EVICT_FIRST)
-        _store_parts(right, gz_ptr, gz_desc, row0, col0 + WIDTH // 2, col_start, width, stride_gz, target,
-                     coef, row_max, log2_sum, scale, row_mask, BLOCK_N, WIDTH // 2, PARTS // 2, TMA_STORE,
-                     EVICT_FIRST)
+        _store_parts(
+            left,
+            gz_ptr,
+            gz_desc,
+            row0,
+            col0,
+            col_start,
+            width,
+            stride_gz,
+            target,
+            coef,
+            row_max,
+            log2_sum,
+            scale,
+            row_mask,
+            BLOCK_N,
+            WIDTH // 2,
+            PARTS // 2,
+            TMA_STORE,
+            EVICT_FIRST,
+        )
+        _store_parts(
+            right,
+            gz_ptr,
+            gz_desc,
+            row0,
+            col0 + WIDTH // 2,
+            col_start,
+            width,
+            stride_gz,
+            target,
+            coef,
+            row_max,
+            log2_sum,
+            scale,
+            row_mask,
+            BLOCK_N,
+            WIDTH // 2,
+            PARTS // 2,
+            TMA_STORE,
+            EVICT_FIRST,
+        )
 
 
 @triton.jit
-def _variant_kernel(h_ptr, w_ptr, h_desc, w_desc, gz_desc, t_ptr, g_ptr, max_ptr, log2sum_ptr, gz_ptr,
-                    sums_ptr, N, V, D, col_start, width, stride_hn, stride_wv, stride_gz, scale,
-                    inv_temperature, ignore_index, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
-                    BLOCK_D: tl.constexpr, GROUP_ROWS: tl.constexpr, EPILOGUE: tl.constexpr,
-                    PARTS: tl.constexpr, TMA: tl.constexpr, WS: tl.constexpr, TMA_STORE: tl.constexpr,
-                    EVICT_FIRST: tl.constexpr):
+def _variant_kernel(
+    h_ptr,
+    w_ptr,
+    h_desc,
+    w_desc,
+    gz_desc,
+    t_ptr,
+    g_ptr,
+    max_ptr,
+    log2sum_ptr,
+    gz_ptr,
+    sums_ptr,
+    N,
+    V,
+    D,
+    col_start,
+    width,
+    stride_hn,
+    stride_wv,
+    stride_gz,
+    scale,
+    inv_temperature,
+    ignore_index,
+    BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    GROUP_ROWS: tl.constexpr,
+    EPILOGUE: tl.constexpr,
+    PARTS: tl.constexpr,
+    TMA: tl.constexpr,
+    WS: tl.constexpr,
+    TMA_STORE: tl.constexpr,
+    EVICT_FIRST: tl.constexpr,
+):
     """The package's ``_grad_logits_kernel`` (contiguous bf16 inputs, d a multiple of BLOCK_D) with
     the operand loads (``TMA``, ``WS``), the epilogue (``EPILOGUE``; the full one on ``PARTS``
     column slices of the tile) and the stores (``TMA_STORE``, ``EVICT_FIRST``) chosen."""
@@ -121,17 +251,37 @@ def _variant_kernel(h_ptr, w_ptr, h_desc, w_desc, gz_desc, t_ptr, g_ptr, max_ptr
         k = tl.arange(0, BLOCK_D)
         h_ptrs = h_ptr + row0 * stride_hn + (r[:, None] * stride_hn + k[None, :])
         w_ptrs = w_ptr + col0 * stride_wv + (c[:, None] * stride_wv + k[None, :])
-        for d0 in range(0, D, BLOCK_D):
+        for _ in range(0, D, BLOCK_D):
             acc = tl.dot(tl.load(h_ptrs), tl.trans(tl.load(w_ptrs)), acc)
             h_ptrs += BLOCK_D
             w_ptrs += BLOCK_D
 
     rows = row0 + tl.arange(0, BLOCK_N)
-    row_mask, target, coef, row_max, log2_sum = grad_row_terms(rows, N, t_ptr, g_ptr, max_ptr, log2sum_ptr, 1,
-                                                               inv_temperature, ignore_index)
+    row_mask, target, coef, row_max, log2_sum = grad_row_terms(
+        rows, N, t_ptr, g_ptr, max_ptr, log2sum_ptr, 1, inv_temperature, ignore_index
+    )
     if EPILOGUE == 0:
-        _store_parts(acc, gz_ptr, gz_desc, row0, local_col0, col_start, width, stride_gz, target, coef,
-                     row_max, log2_sum, scale, row_mask, BLOCK_N, BLOCK_V, PARTS, TMA_STORE, EVICT_FIRST)
+        _store_parts(
+            acc,
+            gz_ptr,
+            gz_desc,
+            row0,
+            local_col0,
+            col_start,
+            width,
+            stride_gz,
+            target,
+            coef,
+            row_max,
+            log2_sum,
+            scale,
+            row_mask,
+            BLOCK_N,
+            BLOCK_V,
+            PARTS,
+            TMA_STORE,
+            EVICT_FIRST,
+        )
     else:
         lanes = tl.arange(0, BLOCK_V)
         if EPILOGUE == 3:
@@ -141,23 +291,51 @@ def _variant_kernel(h_ptr, w_ptr, h_desc, w_desc, gz_desc, t_ptr, g_ptr, max_ptr
                 p = tl.fma(acc, scale, -row_max[:, None]) - log2_sum[:, None]
             else:
                 p = tl.exp2(tl.fma(acc, scale, -row_max[:, None]) - log2_sum[:, None])
-            target_lane = tl.where((target >= col0) & (target < col0 + BLOCK_V),
-                                   target - col0, -1).to(tl.int32)
+            target_lane = tl.where((target >= col0) & (target < col0 + BLOCK_V), target - col0, -1).to(
+                tl.int32
+            )
             grad = coef[:, None] * (tl.where(lanes[None, :] == target_lane[:, None], 1.0, 0.0) - p)
         if EPILOGUE == 2:
             tl.store(sums_ptr + col_block.to(tl.int64) * N + rows, tl.sum(grad, 1), mask=row_mask)
         else:
-            out = gz_ptr + row0 * stride_gz + local_col0 + (tl.arange(0, BLOCK_N)[:, None] * stride_gz
-                                                            + lanes[None, :])
-            tl.store(out, grad.to(gz_ptr.dtype.element_ty),
-                     mask=row_mask[:, None] & (lanes < width - local_col0)[None, :])
+            out = (
+                gz_ptr
+                + row0 * stride_gz
+                + local_col0
+                + (tl.arange(0, BLOCK_N)[:, None] * stride_gz + lanes[None, :])
+            )
+            tl.store(
+                out,
+                grad.to(gz_ptr.dtype.element_ty),
+                mask=row_mask[:, None] & (lanes < width - local_col0)[None, :],
+            )
 
 
 @triton.jit
-def _persistent_kernel(h_desc, w_desc, t_ptr, g_ptr, max_ptr, log2sum_ptr, gz_ptr, N, D, col_start, width,
-                       stride_gz, scale, inv_temperature, ignore_index, NUM_PROGRAMS: tl.constexpr,
-                       BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
-                       GROUP_ROWS: tl.constexpr, PARTS: tl.constexpr, FLATTEN: tl.constexpr):
+def _persistent_kernel(
+    h_desc,
+    w_desc,
+    t_ptr,
+    g_ptr,
+    max_ptr,
+    log2sum_ptr,
+    gz_ptr,
+    N,
+    D,
+    col_start,
+    width,
+    stride_gz,
+    scale,
+    inv_temperature,
+    ignore_index,
+    NUM_PROGRAMS: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    GROUP_ROWS: tl.constexpr,
+    PARTS: tl.constexpr,
+    FLATTEN: tl.constexpr,
+):
     """The grad-logits kernel as one program per SM looping over output tiles (TMA loads, sliced
     epilogue); ``FLATTEN`` lets Triton fuse the tile and reduction loops so the software
     pipeline loads the next tile's operands during a tile's epilogue."""
@@ -172,11 +350,30 @@ def _persistent_kernel(h_desc, w_desc, t_ptr, g_ptr, max_ptr, log2sum_ptr, gz_pt
         row0 = row_block.to(tl.int64) * BLOCK_N
         local_col0 = col_block.to(tl.int64) * BLOCK_V
         rows = row0 + tl.arange(0, BLOCK_N)
-        row_mask, target, coef, row_max, log2_sum = grad_row_terms(rows, N, t_ptr, g_ptr, max_ptr,
-                                                                   log2sum_ptr, 1, inv_temperature,
-                                                                   ignore_index)
-        _store_parts(acc, gz_ptr, None, row0, local_col0, col_start, width, stride_gz, target, coef, row_max,
-                     log2_sum, scale, row_mask, BLOCK_N, BLOCK_V, PARTS, False, False)
+        row_mask, target, coef, row_max, log2_sum = grad_row_terms(
+            rows, N, t_ptr, g_ptr, max_ptr, log2sum_ptr, 1, inv_temperature, ignore_index
+        )
+        _store_parts(
+            acc,
+            gz_ptr,
+            None,
+            row0,
+            local_col0,
+            col_start,
+            width,
+            stride_gz,
+            target,
+            coef,
+            row_max,
+            log2_sum,
+            scale,
+            row_mask,
+            BLOCK_N,
+            BLOCK_V,
+            PARTS,
+            False,
+            False,
+        )
 
 
 def persistent_loop(hidden, weight, targets, grad_logp, row_max, log2_sum, *, flatten, parts=4):
@@ -193,10 +390,30 @@ def persistent_loop(hidden, weight, targets, grad_logp, row_max, log2_sum, *, fl
         for c0 in range(0, v, chunk):
             width = min(chunk, v - c0)
             _persistent_kernel[(programs,)](
-                h_desc, w_desc, targets, grad_logp, row_max, log2_sum, buffer, n, d, c0, width,
-                buffer.stride(0), gather.LOG2E, 1.0, -100, NUM_PROGRAMS=programs, BLOCK_N=config.block_n,
-                BLOCK_V=config.block_v, BLOCK_D=config.block_d, GROUP_ROWS=config.group_rows, PARTS=parts,
-                FLATTEN=flatten, **config.launch_options())
+                h_desc,
+                w_desc,
+                targets,
+                grad_logp,
+                row_max,
+                log2_sum,
+                buffer,
+                n,
+                d,
+                c0,
+                width,
+                buffer.stride(0),
+                gather.LOG2E,
+                1.0,
+                -100,
+                NUM_PROGRAMS=programs,
+                BLOCK_N=config.block_n,
+                BLOCK_V=config.block_v,
+                BLOCK_D=config.block_d,
+                GROUP_ROWS=config.group_rows,
+                PARTS=parts,
+                FLATTEN=flatten,
+                **config.launch_options(),
+            )
 
     return run
 
@@ -231,20 +448,49 @@ def variant_loop(hidden, weight, targets, grad_logp, row_max, log2_sum, variant)
         width = min(chunk, v - c0)
         gz_desc = None
         if variant.tma_store:
-            gz_desc = TensorDescriptor.from_tensor(buffer[:, :width],
-                                                   [config.block_n, config.block_v // variant.parts])
+            gz_desc = TensorDescriptor.from_tensor(
+                buffer[:, :width], [config.block_n, config.block_v // variant.parts]
+            )
         launches.append((c0, width, gz_desc))
 
     def run():
         for c0, width, gz_desc in launches:
             grid = (triton.cdiv(n, config.block_n) * triton.cdiv(width, config.block_v),)
             _variant_kernel[grid](
-                hidden, weight, h_desc, w_desc, gz_desc, targets, grad_logp, row_max, log2_sum, buffer, sums,
-                n, v, d, c0, width, hidden.stride(0), weight.stride(0), buffer.stride(0), gather.LOG2E, 1.0,
-                -100, BLOCK_N=config.block_n, BLOCK_V=config.block_v, BLOCK_D=config.block_d,
-                GROUP_ROWS=config.group_rows, EPILOGUE=EPILOGUES[variant.epilogue], PARTS=variant.parts,
-                TMA=variant.tma, WS=variant.ws, TMA_STORE=variant.tma_store, EVICT_FIRST=variant.evict_first,
-                **config.launch_options())
+                hidden,
+                weight,
+                h_desc,
+                w_desc,
+                gz_desc,
+                targets,
+                grad_logp,
+                row_max,
+                log2_sum,
+                buffer,
+                sums,
+                n,
+                v,
+                d,
+                c0,
+                width,
+                hidden.stride(0),
+                weight.stride(0),
+                buffer.stride(0),
+                gather.LOG2E,
+                1.0,
+                -100,
+                BLOCK_N=config.block_n,
+                BLOCK_V=config.block_v,
+                BLOCK_D=config.block_d,
+                GROUP_ROWS=config.group_rows,
+                EPILOGUE=EPILOGUES[variant.epilogue],
+                PARTS=variant.parts,
+                TMA=variant.tma,
+                WS=variant.ws,
+                TMA_STORE=variant.tma_store,
+                EVICT_FIRST=variant.evict_first,
+                **config.launch_options(),
+            )
 
     return run
 
@@ -261,8 +507,9 @@ def backward_on_two_streams(grad_logp, hidden, weight, targets, row_max, log2_su
     n, d = hidden.shape
     v = weight.shape[0]
     chunk = gather._chunk_columns(n, v, hidden.element_size(), chunk_bytes)
-    buffers = [torch.empty(n, chunk, dtype=hidden.dtype, device=hidden.device)
-               for _ in range(2 if pipelined else 1)]
+    buffers = [
+        torch.empty(n, chunk, dtype=hidden.dtype, device=hidden.device) for _ in range(2 if pipelined else 1)
+    ]
     acc = torch.zeros(n, d, dtype=torch.float32, device=hidden.device)
     grad_weight = torch.empty_like(weight)
     descriptors = gather._operand_descriptors(hidden, weight, config)
@@ -273,16 +520,28 @@ def backward_on_two_streams(grad_logp, hidden, weight, targets, row_max, log2_su
         grad_logits = buffers[i % len(buffers)][:, :width]
         if pipelined and i >= 2:
             main.wait_event(done[i % 2])  # the products that read this buffer two chunks ago
-        gather.launch_grad_logits(grad_logits, c0, grad_logp, hidden, weight, targets, row_max, log2_sum,
-                                  descriptors, temperature=1.0, ignore_index=-100, config=config)
+        gather.launch_grad_logits(
+            grad_logits,
+            c0,
+            grad_logp,
+            hidden,
+            weight,
+            targets,
+            row_max,
+            log2_sum,
+            descriptors,
+            temperature=1.0,
+            ignore_index=-100,
+            config=config,
+        )
         side.wait_stream(main)
         with torch.cuda.stream(side):
-            gather._accumulate_product(acc, grad_logits, weight[c0:c0 + width])
+            gather._accumulate_product(acc, grad_logits, weight[c0 : c0 + width])
             if pipelined:
-                torch.mm(grad_logits.t(), hidden, out=grad_weight[c0:c0 + width])
+                torch.mm(grad_logits.t(), hidden, out=grad_weight[c0 : c0 + width])
                 done[i % 2].record(side)
         if not pipelined:
-            torch.mm(grad_logits.t(), hidden, out=grad_weight[c0:c0 + width])
+            torch.mm(grad_logits.t(), hidden, out=grad_weight[c0 : c0 + width])
             main.wait_stream(side)
     main.wait_stream(side)
     return acc.to(hidden.dtype), grad_weight
@@ -302,11 +561,11 @@ def product_loop(hidden, weight, *, product):
             width = min(chunk, v - c0)
             g = grad[:, :width]
             if product == "grad_z @ W (addmm fp32 out)":
-                torch.addmm(acc, g, weight[c0:c0 + width], out_dtype=torch.float32, out=acc)
+                torch.addmm(acc, g, weight[c0 : c0 + width], out_dtype=torch.float32, out=acc)
             elif product == "grad_z.T @ H":
-                torch.mm(g.t(), hidden, out=grad_weight[c0:c0 + width])
+                torch.mm(g.t(), hidden, out=grad_weight[c0 : c0 + width])
             else:
-                grad_weight[c0:c0 + width].copy_(torch.mm(hidden.t(), g).t())
+                grad_weight[c0 : c0 + width].copy_(torch.mm(hidden.t(), g).t())
 
     return run
 
@@ -318,40 +577,80 @@ def measure(shape_name, variants):
     shape = SHAPES[shape_name]
     hidden, weight, targets, cu = make_inputs(shape)
     op = "grad_logits_variants"
-    rows = [{"op": op, "shape": shape_name, "provider": "matmul",
-             "ms": device_median_ms(lambda: hidden @ weight.T)}]
+    rows = [
+        {
+            "op": op,
+            "shape": shape_name,
+            "provider": "matmul",
+            "ms": device_median_ms(lambda: hidden @ weight.T),
+        }
+    ]
     with torch.no_grad():
         stats = gather.forward(hidden, weight, targets, cu)
         grad_logp = torch.full_like(stats[0], -1.0 / shape[0])
+
         def chunked(mib):
             def run():
                 saved = gather.CHUNK_BYTES
                 gather.CHUNK_BYTES = mib * 2**20
                 try:
-                    gather.backward(grad_logp, hidden, weight, targets, stats[3], stats[4], temperature=1.0,
-                                    ignore_index=-100)
+                    gather.backward(
+                        grad_logp,
+                        hidden,
+                        weight,
+                        targets,
+                        stats[3],
+                        stats[4],
+                        temperature=1.0,
+                        ignore_index=-100,
+                    )
                 finally:
                     gather.CHUNK_BYTES = saved
+
             return run
 
         def package(products):
-            return lambda: gather.backward(grad_logp, hidden, weight, targets, stats[3], stats[4],
-                                           temperature=1.0, ignore_index=-100, need_hidden=products,
-                                           need_weight=products)
+            return lambda: gather.backward(
+                grad_logp,
+                hidden,
+                weight,
+                targets,
+                stats[3],
+                stats[4],
+                temperature=1.0,
+                ignore_index=-100,
+                need_hidden=products,
+                need_weight=products,
+            )
 
         def on_streams(pipelined, mib):
-            return lambda: backward_on_two_streams(grad_logp, hidden, weight, targets, stats[3], stats[4],
-                                                   pipelined=pipelined, chunk_bytes=mib * 2**20)
+            return lambda: backward_on_two_streams(
+                grad_logp,
+                hidden,
+                weight,
+                targets,
+                stats[3],
+                stats[4],
+                pipelined=pipelined,
+                chunk_bytes=mib * 2**20,
+            )
 
-        jobs = [("package kernel", package(False)), ("package backward", package(True)),
-                ("package backward, products on two streams", on_streams(False, 768)),
-                ("package backward, pipelined (2 buffers of 768 MiB)", on_streams(True, 768)),
-                ("package backward, pipelined (2 buffers of 384 MiB)", on_streams(True, 384))]
+        jobs = [
+            ("package kernel", package(False)),
+            ("package backward", package(True)),
+            ("package backward, products on two streams", on_streams(False, 768)),
+            ("package backward, pipelined (2 buffers of 768 MiB)", on_streams(True, 768)),
+            ("package backward, pipelined (2 buffers of 384 MiB)", on_streams(True, 384)),
+        ]
         for mib in (384, 256):
             jobs.append((f"package backward, chunks of {mib} MiB", chunked(mib)))
         for flatten in (False, True):
-            jobs.append((f"persistent tma 4 slices g16{' flattened' if flatten else ''}", persistent_loop(
-                hidden, weight, targets, grad_logp, stats[3], stats[4], flatten=flatten)))
+            jobs.append(
+                (
+                    f"persistent tma 4 slices g16{' flattened' if flatten else ''}",
+                    persistent_loop(hidden, weight, targets, grad_logp, stats[3], stats[4], flatten=flatten),
+                )
+            )
         for name, variant in variants.items():
             jobs.append((name, variant_loop(hidden, weight, targets, grad_logp, stats[3], stats[4], variant)))
         for product in PRODUCTS:
@@ -362,12 +661,23 @@ def measure(shape_name, variants):
                 torch.cuda.synchronize()
                 row = {"op": op, "shape": shape_name, "provider": name, "ms": device_median_ms(fn)}
             except Exception as exc:  # a variant that does not compile is a result, not a crash
-                row = {"op": op, "shape": shape_name, "provider": name, "ms": None,
-                       "note": f"{type(exc).__name__}: {str(exc).splitlines()[0][:100] if str(exc) else ''}"}
+                row = {
+                    "op": op,
+                    "shape": shape_name,
+                    "provider": name,
+                    "ms": None,
+                    "note": f"{type(exc).__name__}: {str(exc).splitlines()[0][:100] if str(exc) else ''}",
+                }
             rows.append(row)
             print(json.dumps(row), flush=True)
-    rows.append({"op": op, "shape": shape_name, "provider": MATMUL_AFTER,
-                 "ms": device_median_ms(lambda: hidden @ weight.T)})
+    rows.append(
+        {
+            "op": op,
+            "shape": shape_name,
+            "provider": MATMUL_AFTER,
+            "ms": device_median_ms(lambda: hidden @ weight.T),
+        }
+    )
     torch.cuda.empty_cache()
     return rows
 
@@ -395,8 +705,9 @@ def variants():
         "tma 4 slices g16 s4": Variant(dataclasses.replace(g16, num_stages=4), parts=4, tma=True),
         "tma 4 slices g16 tma-store": Variant(g16, parts=4, tma=True, tma_store=True),
         "tma full g16 tma-store": Variant(g16, tma=True, tma_store=True),
-        "256x128 tma 4 slices g16": Variant(dataclasses.replace(g16, block_n=256, block_v=128), parts=4,
-                                            tma=True),
+        "256x128 tma 4 slices g16": Variant(
+            dataclasses.replace(g16, block_n=256, block_v=128), parts=4, tma=True
+        ),
     }
 
 
@@ -404,16 +715,21 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--shapes", default=",".join(SHAPES))
-    parser.add_argument("--package-only", action="store_true",
-                        help="time only the package's kernel and backward (and its variants) "
-                             "and the products")
+    parser.add_argument(
+        "--package-only",
+        action="store_true",
+        help="time only the package's kernel and backward (and its variants) and the products",
+    )
     args = parser.parse_args(argv)
     card = torch.cuda.get_device_name()
     table = {} if args.package_only else variants()
     rows = _with_ratios([row for shape in args.shapes.split(",") for row in measure(shape, table)])
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"card": card, "torch": torch.__version__, "triton": triton.__version__,
-                                     "rows": rows}, indent=1))
+    args.json.write_text(
+        json.dumps(
+            {"card": card, "torch": torch.__version__, "triton": triton.__version__, "rows": rows}, indent=1
+        )
+    )
     print(markdown(rows, card))
 
 

@@ -50,7 +50,9 @@ def forward_providers():
         return lambda: logprob_gather(h, w, t, cu_seqlens=cu, backend="triton", check_values=False)
 
     def genssd_triton_entropy(h, w, t, cu):
-        return lambda: logprob_gather(h, w, t, cu_seqlens=cu, return_entropy=True, backend="triton", check_values=False)
+        return lambda: logprob_gather(
+            h, w, t, cu_seqlens=cu, return_entropy=True, backend="triton", check_values=False
+        )
 
     def liger(h, w, t, cu):
         try:
@@ -68,8 +70,13 @@ def forward_providers():
         return lambda: cce_loss(h, w, t, reduction="none")
 
     return {
-        "matmul": matmul, "genssd": genssd_triton, "genssd+entropy": genssd_triton_entropy,
-        "torch.compile": compiled, "liger": liger, "cce": cce, "naive": naive,
+        "matmul": matmul,
+        "genssd": genssd_triton,
+        "genssd+entropy": genssd_triton_entropy,
+        "torch.compile": compiled,
+        "liger": liger,
+        "cce": cce,
+        "naive": naive,
     }
 
 
@@ -90,7 +97,9 @@ def train_providers():
         return lambda: h @ w.T
 
     def genssd_triton(h, w, t, cu):
-        return _with_backward(lambda: linear_cross_entropy(h, w, t, backend="triton", check_values=False), h, w)
+        return _with_backward(
+            lambda: linear_cross_entropy(h, w, t, backend="triton", check_values=False), h, w
+        )
 
     def compiled(h, w, t, cu):
         fn = _compiled_fn(naive_loss)
@@ -126,7 +135,11 @@ def prune_providers():
         return top.indices, top.values > float("-inf")
 
     return {
-        "genssd-triton": lambda s, o, k, m: (lambda: branch_prune(s, o, margin=m, k=k, backend="triton", check_values=False)),
-        "genssd-cuda-cpp": lambda s, o, k, m: (lambda: branch_prune(s, o, margin=m, k=k, backend="cpp", check_values=False)),
-        "torch-chain": lambda s, o, k, m: (lambda: torch_chain(s, o, k, m)),
+        "genssd-triton": lambda s, o, k, m: (
+            lambda: branch_prune(s, o, margin=m, k=k, backend="triton", check_values=False)
+        ),
+        "genssd-cuda-cpp": lambda s, o, k, m: (
+            lambda: branch_prune(s, o, margin=m, k=k, backend="cpp", check_values=False)
+        ),
+        "torch-chain": lambda s, o, k, m: lambda: torch_chain(s, o, k, m),
     }

@@ -89,7 +89,9 @@ def main() -> None:
                 f"acc {student['accuracy']:.3f}" if student else "acc -",
                 f"data right {data['answer_right']:.3f}" if data.get("answer_right") is not None else "",
                 f"data leaps {data['leap_lines']:.3f}" if data.get("leap_lines") is not None else "",
-                f"student leaps {student['student_leap_lines']:.3f}" if student.get("student_leap_lines") is not None else "",
+                f"student leaps {student['student_leap_lines']:.3f}"
+                if student.get("student_leap_lines") is not None
+                else "",
             ]
             print(f"{seed:6} {method:16} " + "  ".join(c for c in cells if c))
     if args.json:

@@ -23,14 +23,12 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
 from genssd.config import EvalConfig, TrainConfig
 from genssd.evaluate import evaluate
 from genssd.tasks.arith import ArithTask, line_operation_counts, render_solution
 from genssd.train import train
-
 from train_demo_models import split_problems
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 TASK = ArithTask()
 
@@ -69,30 +67,43 @@ def fine_vs_leap(model, tokenizer, rows: list[dict], seed: int) -> dict:
             prefix = "".join(line + "\n" for line in fine_lines[:done])
             # The leap of two from here: the fine line after next.
             fine_lp = token_logprobs(model, tokenizer, prompt, prefix + fine_lines[done] + "\n", eos=False)
-            leap_lp = token_logprobs(model, tokenizer, prompt, prefix + fine_lines[done + 1] + "\n", eos=False)
+            leap_lp = token_logprobs(
+                model, tokenizer, prompt, prefix + fine_lines[done + 1] + "\n", eos=False
+            )
             start = len(tokenizer(prefix)["input_ids"])
             wins["trajectory"].append(bool(fine_lp.mean() > leap_lp.mean()))
             wins["chunk"].append(bool(fine_lp[start:].mean() > leap_lp[start:].mean()))
     fine, leap = styled(rows, "fine", seed), styled(rows, "leap", seed)
-    whole_f = [token_logprobs(model, tokenizer, TASK.prompt(r), r["answer"], eos=True).mean().item() for r in fine]
-    whole_l = [token_logprobs(model, tokenizer, TASK.prompt(r), r["answer"], eos=True).mean().item() for r in leap]
+    whole_f = [
+        token_logprobs(model, tokenizer, TASK.prompt(r), r["answer"], eos=True).mean().item() for r in fine
+    ]
+    whole_l = [
+        token_logprobs(model, tokenizer, TASK.prompt(r), r["answer"], eos=True).mean().item() for r in leap
+    ]
     return {
         "decisions": len(wins["chunk"]),
         "decision_fine_wins_trajectory": statistics.mean(wins["trajectory"]),
         "decision_fine_wins_chunk": statistics.mean(wins["chunk"]),
         "solution_fine": statistics.mean(whole_f),
         "solution_leap": statistics.mean(whole_l),
-        "solution_fine_wins": statistics.mean(f > l for f, l in zip(whole_f, whole_l)),
+        "solution_fine_wins": statistics.mean(fine > leap for fine, leap in zip(whole_f, whole_l)),
     }
 
 
 def leap_line_share(records: list[dict], rows: list[dict]) -> float:
-    counts = [n for rec, row in zip(records, rows) for text in rec["predictions"] for n in line_operation_counts(text, len(row["ops"]))]
+    counts = [
+        n
+        for rec, row in zip(records, rows)
+        for text in rec["predictions"]
+        for n in line_operation_counts(text, len(row["ops"]))
+    ]
     return sum(n >= 2 for n in counts) / max(1, len(counts))
 
 
 def sft(model, tokenizer, rows: list[dict], steps: int, seed: int, callback=None) -> None:
-    config = TrainConfig(lr=3e-3, max_steps=steps, batch_size=32, warmup_ratio=0.05, weight_decay=0.01, seed=seed, bf16=False)
+    config = TrainConfig(
+        lr=3e-3, max_steps=steps, batch_size=32, warmup_ratio=0.05, weight_decay=0.01, seed=seed, bf16=False
+    )
     train(model, tokenizer, rows, config, task=TASK, progress=False, callback=callback)
     model.eval()
 
@@ -134,7 +145,9 @@ def main() -> None:
     report["teacher_sampled_t1_leap_line_share"] = leap_line_share(result["records"], heldout)
 
     student = fresh_student()
-    report["student_from_scratch_accuracy"] = evaluate(student, tokenizer, TASK, heldout, greedy, progress=False)["accuracy"]
+    report["student_from_scratch_accuracy"] = evaluate(
+        student, tokenizer, TASK, heldout, greedy, progress=False
+    )["accuracy"]
     probe = heldout[: args.probe_problems]
     report["student_from_scratch_logprobs"] = fine_vs_leap(student, tokenizer, probe, args.seed)
 
@@ -152,11 +165,15 @@ def main() -> None:
     sft(student, tokenizer, mixed, args.sft_steps, args.seed, callback=measure)
     report["sft"] = {"problems": len(train_rows), "steps": args.sft_steps, "batch_size": 32}
     report["student_sft_mixed_logprobs_by_step"] = curve
-    report["student_sft_mixed_accuracy"] = evaluate(student, tokenizer, TASK, heldout, greedy, progress=False)["accuracy"]
+    report["student_sft_mixed_accuracy"] = evaluate(
+        student, tokenizer, TASK, heldout, greedy, progress=False
+    )["accuracy"]
 
     student = fresh_student()
     sft(student, tokenizer, styled(train_rows, "fine", args.seed), args.sft_steps, args.seed)
-    report["student_sft_fine_accuracy"] = evaluate(student, tokenizer, TASK, heldout, greedy, progress=False)["accuracy"]
+    report["student_sft_fine_accuracy"] = evaluate(student, tokenizer, TASK, heldout, greedy, progress=False)[
+        "accuracy"
+    ]
     report["seconds"] = round(time.perf_counter() - started, 1)
 
     text = json.dumps(report, indent=2)

@@ -13,10 +13,9 @@ import argparse
 import random
 from pathlib import Path
 
+from genssd.tasks.arith import STYLES, ArithTask, generate_problems, render_solution
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
-
-from genssd.tasks.arith import STYLES, ArithTask, generate_problems, render_solution
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "eos_token": "<eos>", "unk_token": "<unk>"}
 
@@ -25,7 +24,9 @@ def corpus(seed: int) -> list[str]:
     """Prompts and solutions in every style: all characters the task can produce."""
     task, rng = ArithTask(), random.Random(seed)
     rows = generate_problems(2000, seed, num_operands=(2, 6), max_operand=50, max_value=200)
-    return [task.prompt(r) + render_solution(r["numbers"], r["ops"], style, rng) for r in rows for style in STYLES]
+    return [
+        task.prompt(r) + render_solution(r["numbers"], r["ops"], style, rng) for r in rows for style in STYLES
+    ]
 
 
 def build(seed: int) -> PreTrainedTokenizerFast:

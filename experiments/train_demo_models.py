@@ -24,12 +24,11 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
 from genssd.config import EvalConfig, TrainConfig
 from genssd.evaluate import evaluate
 from genssd.tasks.arith import ArithTask, generate_problems, line_operation_counts, render_solution
 from genssd.train import train
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 # Llama-style decoders; heads of 16 dims; tied embeddings (the vocabulary is ~40 characters).
 TEACHER = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 4, "num_attention_heads": 8}
@@ -66,7 +65,9 @@ def mixed_rows(rows: list[dict], seed: int) -> list[dict]:
     unlearnable steps it exists to show.
     """
     rng = random.Random(seed)
-    return [dict(r, answer=render_solution(r["numbers"], r["ops"], "mixed", rng, max_leap=None)) for r in rows]
+    return [
+        dict(r, answer=render_solution(r["numbers"], r["ops"], "mixed", rng, max_leap=None)) for r in rows
+    ]
 
 
 def save(model, tokenizer, out: Path) -> None:
@@ -97,17 +98,28 @@ def main() -> None:
     torch.manual_seed(args.seed)
     teacher = LlamaForCausalLM(model_config(tokenizer, TEACHER))
     config = TrainConfig(
-        lr=args.lr, max_steps=args.steps, batch_size=args.batch_size, warmup_ratio=0.05,
-        weight_decay=0.01, seed=args.seed, bf16=False, log_every=100, max_length=256,
+        lr=args.lr,
+        max_steps=args.steps,
+        batch_size=args.batch_size,
+        warmup_ratio=0.05,
+        weight_decay=0.01,
+        seed=args.seed,
+        bf16=False,
+        log_every=100,
+        max_length=256,
     )
     started = time.perf_counter()
     stats = train(teacher, tokenizer, mixed_rows(train_rows, args.seed), config, task=task, progress=False)
     train_seconds = time.perf_counter() - started
     teacher.eval()
 
-    result = evaluate(teacher, tokenizer, task, heldout, EvalConfig(batch_size=250, max_new_tokens=64), progress=False)
+    result = evaluate(
+        teacher, tokenizer, task, heldout, EvalConfig(batch_size=250, max_new_tokens=64), progress=False
+    )
     leap_lines = [
-        n >= 2 for rec, row in zip(result["records"], heldout) for n in line_operation_counts(rec["predictions"][0], len(row["ops"]))
+        n >= 2
+        for rec, row in zip(result["records"], heldout)
+        for n in line_operation_counts(rec["predictions"][0], len(row["ops"]))
     ]
     torch.manual_seed(args.seed + 1)
     student = LlamaForCausalLM(model_config(tokenizer, STUDENT))

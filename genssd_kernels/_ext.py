@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_extension():
     """Return ``(module, None)`` when ``genssd_kernels._C`` imports, else ``(None, reason)``."""
     try:
@@ -16,7 +16,10 @@ def load_extension():
 
         from genssd_kernels import _C
     except ImportError as exc:
-        return None, f"genssd_kernels._C did not load ({exc}); reinstall with `pip install --no-build-isolation .`"
+        return (
+            None,
+            f"genssd_kernels._C did not load ({exc}); reinstall with `pip install --no-build-isolation .`",
+        )
     return _C, None
 
 

@@ -17,7 +17,7 @@ from genssd_kernels._ext import cuda_ops_built, load_extension
 BACKENDS = ("reference", "cpp", "triton")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _triton_import_error() -> str | None:
     try:
         import triton  # noqa: F401
@@ -88,7 +88,9 @@ def resolve_backend(backend: str | None, device: torch.device, *, op: str | None
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {requested!r}")
         reason = unavailable_reason(requested, device, op)
         if reason is not None:
-            raise RuntimeError(f"{op or 'genssd'}: backend {requested!r} is unavailable on {device.type}: {reason}")
+            raise RuntimeError(
+                f"{op or 'genssd'}: backend {requested!r} is unavailable on {device.type}: {reason}"
+            )
         return requested
     preferred = ("triton", "cpp") if device.type == "cuda" else ("cpp",)
     for candidate in preferred:

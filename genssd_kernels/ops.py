@@ -29,9 +29,14 @@ def _values_checkable(*tensors: torch.Tensor) -> bool:
     return not (on_cuda and torch.cuda.is_current_stream_capturing())
 
 
-def _check_offsets(name: str, offsets: torch.Tensor, total: int, device: torch.device, check_values: bool) -> None:
+def _check_offsets(
+    name: str, offsets: torch.Tensor, total: int, device: torch.device, check_values: bool
+) -> None:
     _check(isinstance(offsets, torch.Tensor), f"{name} must be a tensor")
-    _check(offsets.dim() == 1 and offsets.numel() >= 1, f"{name} must be 1-D with at least one entry, got shape {tuple(offsets.shape)}")
+    _check(
+        offsets.dim() == 1 and offsets.numel() >= 1,
+        f"{name} must be 1-D with at least one entry, got shape {tuple(offsets.shape)}",
+    )
     _check(offsets.dtype in INDEX_DTYPES, f"{name} must be int32 or int64, got {offsets.dtype}")
     _check(offsets.device == device, f"{name} is on {offsets.device} but the data is on {device}")
     if check_values and _values_checkable(offsets):
@@ -47,23 +52,44 @@ def _validate_gather(hidden, weight, targets, cu_seqlens, temperature, ignore_in
     _check(hidden.dim() == 2, f"hidden must be 2-D [N, d], got shape {tuple(hidden.shape)}")
     _check(weight.dim() == 2, f"weight must be 2-D [V, d], got shape {tuple(weight.shape)}")
     _check(targets.dim() == 1, f"targets must be 1-D [N], got shape {tuple(targets.shape)}")
-    _check(hidden.dtype in FLOAT_DTYPES, f"hidden must be float16, bfloat16, float32 or float64, got {hidden.dtype}")
-    _check(weight.dtype == hidden.dtype, f"weight dtype {weight.dtype} differs from hidden dtype {hidden.dtype}")
+    _check(
+        hidden.dtype in FLOAT_DTYPES,
+        f"hidden must be float16, bfloat16, float32 or float64, got {hidden.dtype}",
+    )
+    _check(
+        weight.dtype == hidden.dtype, f"weight dtype {weight.dtype} differs from hidden dtype {hidden.dtype}"
+    )
     _check(targets.dtype == torch.int64, f"targets must be int64, got {targets.dtype}")
-    _check(hidden.shape[1] == weight.shape[1], f"hidden has d={hidden.shape[1]} but weight has d={weight.shape[1]}")
-    _check(targets.shape[0] == hidden.shape[0], f"targets has {targets.shape[0]} rows but hidden has {hidden.shape[0]}")
-    _check(weight.shape[0] >= 1 and hidden.shape[1] >= 1, f"weight must have V >= 1 and d >= 1, got {tuple(weight.shape)}")
+    _check(
+        hidden.shape[1] == weight.shape[1],
+        f"hidden has d={hidden.shape[1]} but weight has d={weight.shape[1]}",
+    )
+    _check(
+        targets.shape[0] == hidden.shape[0],
+        f"targets has {targets.shape[0]} rows but hidden has {hidden.shape[0]}",
+    )
+    _check(
+        weight.shape[0] >= 1 and hidden.shape[1] >= 1,
+        f"weight must have V >= 1 and d >= 1, got {tuple(weight.shape)}",
+    )
     _check(weight.device == hidden.device, f"weight is on {weight.device} but hidden is on {hidden.device}")
-    _check(targets.device == hidden.device, f"targets is on {targets.device} but hidden is on {hidden.device}")
-    _check(isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0,
-           f"temperature must be a finite number > 0, got {temperature!r}")
+    _check(
+        targets.device == hidden.device, f"targets is on {targets.device} but hidden is on {hidden.device}"
+    )
+    _check(
+        isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0,
+        f"temperature must be a finite number > 0, got {temperature!r}",
+    )
     _check(isinstance(ignore_index, int), f"ignore_index must be an int, got {ignore_index!r}")
     if check_values and targets.numel() and _values_checkable(targets):
         valid = targets[targets != ignore_index]
         if valid.numel():
             low, high = valid.min().item(), valid.max().item()
-            _check(low >= 0 and high < weight.shape[0],
-                   f"targets must lie in [0, {weight.shape[0]}) or equal ignore_index={ignore_index}, got values in [{low}, {high}]")
+            _check(
+                low >= 0 and high < weight.shape[0],
+                f"targets must lie in [0, {weight.shape[0]}) or equal ignore_index={ignore_index}, "
+                f"got values in [{low}, {high}]",
+            )
     if cu_seqlens is not None:
         _check_offsets("cu_seqlens", cu_seqlens, hidden.shape[0], hidden.device, check_values)
 
@@ -130,7 +156,9 @@ def linear_cross_entropy(
     Returns:
         a scalar fp32 loss, or ``[N]`` fp32 for ``reduction="none"``.
     """
-    _check(reduction in ("mean", "sum", "none"), f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    _check(
+        reduction in ("mean", "sum", "none"), f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}"
+    )
     token_logprobs, _, _ = logprob_gather(
         hidden, weight, targets, ignore_index=ignore_index, backend=backend, check_values=check_values
     )
@@ -148,9 +176,14 @@ def _validate_prune(scores, group_offsets, margin, k, min_score, check_values):
     _check(scores.dim() == 1, f"scores must be 1-D [C], got shape {tuple(scores.shape)}")
     _check(scores.dtype == torch.float32, f"scores must be float32, got {scores.dtype}")
     _check(isinstance(k, int) and not isinstance(k, bool) and k >= 1, f"k must be an int >= 1, got {k!r}")
-    _check(isinstance(margin, (int, float)) and not math.isnan(margin) and margin >= 0,
-           f"margin must be a number >= 0 (inf allowed), got {margin!r}")
-    _check(isinstance(min_score, (int, float)) and not math.isnan(min_score), f"min_score must be a number, got {min_score!r}")
+    _check(
+        isinstance(margin, (int, float)) and not math.isnan(margin) and margin >= 0,
+        f"margin must be a number >= 0 (inf allowed), got {margin!r}",
+    )
+    _check(
+        isinstance(min_score, (int, float)) and not math.isnan(min_score),
+        f"min_score must be a number, got {min_score!r}",
+    )
     _check_offsets("group_offsets", group_offsets, scores.shape[0], scores.device, check_values)
 
 

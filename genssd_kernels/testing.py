@@ -20,7 +20,9 @@ def max_abs_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     if torch.isnan(actual64).any():
         return float("inf")
     inf_mask = torch.isinf(expected64)
-    if not torch.equal(torch.isinf(actual64), inf_mask) or not torch.equal(actual64[inf_mask], expected64[inf_mask]):
+    if not torch.equal(torch.isinf(actual64), inf_mask) or not torch.equal(
+        actual64[inf_mask], expected64[inf_mask]
+    ):
         return float("inf")
     finite = ~inf_mask
     if not finite.any():
@@ -33,7 +35,9 @@ def assert_within_tolerance(actual, same_dtype_reference, float64_reference, dty
     error = max_abs_error(actual, float64_reference)
     reference_error = max_abs_error(same_dtype_reference, float64_reference)
     bound = 2 * reference_error + ERROR_FLOOR[dtype]
-    assert error <= bound, f"{what}: error {error:.3g} > bound {bound:.3g} (reference error {reference_error:.3g}, {dtype})"
+    assert error <= bound, (
+        f"{what}: error {error:.3g} > bound {bound:.3g} (reference error {reference_error:.3g}, {dtype})"
+    )
 
 
 def random_gather_inputs(n, d, v, dtype, *, device="cpu", ignore_fraction=0.1, logit_scale=1.0, seed=0):

@@ -17,10 +17,9 @@ from genssd.config import TrainConfig
 from genssd.tasks import get_task
 from genssd.tasks.arith import render_solution
 from genssd.train import train
+from tiny_models import tiny_llama
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
-
-from tiny_models import tiny_llama
 
 CHARACTERS = "0123456789 +-=#?:\nWhatisQuestionAnswer"
 

@@ -24,8 +24,9 @@ def backends_on(device: str, op: str) -> list[str]:
 
 # The real GSM8K test split beside the checkout (../shared); tests that need it skip elsewhere.
 GSM8K_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
-requires_gsm8k = pytest.mark.skipif(not GSM8K_TEST.is_file(), reason=f"the GSM8K test file is not at {GSM8K_TEST}")
-
+requires_gsm8k = pytest.mark.skipif(
+    not GSM8K_TEST.is_file(), reason=f"the GSM8K test file is not at {GSM8K_TEST}"
+)
 
 
 @pytest.fixture(scope="session")

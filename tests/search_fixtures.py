@@ -8,6 +8,7 @@ are 2-layer Llama/Qwen2 built from configs with random weights.
 from __future__ import annotations
 
 import torch
+from tiny_models import one_thread, single_thread  # noqa: F401  (re-exported for the search tests)
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     LlamaConfig,
@@ -20,8 +21,6 @@ from transformers import (
     Qwen3Config,
     Qwen3ForCausalLM,
 )
-
-from tiny_models import one_thread, single_thread  # noqa: F401  (re-exported for the search tests)
 
 PAD, BOS, EOS = 0, 1, 2
 

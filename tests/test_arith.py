@@ -3,7 +3,6 @@
 import random
 
 import pytest
-
 from genssd.errors import UsageError
 from genssd.tasks.arith import (
     ArithTask,
@@ -20,7 +19,9 @@ TASK = ArithTask()
 
 @pytest.fixture(scope="module")
 def rows():
-    return generate_problems(300, seed=random.randrange(10_000), num_operands=(3, 6), max_operand=30, max_value=99)
+    return generate_problems(
+        300, seed=random.randrange(10_000), num_operands=(3, 6), max_operand=30, max_value=99
+    )
 
 
 def test_generator_is_deterministic_by_seed():
@@ -147,7 +148,6 @@ def test_bad_knobs_are_usage_errors():
         render_solution([1, 2], ["+"], "sideways")
     with pytest.raises(UsageError):
         render_solution([1, 2, 3], ["+", "-"], "leap", max_leap=1)
-
 
 
 def test_splits_are_disjoint_and_cover_every_length():

@@ -43,7 +43,8 @@ def _spec(scores, offsets, margin, k, min_score):
         threshold = mean - np.float32(margin)
         floor = np.float32(min_score)
         alive = [
-            i for i in members
+            i
+            for i in members
             if values[i] > -INF and np.float32(values[i]) >= threshold and values[i] >= floor
         ]
         chosen = sorted(alive, key=lambda i: (-values[i], i))[:k]
@@ -178,8 +179,9 @@ def test_hand_worked_example(device, backend, offset_dtype):
     assert group_mean.tolist() == HAND_MEAN
     assert keep_mask.nonzero().flatten().tolist() == HAND_KEEP
 
-    keep_mask, kept_idx, kept_count, _ = branch_prune(scores, offsets, margin=0.5, k=2, min_score=2.5,
-                                                      backend=backend)
+    keep_mask, kept_idx, kept_count, _ = branch_prune(
+        scores, offsets, margin=0.5, k=2, min_score=2.5, backend=backend
+    )
     assert kept_idx.tolist() == HAND_FLOOR_KEPT
     assert kept_count.tolist() == HAND_FLOOR_COUNT
     assert keep_mask.nonzero().flatten().tolist() == [1, 3, 6, 8]
@@ -201,8 +203,9 @@ def test_min_score_above_everything_prunes_all(device, backend):
     offsets = testing.random_offsets(12, 9, min_size=1, seed=8)
     scores = torch.randn(int(offsets[-1]), generator=torch.Generator().manual_seed(8))
     floor = scores.max().item() + 1.0
-    outputs = branch_prune(scores.to(device), offsets.to(device), margin=INF, k=4, min_score=floor,
-                           backend=backend)
+    outputs = branch_prune(
+        scores.to(device), offsets.to(device), margin=INF, k=4, min_score=floor, backend=backend
+    )
     keep_mask, kept_idx, kept_count, group_mean = outputs
     assert not keep_mask.any() and (kept_idx == -1).all() and (kept_count == 0).all()
     assert torch.isfinite(group_mean).all()
@@ -213,8 +216,9 @@ def test_min_score_above_everything_prunes_all(device, backend):
 def test_margin_inf_keeps_best_k_of_everything_finite(device, backend):
     offsets = torch.tensor([0, 7, 10])
     scores = torch.tensor([0.3, -9.0, 2.0, NAN, -INF, 1.5, 2.0, 4.0, -1.0, 0.0])
-    keep_mask, kept_idx, kept_count, _ = branch_prune(scores.to(device), offsets.to(device), margin=INF, k=4,
-                                                      backend=backend)
+    keep_mask, kept_idx, kept_count, _ = branch_prune(
+        scores.to(device), offsets.to(device), margin=INF, k=4, backend=backend
+    )
     assert kept_idx.tolist() == [[2, 6, 5, 0], [7, 9, 8, -1]]
     assert kept_count.tolist() == [4, 3]
     assert keep_mask.nonzero().flatten().tolist() == [0, 2, 5, 6, 7, 8, 9]
@@ -225,11 +229,13 @@ def test_no_candidates(device, backend):
     """Only empty groups (C = 0), and no groups at all (P = 0)."""
     empty = torch.zeros(0, device=device)
     keep_mask, kept_idx, kept_count, group_mean = branch_prune(
-        empty, torch.zeros(4, dtype=torch.int64, device=device), margin=0.5, k=2, backend=backend)
+        empty, torch.zeros(4, dtype=torch.int64, device=device), margin=0.5, k=2, backend=backend
+    )
     assert keep_mask.shape == (0,) and kept_idx.tolist() == [[-1, -1]] * 3
     assert kept_count.tolist() == [0] * 3 and group_mean.tolist() == [-INF] * 3
     keep_mask, kept_idx, kept_count, group_mean = branch_prune(
-        empty, torch.zeros(1, dtype=torch.int64, device=device), margin=0.5, k=2, backend=backend)
+        empty, torch.zeros(1, dtype=torch.int64, device=device), margin=0.5, k=2, backend=backend
+    )
     assert kept_idx.shape == (0, 2) and kept_count.shape == (0,) and group_mean.shape == (0,)
 
 

@@ -14,9 +14,9 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+from conftest import GSM8K_TEST, requires_gsm8k  # noqa: E402
 from genssd.cli import main
 from genssd.commands.search import output_row
 from genssd.data import read_output
@@ -24,7 +24,6 @@ from genssd.search import SearchResult, Trajectory
 from genssd.tasks import get_task
 from search_fixtures import bpe_tokenizer, one_thread, single_thread, tiny_lm  # noqa: F401
 
-from conftest import GSM8K_TEST, requires_gsm8k  # noqa: E402
 NUM_PROBLEMS = 40
 ROW_KEYS = {
     "uid",

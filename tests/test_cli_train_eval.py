@@ -11,15 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
+from conftest import GSM8K_TEST, requires_gsm8k  # noqa: E402
 from genssd.cli import main
 from genssd.tasks import get_task
 from genssd.tasks.arith import generate_problems, write_problems
-
+from safetensors.torch import load_file
 from tiny_models import byte_tokenizer, one_thread, tiny_llama  # noqa: F401
 
-from conftest import GSM8K_TEST, requires_gsm8k  # noqa: E402
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -54,8 +52,21 @@ def assert_same(a, b, atol):
 
 
 def train_args(model_dir, data, out, *settings, extra=()):
-    args = ["train", "--model", str(model_dir), "--data", str(data), "--out", str(out), "--task", "arith",
-            "--device", "cpu", "--no-progress", *extra]
+    args = [
+        "train",
+        "--model",
+        str(model_dir),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--task",
+        "arith",
+        "--device",
+        "cpu",
+        "--no-progress",
+        *extra,
+    ]
     for setting in ("max_length=256", "lr=2e-3", *settings):
         args += ["--set", setting]
     return args
@@ -65,7 +76,9 @@ def train_args(model_dir, data, out, *settings, extra=()):
 
 
 def predictions_file(path, rows, texts):
-    path.write_text("".join(json.dumps({"uid": r["uid"], "prediction": t}) + "\n" for r, t in zip(rows, texts)))
+    path.write_text(
+        "".join(json.dumps({"uid": r["uid"], "prediction": t}) + "\n" for r, t in zip(rows, texts))
+    )
     return path
 
 
@@ -74,7 +87,22 @@ def test_eval_scores_gsm8k_gold_solutions_100_percent_and_a_shuffle_near_0(tmp_p
     rows = get_task("gsm8k").load(GSM8K_TEST)
     gold = predictions_file(tmp_path / "gold.jsonl", rows, [r["answer"] for r in rows])
     out = tmp_path / "scored.jsonl"
-    assert main(["eval", "--predictions", str(gold), "--task", "gsm8k", "--data", str(GSM8K_TEST), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--predictions",
+                str(gold),
+                "--task",
+                "gsm8k",
+                "--data",
+                str(GSM8K_TEST),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "accuracy 1.0000 (1319/1319)" in capsys.readouterr().out
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == 1319 and all(r["correct"] == [True] for r in records)
@@ -93,8 +121,24 @@ def test_eval_generates_with_a_model_and_writes_predictions(tmp_path, model_dir,
     data = tmp_path / "test.jsonl"
     write_problems(data, rows)
     out = tmp_path / "pred.jsonl"
-    argv = ["eval", "--model", str(model_dir), "--task", "arith", "--data", str(data), "--limit", "5",
-            "--batch-size", "2", "--max-new-tokens", "6", "--device", "cpu", "--no-progress"]
+    argv = [
+        "eval",
+        "--model",
+        str(model_dir),
+        "--task",
+        "arith",
+        "--data",
+        str(data),
+        "--limit",
+        "5",
+        "--batch-size",
+        "2",
+        "--max-new-tokens",
+        "6",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     assert main([*argv, "--out", str(out)]) == 0
     assert "arith: accuracy 0.0000 (0/5) pass@1" in capsys.readouterr().out
     records = [json.loads(line) for line in out.read_text().splitlines()]
@@ -106,12 +150,32 @@ def test_eval_generates_with_a_model_and_writes_predictions(tmp_path, model_dir,
 
 @requires_gsm8k
 def test_eval_bad_input_exits_2(tmp_path, model_dir, capsys):
-    assert main(["eval", "--model", str(model_dir), "--task", "arith", "--data", str(tmp_path / "none.jsonl")]) == 2
+    assert (
+        main(["eval", "--model", str(model_dir), "--task", "arith", "--data", str(tmp_path / "none.jsonl")])
+        == 2
+    )
     assert "data file not found" in capsys.readouterr().err
-    assert main(["eval", "--model", str(model_dir), "--task", "gsm8k", "--data", str(GSM8K_TEST),
-                 "--num-samples", "4"]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(model_dir),
+                "--task",
+                "gsm8k",
+                "--data",
+                str(GSM8K_TEST),
+                "--num-samples",
+                "4",
+            ]
+        )
+        == 2
+    )
     assert "temperature > 0" in capsys.readouterr().err
-    assert main(["eval", "--model", str(tmp_path / "nomodel"), "--task", "gsm8k", "--data", str(GSM8K_TEST)]) == 2
+    assert (
+        main(["eval", "--model", str(tmp_path / "nomodel"), "--task", "gsm8k", "--data", str(GSM8K_TEST)])
+        == 2
+    )
     assert "model directory not found" in capsys.readouterr().err
 
 
@@ -126,8 +190,14 @@ def test_train_bad_input_exits_2_with_a_clear_message(tmp_path, model_dir, data,
     cases = [
         (train_args(model_dir, empty, tmp_path / "o1"), "no rows"),
         (train_args(model_dir, no_trajectory, tmp_path / "o2"), "no trajectory text"),
-        (train_args(model_dir, data, tmp_path / "o3", "max_length=8"), "leaves no room for the completion within max_length=8"),
-        (train_args(model_dir, data, tmp_path / "o4", "learning_rate=1e-3"), "unknown config key 'learning_rate'"),
+        (
+            train_args(model_dir, data, tmp_path / "o3", "max_length=8"),
+            "leaves no room for the completion within max_length=8",
+        ),
+        (
+            train_args(model_dir, data, tmp_path / "o4", "learning_rate=1e-3"),
+            "unknown config key 'learning_rate'",
+        ),
         (train_args(model_dir, data, tmp_path / "o5", "batch_size=64"), "fewer than one step's batch"),
     ]
     for argv, message in cases:
@@ -142,8 +212,27 @@ def test_train_writes_a_loadable_model_and_a_log(tmp_path, model_dir, data):
     assert main(train_args(model_dir, data, out, "batch_size=4", "max_steps=3", "log_every=1")) == 0
     log = [json.loads(line) for line in (out / LOG_NAME).read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3]
-    assert main(["eval", "--model", str(out), "--task", "arith", "--data", str(data), "--limit", "2",
-                 "--max-new-tokens", "4", "--device", "cpu", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(out),
+                "--task",
+                "arith",
+                "--data",
+                str(data),
+                "--limit",
+                "2",
+                "--max-new-tokens",
+                "4",
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
 
 
 LOG_NAME = "train_log.jsonl"
@@ -153,8 +242,17 @@ def test_torchrun_with_2_processes_equals_1_process_with_the_same_global_batch(t
     single = tmp_path / "single"
     assert main(train_args(model_dir, data, single, "batch_size=4", "grad_accum=2", "max_steps=3")) == 0
     ddp = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "genssd.cli", *train_args(model_dir, data, ddp, "batch_size=2", "grad_accum=2", "max_steps=3")]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "genssd.cli",
+        *train_args(model_dir, data, ddp, "batch_size=2", "grad_accum=2", "max_steps=3"),
+    ]
     done = subprocess.run(command, check=False, env=ENV, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("trained to step 3") == 1  # rank 0 reports
@@ -166,8 +264,12 @@ def test_torchrun_with_2_processes_equals_1_process_with_the_same_global_batch(t
 def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path, model_dir, data):
     settings = ("batch_size=4", "max_steps=60", "save_every=1")
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "genssd.cli", *train_args(model_dir, data, killed, *settings)],
-                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "genssd.cli", *train_args(model_dir, data, killed, *settings)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 120
     while not (killed / "checkpoint-3").exists():
         assert proc.poll() is None, proc.stderr.read().decode()[-3000:]

@@ -40,7 +40,15 @@ TINY = Preset(
     equal_budget=True,
 )
 METHODS = [
-    "base", "coldstart", "standard", "rejection", "best-of-n", "gen-ssd", "gen-ssd-checked", "random", "standard-budget",
+    "base",
+    "coldstart",
+    "standard",
+    "rejection",
+    "best-of-n",
+    "gen-ssd",
+    "gen-ssd-checked",
+    "random",
+    "standard-budget",
 ]
 
 
@@ -93,7 +101,10 @@ def test_results_hold_every_method_with_the_numbers_its_run_folders_record(demo)
         for method in ("best-of-n", "gen-ssd", "gen-ssd-checked", "random"):
             assert 0 <= by_method[method]["pruned_share"] <= 1
         # The checked variant searches exactly like Gen-SSD, then drops the wrong answers.
-        texts = {m: [r["trajectories"][0]["text"] for r in read_jsonl(root / m / "search.jsonl")] for m in ("gen-ssd", "gen-ssd-checked")}
+        texts = {
+            m: [r["trajectories"][0]["text"] for r in read_jsonl(root / m / "search.jsonl")]
+            for m in ("gen-ssd", "gen-ssd-checked")
+        }
         assert texts["gen-ssd"] == texts["gen-ssd-checked"]
         assert by_method["gen-ssd-checked"]["pruned_share"] >= by_method["gen-ssd"]["pruned_share"]
 
@@ -151,7 +162,9 @@ def test_a_rerun_recomputes_nothing(demo, models, monkeypatch, capsys):
 def test_seeds_in_parallel_processes_give_the_same_results(demo, models, tmp_path, capfd):
     _, results = demo
     capfd.readouterr()
-    parallel = run_demo(tmp_path / "run", preset=TINY, device="cpu", seed=0, models=models, progress=False, jobs=2)
+    parallel = run_demo(
+        tmp_path / "run", preset=TINY, device="cpu", seed=0, models=models, progress=False, jobs=2
+    )
     assert parallel["per_seed"] == results["per_seed"]
     assert parallel["methods"] == results["methods"]
     # The workers print no stage lines of their own; the parent reports each finished job.
@@ -183,9 +196,9 @@ def test_leap_share_counts_the_lines_of_the_data_a_method_trains_on(tmp_path):
     fine = [render_solution(r["numbers"], r["ops"], "fine") for r in rows]
     leap = [render_solution(r["numbers"], r["ops"], "leap", max_leap=2) for r in rows]
     wrong = "#### -1"  # all three operations on one line, and a wrong answer
-    for r, f, l in zip(rows, fine, leap):
-        r["trajectories"] = [{"text": l}, {"text": f}, {"text": wrong}]
-        r["correct"] = True
+    for row, fine_text, leap_text in zip(rows, fine, leap):
+        row["trajectories"] = [{"text": leap_text}, {"text": fine_text}, {"text": wrong}]
+        row["correct"] = True
     write_problems(tmp_path / "search.jsonl", rows)
     assert leap_share(tmp_path / "search.jsonl") == pytest.approx(1 / 2)
     # Every correct trajectory: 10 leap lines among 10 x (2 + 3) lines.

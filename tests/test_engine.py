@@ -11,8 +11,17 @@ from genssd.engine.static_cache import StaticKVCache
 from genssd.errors import UsageError
 from genssd.search import Searcher, _stop_prefix
 from genssd.teacher import TokenRules
-from search_fixtures import BOS, EOS, PAD, PROMPTS, bpe_tokenizer, letters_tokenizer, one_thread, tiny_lm  # noqa: F401
-from search_fixtures import token_logprobs
+from search_fixtures import (  # noqa: F401
+    BOS,
+    EOS,
+    PAD,
+    PROMPTS,
+    bpe_tokenizer,
+    letters_tokenizer,
+    one_thread,
+    tiny_lm,
+    token_logprobs,
+)
 from transformers import GPT2Config, GPT2LMHeadModel
 
 
@@ -47,14 +56,23 @@ def test_reserve_doubles_and_keeps_contents_truncate_shortens_rows():
         torch.testing.assert_close(new[:, :, :5], old, rtol=0, atol=0)
     cache.truncate(3, torch.tensor([2, 0, 1]))
     assert cache.length.tolist() == [3, 2, 3]
-    assert cache.nbytes == 2 * 2 * 3 * 2 * 20 * 4 * 8 == StaticKVCache.bytes_for(
-        layers=2, kv_heads=2, head_dim=4, dtype=torch.float64, rows=3, capacity=20
+    assert (
+        cache.nbytes
+        == 2 * 2 * 3 * 2 * 20 * 4 * 8
+        == StaticKVCache.bytes_for(layers=2, kv_heads=2, head_dim=4, dtype=torch.float64, rows=3, capacity=20)
     )
 
 
 def _gpt2(vocab_size: int):
-    config = GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=256,
-                        bos_token_id=BOS, eos_token_id=EOS)
+    config = GPT2Config(
+        vocab_size=vocab_size,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        n_positions=256,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+    )
     torch.manual_seed(3)
     return GPT2LMHeadModel(config).eval()
 
@@ -64,21 +82,29 @@ def test_engine_choice_falls_back_to_hf_and_static_refuses_unsupported_models():
     assert resolve_engine(tiny_lm("qwen3", 300, seed=1), "auto", "teacher")[0] == "static"
     gpt2 = _gpt2(len(tokenizer))
     engine, line = resolve_engine(gpt2, "auto", "teacher")
-    assert engine == "hf" and line == "teacher: hf engine (model type 'gpt2' is not one of llama, mistral, qwen2, qwen3)"
+    assert (
+        engine == "hf"
+        and line == "teacher: hf engine (model type 'gpt2' is not one of llama, mistral, qwen2, qwen3)"
+    )
     with pytest.raises(UsageError, match="the static engine cannot run the teacher: model type 'gpt2'"):
         resolve_engine(gpt2, "static", "teacher")
     # Any other causal LM still searches, through the hf engine.
     student = tiny_lm("llama", len(tokenizer), seed=2)
     config = SearchConfig(num_candidates=2, chunk_tokens=3, max_new_tokens=6, batch_size=2)
     searcher = Searcher(gpt2, student, tokenizer, config=config)
-    assert searcher.engine_lines == ["teacher: hf engine (model type 'gpt2' is not one of llama, mistral, qwen2, qwen3)",
-                                     "student: static engine (llama)"]
+    assert searcher.engine_lines == [
+        "teacher: hf engine (model type 'gpt2' is not one of llama, mistral, qwen2, qwen3)",
+        "student: static engine (llama)",
+    ]
     results = searcher.run(PROMPTS[:2])
     assert all(r.trajectories for r in results)
 
 
 def _rows(results):
-    return [[(t.token_ids, t.student_score, [c.chosen for c in t.chunks]) for t in r.trajectories] for r in results]
+    return [
+        [(t.token_ids, t.student_score, [c.chosen for c in t.chunks]) for t in r.trajectories]
+        for r in results
+    ]
 
 
 @pytest.mark.parametrize("teacher_tokenizer", ["shared", "letters"])
@@ -89,9 +115,21 @@ def test_both_engines_give_the_same_rows(teacher_tokenizer):
     student = tiny_lm("llama", len(student_tokenizer), seed=62)
     runs = {}
     for engine in ("static", "hf"):
-        config = SearchConfig(num_candidates=3, beam_width=2, chunk_tokens=4, step_delimiter=" ",
-                              max_new_tokens=16, temperature=1.0, margin=1.0, batch_size=3, seed=4, engine=engine)
-        runs[engine] = _rows(Searcher(teacher, student, tokenizer, student_tokenizer, config=config).run(PROMPTS))
+        config = SearchConfig(
+            num_candidates=3,
+            beam_width=2,
+            chunk_tokens=4,
+            step_delimiter=" ",
+            max_new_tokens=16,
+            temperature=1.0,
+            margin=1.0,
+            batch_size=3,
+            seed=4,
+            engine=engine,
+        )
+        runs[engine] = _rows(
+            Searcher(teacher, student, tokenizer, student_tokenizer, config=config).run(PROMPTS)
+        )
     for static_row, hf_row in zip(runs["static"], runs["hf"]):
         assert [t[0] for t in static_row] == [t[0] for t in hf_row]
         assert [t[2] for t in static_row] == [t[2] for t in hf_row]
@@ -111,8 +149,17 @@ def test_stop_strings_end_trajectories_and_the_student_scores_what_is_kept(engin
     tokenizer = letters_tokenizer()
     teacher = tiny_lm("llama", len(tokenizer), seed=21, hidden=48)
     student = tiny_lm("qwen2", len(tokenizer), seed=22)
-    config = SearchConfig(num_candidates=2, chunk_tokens=4, max_new_tokens=24, temperature=1.0, margin=2.0,
-                          batch_size=5, seed=1, stop_strings=["h", "ts"], engine=engine)
+    config = SearchConfig(
+        num_candidates=2,
+        chunk_tokens=4,
+        max_new_tokens=24,
+        temperature=1.0,
+        margin=2.0,
+        batch_size=5,
+        seed=1,
+        stop_strings=["h", "ts"],
+        engine=engine,
+    )
     results = Searcher(teacher, student, tokenizer, config=config).run(PROMPTS)
     trajectories = [(p, t) for p, r in zip(PROMPTS, results) for t in r.trajectories]
     stopped = 0
@@ -136,7 +183,9 @@ def test_special_tokens_other_than_eos_are_never_drawn():
     assert torch.isneginf(logits[:, [PAD, BOS]]).all() and torch.isfinite(logits[:, EOS]).all()
     # Make BOS the teacher's favourite token: it is still never sampled.
     with torch.no_grad():
-        teacher.lm_head.weight[BOS] = teacher.lm_head.weight[BOS] * 0 + 5.0 * teacher.lm_head.weight.abs().max()
+        teacher.lm_head.weight[BOS] = (
+            teacher.lm_head.weight[BOS] * 0 + 5.0 * teacher.lm_head.weight.abs().max()
+        )
     config = SearchConfig(num_candidates=4, chunk_tokens=4, max_new_tokens=12, temperature=1.0, batch_size=5)
     results = Searcher(teacher, tiny_lm("qwen2", 300, seed=6), tokenizer, config=config).run(PROMPTS)
     ids = [i for r in results for t in r.trajectories for i in t.token_ids]
@@ -150,7 +199,9 @@ def test_prompt_past_the_context_is_refused_before_any_model_runs():
     searcher = Searcher(teacher, student, tokenizer, config=SearchConfig(max_new_tokens=30))
     calls = []
     teacher.register_forward_pre_hook(lambda *args: calls.append(1))
-    with pytest.raises(UsageError, match=r"with max_new_tokens=30 it needs \d+ positions, past the teacher's context of 40"):
+    with pytest.raises(
+        UsageError, match=r"with max_new_tokens=30 it needs \d+ positions, past the teacher's context of 40"
+    ):
         searcher.run(PROMPTS)
     assert not calls
 

@@ -2,16 +2,13 @@
 
 import json
 import random
-from pathlib import Path
 
 import pytest
-
 from genssd.config import EvalConfig
 from genssd.errors import UsageError
 from genssd.evaluate import evaluate, generate, read_predictions, score_predictions
 from genssd.tasks import get_task
 from genssd.tasks.arith import generate_problems
-
 from tiny_models import byte_tokenizer, one_thread, tiny_llama  # noqa: F401
 
 ARITH = get_task("arith")
@@ -36,8 +33,10 @@ def test_metrics_count_samples_and_problems():
     rows = generate_problems(20, seed=random.randrange(1000))
     rng = random.Random()
     verdicts = [[rng.random() < 0.3 for _ in range(4)] for _ in rows]
-    texts = [[row["answer"] if ok else f"#### {int(ARITH.gold_answer(row)) + 1}" for ok in v]
-             for row, v in zip(rows, verdicts)]
+    texts = [
+        [row["answer"] if ok else f"#### {int(ARITH.gold_answer(row)) + 1}" for ok in v]
+        for row, v in zip(rows, verdicts)
+    ]
     result = score_predictions(ARITH, rows, texts)
     assert result["num_samples"] == 4 and result["problems"] == 20
     assert result["accuracy"] == pytest.approx(sum(map(sum, verdicts)) / 80)
@@ -60,7 +59,9 @@ def model_and_tokenizer():
 def test_batched_generation_equals_one_prompt_at_a_time_and_hf_greedy(model_and_tokenizer, engine):
     model, tokenizer = model_and_tokenizer
     # Prompts of very different lengths, so a batch carries a lot of padding.
-    prompts = [ARITH.prompt(r) for r in generate_problems(6, seed=random.randrange(1000), num_operands=(2, 7))]
+    prompts = [
+        ARITH.prompt(r) for r in generate_problems(6, seed=random.randrange(1000), num_operands=(2, 7))
+    ]
     config = EvalConfig(batch_size=6, max_new_tokens=12, engine=engine)
     batched = generate(model, tokenizer, prompts, config)
     alone = generate(model, tokenizer, prompts, EvalConfig(batch_size=1, max_new_tokens=12, engine=engine))
@@ -69,8 +70,9 @@ def test_batched_generation_equals_one_prompt_at_a_time_and_hf_greedy(model_and_
     suppress = [0, 2] if engine == "static" else None
     for prompt, (text,) in zip(prompts, alone):
         ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-        out = model.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=0, eos_token_id=1,
-                             suppress_tokens=suppress)[0, ids.shape[1]:]
+        out = model.generate(
+            ids, max_new_tokens=12, do_sample=False, pad_token_id=0, eos_token_id=1, suppress_tokens=suppress
+        )[0, ids.shape[1] :]
         reference = out[: (out == 1).nonzero()[0, 0]] if (out == 1).any() else out
         assert text == tokenizer.decode(reference, skip_special_tokens=True)
 
@@ -93,8 +95,14 @@ def test_static_engine_samples_do_not_depend_on_the_batch(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     prompts = [ARITH.prompt(r) for r in generate_problems(5, seed=3)]
     runs = [
-        generate(model, tokenizer, prompts, EvalConfig(batch_size=size, max_new_tokens=8, num_samples=2,
-                                                       temperature=1.0, seed=4, engine="static"))
+        generate(
+            model,
+            tokenizer,
+            prompts,
+            EvalConfig(
+                batch_size=size, max_new_tokens=8, num_samples=2, temperature=1.0, seed=4, engine="static"
+            ),
+        )
         for size in (1, 5)
     ]
     assert runs[0] == runs[1] and len({t for texts in runs[0] for t in texts}) > 5
@@ -108,7 +116,9 @@ def test_greedy_samples_are_refused():
 def test_read_predictions_matches_by_uid_or_by_order(tmp_path):
     rows = generate_problems(4, seed=0)
     by_uid = tmp_path / "uid.jsonl"
-    by_uid.write_text("".join(json.dumps({"uid": r["uid"], "prediction": r["answer"]}) + "\n" for r in rows[::-1]))
+    by_uid.write_text(
+        "".join(json.dumps({"uid": r["uid"], "prediction": r["answer"]}) + "\n" for r in rows[::-1])
+    )
     assert read_predictions(by_uid, rows) == [[r["answer"]] for r in rows]
     search_out = tmp_path / "search.jsonl"
     search_out.write_text("".join(json.dumps({"trajectories": [{"text": f"t{i}"}]}) + "\n" for i in range(4)))

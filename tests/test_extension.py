@@ -226,7 +226,10 @@ def test_cuda_branch_prune_no_sync_deterministic_and_graph_capturable():
 @needs_extension
 def test_cuda_branch_prune_without_groups():
     keep_mask, kept_idx, kept_count, group_mean = branch_prune(
-        torch.empty(0, device="cuda"), torch.zeros(1, dtype=torch.int64, device="cuda"), margin=0.5, k=3,
+        torch.empty(0, device="cuda"),
+        torch.zeros(1, dtype=torch.int64, device="cuda"),
+        margin=0.5,
+        k=3,
         backend="cpp",
     )
     assert keep_mask.shape == (0,) and kept_idx.shape == (0, 3)

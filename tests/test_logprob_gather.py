@@ -87,8 +87,9 @@ def test_forward_matches_float64(device, backend, dtype, shape):
     n, d, v = shape
     seed = _seed(shape, dtype)
     hidden, weight, targets = testing.random_gather_inputs(n, d, v, dtype, device=device, seed=seed)
-    _check_forward(backend, hidden, weight, targets, cu_seqlens=_random_cu_seqlens(n, seed, device),
-                   return_entropy=True)
+    _check_forward(
+        backend, hidden, weight, targets, cu_seqlens=_random_cu_seqlens(n, seed, device), return_entropy=True
+    )
 
 
 def _strided_layouts(n, d, v, dtype, device, seed):
@@ -133,8 +134,9 @@ def test_temperature_and_ignored_rows(device, backend, temperature):
 @pytest.mark.parametrize("device,backend", CASES)
 def test_custom_ignore_index_inside_vocabulary(device, backend):
     """An ``ignore_index`` that is also a real token id still zeroes exactly the rows that carry it."""
-    hidden, weight, targets = testing.random_gather_inputs(30, 32, 90, torch.float32, device=device, seed=5,
-                                                           ignore_fraction=0.0)
+    hidden, weight, targets = testing.random_gather_inputs(
+        30, 32, 90, torch.float32, device=device, seed=5, ignore_fraction=0.0
+    )
     targets[::4] = 7
     outputs = _check_forward(backend, hidden, weight, targets, ignore_index=7)
     assert torch.all(outputs[0][targets != 7] < 0)
@@ -148,7 +150,8 @@ HUGE_SCALE = {torch.float32: 1e4, torch.bfloat16: 1e4, torch.float16: 2e3}
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_huge_logits_do_not_overflow(device, backend, dtype):
     hidden, weight, targets = testing.random_gather_inputs(
-        33, 40, 300, dtype, device=device, seed=_seed("huge", dtype), logit_scale=HUGE_SCALE[dtype])
+        33, 40, 300, dtype, device=device, seed=_seed("huge", dtype), logit_scale=HUGE_SCALE[dtype]
+    )
     logits = hidden.double() @ weight.double().T
     assert logits.abs().max() > 5e3
     token_logprobs, entropy, _ = _check_forward(backend, hidden, weight, targets, return_entropy=True)
@@ -159,7 +162,8 @@ def test_huge_logits_do_not_overflow(device, backend, dtype):
 @pytest.mark.parametrize("offset_dtype", [torch.int32, torch.int64], ids=["int32", "int64"])
 def test_segment_means_with_empty_and_all_ignored_segments(device, backend, offset_dtype):
     hidden, weight, targets = testing.random_gather_inputs(
-        40, 24, 100, torch.float32, device=device, seed=_seed("segments", offset_dtype), ignore_fraction=0.2)
+        40, 24, 100, torch.float32, device=device, seed=_seed("segments", offset_dtype), ignore_fraction=0.2
+    )
     targets[0:5] = IGNORE
     targets[5] = 3  # the segment 5:17 has at least one valid row
     # Segments: empty, all ignored, mixed, empty, mixed.
@@ -177,8 +181,9 @@ def test_segment_means_with_empty_and_all_ignored_segments(device, backend, offs
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_gradients_match_float64_autograd(device, backend, dtype, temperature):
     seed = _seed("grad", dtype, temperature)
-    hidden, weight, targets = testing.random_gather_inputs(37, 24, 70, dtype, device=device, seed=seed,
-                                                           ignore_fraction=0.3)
+    hidden, weight, targets = testing.random_gather_inputs(
+        37, 24, 70, dtype, device=device, seed=seed, ignore_fraction=0.3
+    )
     upstream = torch.randn(37, generator=torch.Generator().manual_seed(seed)).to(device)
     _check_gradients(backend, hidden, weight, targets, upstream, temperature=temperature)
 
@@ -188,8 +193,9 @@ def test_statistics_are_not_differentiable(device, backend):
     hidden, weight, targets = testing.random_gather_inputs(9, 16, 40, torch.float32, device=device, seed=3)
     hidden.requires_grad_(True)
     cu_seqlens = torch.tensor([0, 4, 9], device=device)
-    token_logprobs, entropy, means = logprob_gather(hidden, weight, targets, cu_seqlens=cu_seqlens,
-                                                    return_entropy=True, backend=backend)
+    token_logprobs, entropy, means = logprob_gather(
+        hidden, weight, targets, cu_seqlens=cu_seqlens, return_entropy=True, backend=backend
+    )
     assert token_logprobs.requires_grad
     assert not entropy.requires_grad and not means.requires_grad
 
@@ -215,8 +221,9 @@ def _loss_and_grads(loss_fn, hidden, weight, upstream):
 def test_linear_cross_entropy_matches_torch(device, backend, dtype, reduction):
     n = 50
     seed = _seed("lce", dtype, reduction)
-    hidden, weight, targets = testing.random_gather_inputs(n, 32, 120, dtype, device=device, seed=seed,
-                                                           ignore_fraction=0.2)
+    hidden, weight, targets = testing.random_gather_inputs(
+        n, 32, 120, dtype, device=device, seed=seed, ignore_fraction=0.2
+    )
     upstream = torch.randn(n if reduction == "none" else (), generator=torch.Generator().manual_seed(seed))
     upstream = upstream.to(device)
 
@@ -306,8 +313,9 @@ def test_triton_load_paths_and_epilogue_slices_agree(device):
     from genssd_kernels.triton import logprob_gather as triton_gather
 
     n, d, v = 45, 32, 200  # d=32 bf16: 64-byte rows, so TMA can read both inputs
-    hidden, weight, targets = testing.random_gather_inputs(n, d, v, torch.bfloat16, device=device, seed=17,
-                                                           ignore_fraction=0.2)
+    hidden, weight, targets = testing.random_gather_inputs(
+        n, d, v, torch.bfloat16, device=device, seed=17, ignore_fraction=0.2
+    )
     upstream = torch.randn(n, generator=torch.Generator().manual_seed(17)).to(device)
     base = triton_gather.forward_config(torch.bfloat16)
     if device == "cuda" and torch.cuda.get_device_capability()[0] < 9:
@@ -317,13 +325,28 @@ def test_triton_load_paths_and_epilogue_slices_agree(device):
     assert triton_gather._operand_descriptors(ragged[0], ragged[1], replace(base, tma=True)) == (None, None)
 
     results = []
-    for tma, parts, persistent in ((False, 1, False), (True, 1, False), (True, 2, True), (True, 8, True),
-                                   (False, 4, True)):
+    for tma, parts, persistent in (
+        (False, 1, False),
+        (True, 1, False),
+        (True, 2, True),
+        (True, 8, True),
+        (False, 4, True),
+    ):
         logp, entropy, _, row_max, log2_sum = triton_gather.forward(
-            hidden, weight, targets, return_entropy=True, config=replace(base, tma=tma))
+            hidden, weight, targets, return_entropy=True, config=replace(base, tma=tma)
+        )
         config = replace(base, tma=tma, epilogue_parts=parts, persistent=persistent)
-        grads = triton_gather.backward(upstream, hidden, weight, targets, row_max, log2_sum, temperature=0.8,
-                                       ignore_index=IGNORE, config=config)
+        grads = triton_gather.backward(
+            upstream,
+            hidden,
+            weight,
+            targets,
+            row_max,
+            log2_sum,
+            temperature=0.8,
+            ignore_index=IGNORE,
+            config=config,
+        )
         results.append((logp, entropy, *grads))
     for other in results[1:]:
         for a, b in zip(results[0], other):

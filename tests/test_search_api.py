@@ -63,8 +63,9 @@ def test_presets_configure_the_engine(models):
     standard = search_config_for("standard")
     assert (standard.num_candidates, standard.beam_width, standard.select) == (1, 1, False)
     # Standard KD with n samples (for rejection sampling): n independent trajectories, no waste.
-    n_samples = search_config_for("standard", num_candidates=3, beam_width=3, chunk_tokens=3, max_new_tokens=8,
-                                  temperature=1.0)
+    n_samples = search_config_for(
+        "standard", num_candidates=3, beam_width=3, chunk_tokens=3, max_new_tokens=8, temperature=1.0
+    )
     results = Searcher(*models, config=n_samples).run(PROMPTS)
     for result in results:
         assert len(result.trajectories) == 3 and not result.pruned_early

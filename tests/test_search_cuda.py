@@ -127,8 +127,14 @@ def test_no_host_sync_inside_a_chunk(models, monkeypatch, cuda_graphs):
             loops.append(1)
 
     monkeypatch.setattr(StaticTeacherSampler, "_run_steps", strict)
-    config = SearchConfig(num_candidates=4, beam_width=2, chunk_tokens=8, max_new_tokens=24, temperature=1.0,
-                          cuda_graphs=cuda_graphs)
+    config = SearchConfig(
+        num_candidates=4,
+        beam_width=2,
+        chunk_tokens=8,
+        max_new_tokens=24,
+        temperature=1.0,
+        cuda_graphs=cuda_graphs,
+    )
     searcher = Searcher(*models, config=config)
     assert searcher.engine_lines[0] == "teacher: static engine (llama)"
     assert searcher.sampler.graphs == cuda_graphs
@@ -140,8 +146,15 @@ def test_engines_give_the_same_rows_on_cuda(models):
     teacher, student, tokenizer = models
     rows = {}
     for engine in ("static", "hf"):
-        config = SearchConfig(num_candidates=3, beam_width=2, chunk_tokens=4, max_new_tokens=16,
-                              temperature=1.0, batch_size=5, engine=engine)
+        config = SearchConfig(
+            num_candidates=3,
+            beam_width=2,
+            chunk_tokens=4,
+            max_new_tokens=16,
+            temperature=1.0,
+            batch_size=5,
+            engine=engine,
+        )
         results = Searcher(teacher, student, tokenizer, config=config).run(PROMPTS)
         rows[engine] = [[(t.token_ids, round(t.student_score, 3)) for t in r.trajectories] for r in results]
     assert rows["static"] == rows["hf"]
@@ -149,8 +162,9 @@ def test_engines_give_the_same_rows_on_cuda(models):
 
 def test_a_searcher_runs_twice_alike(models):
     """A second run allocates new caches: graphs captured on the first run's buffers are not reused."""
-    config = SearchConfig(num_candidates=3, beam_width=2, chunk_tokens=4, max_new_tokens=16, temperature=1.0,
-                          cuda_graphs=True)
+    config = SearchConfig(
+        num_candidates=3, beam_width=2, chunk_tokens=4, max_new_tokens=16, temperature=1.0, cuda_graphs=True
+    )
     searcher = Searcher(*models, config=config)
     first, second = searcher.run(PROMPTS), searcher.run(PROMPTS)
     assert [r.to_dict() for r in first] == [r.to_dict() for r in second]

@@ -42,7 +42,12 @@ def test_standard_greedy_equals_generate(kind, chunk_tokens, engine):
     student = tiny_lm("llama", len(tokenizer), seed=42)
 
     config = search_config_for(
-        "standard", temperature=0.0, max_new_tokens=MAX_NEW, chunk_tokens=chunk_tokens, batch_size=4, engine=engine
+        "standard",
+        temperature=0.0,
+        max_new_tokens=MAX_NEW,
+        chunk_tokens=chunk_tokens,
+        batch_size=4,
+        engine=engine,
     )
     searcher = Searcher(teacher, student, tokenizer, config=config)
     assert searcher.engine_lines[0].startswith(f"teacher: {engine} engine")

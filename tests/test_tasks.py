@@ -3,15 +3,12 @@
 import json
 import random
 import re
-from pathlib import Path
 
 import pytest
-
 from genssd.errors import UsageError
 from genssd.tasks import TASK_NAMES, get_task, question_uid
 from genssd.tasks.gsm8k import extract_flexible, extract_strict, normalize_number
 from genssd.tasks.math import equivalent, last_boxed
-
 
 
 def write_jsonl(path, rows):
@@ -36,8 +33,11 @@ def test_registry_builds_every_task_with_the_common_interface():
 
 
 def test_load_fills_stable_unique_uids_and_keeps_given_ones(tmp_path):
-    rows = [{"question": "Q1", "answer": "#### 1"}, {"question": "Q2", "answer": "#### 2", "uid": 7},
-            {"question": "Q1", "answer": "#### 3"}]
+    rows = [
+        {"question": "Q1", "answer": "#### 1"},
+        {"question": "Q2", "answer": "#### 2", "uid": 7},
+        {"question": "Q1", "answer": "#### 3"},
+    ]
     path = write_jsonl(tmp_path / "d.jsonl", rows)
     task = get_task("gsm8k")
     loaded = task.load(path)
@@ -53,7 +53,7 @@ def test_load_fills_stable_unique_uids_and_keeps_given_ones(tmp_path):
     [
         ("", "no rows"),
         ('{"question": "q", "answer": "#### 1"}\n{not json\n', ":2: not valid JSON"),
-        ('[1, 2]\n', "JSON object"),
+        ("[1, 2]\n", "JSON object"),
         ('{"answer": "#### 1"}\n', "non-empty string 'question'"),
         ('{"question": "  ", "answer": "#### 1"}\n', "non-empty string 'question'"),
         ('{"question": "q"}\n', "'answer'"),
@@ -97,8 +97,18 @@ def test_gsm8k_uids_are_unique(gsm8k_rows):
 
 @pytest.mark.parametrize(
     "text, value",
-    [("1,234", "1234"), ("$1,000.50", "1000.5"), ("-7", "-7"), ("-$3", "-3"), ("$-3", "-3"), ("18.00", "18"),
-     ("0.25", "0.25"), (".5", "0.5"), ("-0", "0"), ("1,234,567", "1234567")],
+    [
+        ("1,234", "1234"),
+        ("$1,000.50", "1000.5"),
+        ("-7", "-7"),
+        ("-$3", "-3"),
+        ("$-3", "-3"),
+        ("18.00", "18"),
+        ("0.25", "0.25"),
+        (".5", "0.5"),
+        ("-0", "0"),
+        ("1,234,567", "1234567"),
+    ],
 )
 def test_numbers_normalize_by_value(text, value):
     assert normalize_number(text) == value
@@ -107,7 +117,7 @@ def test_numbers_normalize_by_value(text, value):
 def test_random_numbers_round_trip_through_every_format():
     rng = random.Random()
     for _ in range(300):
-        value = rng.randint(-10**7, 10**7)
+        value = rng.randint(-(10**7), 10**7)
         cents = rng.choice([None, rng.randint(1, 99)])
         plain = f"{value}" if cents is None else f"{value}.{cents:02d}"
         expected = normalize_number(plain)

@@ -4,8 +4,6 @@ import random
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from genssd.config import EvalConfig, TrainConfig
 from genssd.errors import UsageError
 from genssd.evaluate import evaluate
@@ -21,7 +19,7 @@ from genssd.train import (
     select_rows,
     train,
 )
-
+from safetensors.torch import load_file
 from tiny_models import byte_tokenizer, one_thread, tiny_llama  # noqa: F401
 
 TASK = get_task("arith")
@@ -31,7 +29,9 @@ def search_rows(n, seed):
     """Rows shaped like ``genssd search`` output: the trajectory differs from the gold answer."""
     rows = generate_problems(n, seed)
     for row in rows:
-        row["trajectories"] = [{"text": f"{row['question']} is easy.\n{row['answer']}", "student_score": -1.0}]
+        row["trajectories"] = [
+            {"text": f"{row['question']} is easy.\n{row['answer']}", "student_score": -1.0}
+        ]
     return rows
 
 
@@ -76,7 +76,11 @@ def test_labels_ignore_prompt_and_padding_and_keep_eos(pad_is_eos):
     width = max(len(e.input_ids) for e in examples)
     for b, e in enumerate(examples):
         length = len(e.input_ids)
-        expected = [IGNORE_INDEX] * e.num_prompt + list(e.input_ids[e.num_prompt:]) + [IGNORE_INDEX] * (width - length)
+        expected = (
+            [IGNORE_INDEX] * e.num_prompt
+            + list(e.input_ids[e.num_prompt :])
+            + [IGNORE_INDEX] * (width - length)
+        )
         assert batch["labels"][b].tolist() == expected
         assert batch["input_ids"][b].tolist() == list(e.input_ids) + [pad] * (width - length)
         assert batch["attention_mask"][b].tolist() == [1] * length + [0] * (width - length)
@@ -94,7 +98,6 @@ def test_long_completions_are_cut_and_short_max_length_is_an_error():
         build_examples(rows[:1], tokenizer, max_length=prompt_len, task=TASK)
 
 
-
 def test_a_prompt_that_encodes_to_no_tokens_is_an_error():
     """Its first completion token would have no position to be predicted from."""
 
@@ -109,6 +112,7 @@ def test_a_prompt_that_encodes_to_no_tokens_is_an_error():
     rows = [{"question": "Why?", "answer": "Because."}]
     with pytest.raises(UsageError, match="prompt encodes to no tokens"):
         build_examples(rows, DropsQuestions(), max_length=64)
+
 
 def test_plain_rows_use_the_answer_and_the_bare_question_without_a_task():
     tokenizer = byte_tokenizer()
@@ -165,7 +169,9 @@ def test_fused_loss_and_gradients_match_cross_entropy_on_logits(tie):
     reference.backward()
     torch.testing.assert_close(fused, reference, atol=1e-5, rtol=1e-5)
     for name, param in model.named_parameters():
-        torch.testing.assert_close(fused_grads[name], param.grad, atol=1e-5, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+        torch.testing.assert_close(
+            fused_grads[name], param.grad, atol=1e-5, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}"
+        )
 
 
 # --------------------------------------------------------------------------- the optimizer step
@@ -178,7 +184,9 @@ def test_one_batch_of_8_equals_4_accumulated_micro_batches_of_2():
     results = {}
     for batch_size, grad_accum in [(8, 1), (2, 4)]:
         model = tiny_llama(len(tokenizer), seed=seed)
-        config = TrainConfig(lr=1e-3, batch_size=batch_size, grad_accum=grad_accum, max_steps=2, max_length=256, seed=3)
+        config = TrainConfig(
+            lr=1e-3, batch_size=batch_size, grad_accum=grad_accum, max_steps=2, max_length=256, seed=3
+        )
         history = train(model, tokenizer, rows, config, task=TASK, progress=False)
         results[batch_size] = (weights(model), history["losses"])
     # Completion lengths differ between examples, so averaging per micro-batch would not match.
@@ -206,7 +214,9 @@ def test_gradient_checkpointing_gives_the_same_weights():
     results = []
     for checkpointing in (False, True):
         model = tiny_llama(len(tokenizer), seed=4)
-        config = TrainConfig(lr=1e-3, batch_size=4, max_steps=2, max_length=256, gradient_checkpointing=checkpointing)
+        config = TrainConfig(
+            lr=1e-3, batch_size=4, max_steps=2, max_length=256, gradient_checkpointing=checkpointing
+        )
         train(model, tokenizer, rows, config, task=TASK, progress=False)
         assert not any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
         results.append(weights(model))
@@ -223,7 +233,9 @@ def test_bf16_autocast_on_cuda_matches_the_logits_loss_and_learns():
         fused = CompletionLoss(model)(**batch)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     reference = torch.nn.functional.cross_entropy(
-        logits[:, :-1].float().reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1), reduction="sum"
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+        batch["labels"][:, 1:].reshape(-1),
+        reduction="sum",
     )
     torch.testing.assert_close(fused, reference, rtol=2e-2, atol=0)
     config = TrainConfig(lr=3e-3, batch_size=8, max_steps=40, max_length=256)
@@ -242,7 +254,9 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
     tokenizer = byte_tokenizer()
     rows = search_rows(24, seed=random.randrange(1000))
     # 6 steps per epoch, 10 steps: the run is cut mid-epoch and resumes across an epoch boundary.
-    config = TrainConfig(lr=2e-3, batch_size=4, max_steps=10, max_length=256, save_every=2, keep_checkpoints=0, seed=5)
+    config = TrainConfig(
+        lr=2e-3, batch_size=4, max_steps=10, max_length=256, save_every=2, keep_checkpoints=0, seed=5
+    )
 
     full = tiny_llama(len(tokenizer), seed=7)
     train(full, tokenizer, rows, config, tmp_path / "full", task=TASK, progress=False)
@@ -257,7 +271,9 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
     assert [p.name for p in checkpoints(tmp_path / "cut")] == ["checkpoint-2", "checkpoint-4"]
 
     resumed = tiny_llama(len(tokenizer), seed=7)  # fresh weights: everything must come from the checkpoint
-    history = train(resumed, tokenizer, rows, config, tmp_path / "cut", task=TASK, resume=True, progress=False)
+    history = train(
+        resumed, tokenizer, rows, config, tmp_path / "cut", task=TASK, resume=True, progress=False
+    )
     assert len(history["losses"]) == 6  # steps 5..10
     assert_same_weights(weights(full), weights(resumed), atol=0)
     saved = load_file(str(tmp_path / "cut" / "model.safetensors"))
@@ -274,13 +290,30 @@ def test_resume_refuses_a_changed_config_and_a_fresh_run_refuses_old_checkpoints
         train(tiny_llama(len(tokenizer)), tokenizer, rows, config, tmp_path, task=TASK, progress=False)
     changed = TrainConfig(batch_size=4, max_steps=2, max_length=256, save_every=1, lr=1e-3)
     with pytest.raises(UsageError, match="config changed.*lr"):
-        train(tiny_llama(len(tokenizer)), tokenizer, rows, changed, tmp_path, task=TASK, resume=True, progress=False)
+        train(
+            tiny_llama(len(tokenizer)),
+            tokenizer,
+            rows,
+            changed,
+            tmp_path,
+            task=TASK,
+            resume=True,
+            progress=False,
+        )
 
 
 def test_only_the_newest_checkpoints_are_kept(tmp_path):
     tokenizer = byte_tokenizer()
     config = TrainConfig(batch_size=4, max_steps=5, max_length=256, save_every=1, keep_checkpoints=2)
-    train(tiny_llama(len(tokenizer)), tokenizer, search_rows(8, seed=0), config, tmp_path, task=TASK, progress=False)
+    train(
+        tiny_llama(len(tokenizer)),
+        tokenizer,
+        search_rows(8, seed=0),
+        config,
+        tmp_path,
+        task=TASK,
+        progress=False,
+    )
     assert [p.name for p in checkpoints(tmp_path)] == ["checkpoint-4", "checkpoint-5"]
     assert not list(tmp_path.glob(".tmp-*"))
 
@@ -289,7 +322,9 @@ def test_only_the_newest_checkpoints_are_kept(tmp_path):
 
 
 def test_training_on_gold_solutions_beats_the_untrained_model_on_held_out_problems():
-    problems = generate_problems(600, seed=random.randrange(1000), num_operands=(2, 3), max_operand=9, max_value=18)
+    problems = generate_problems(
+        600, seed=random.randrange(1000), num_operands=(2, 3), max_operand=9, max_value=18
+    )
     train_rows, held_out = problems[:500], problems[500:]
     tokenizer = byte_tokenizer()
     model = tiny_llama(len(tokenizer), seed=random.randrange(1000), hidden=64)

@@ -63,8 +63,12 @@ def _meta(tensor):
 
 BAD_GATHER = {
     "hidden 1-D": ("hidden", lambda: _gather(hidden=torch.randn(N * D))),
-    "hidden int": ("hidden", lambda: _gather(hidden=torch.ones(N, D, dtype=torch.int64),
-                                             weight=torch.ones(V, D, dtype=torch.int64))),
+    "hidden int": (
+        "hidden",
+        lambda: _gather(
+            hidden=torch.ones(N, D, dtype=torch.int64), weight=torch.ones(V, D, dtype=torch.int64)
+        ),
+    ),
     "weight 3-D": ("weight", lambda: _gather(weight=torch.randn(1, V, D))),
     "weight dtype differs": ("weight", lambda: _gather(weight=torch.randn(V, D, dtype=torch.float16))),
     "weight d differs": ("weight", lambda: _gather(weight=torch.randn(V, D + 1))),

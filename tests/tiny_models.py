@@ -29,12 +29,17 @@ def byte_tokenizer(*, pad_is_eos: bool = False, add_bos: bool = False) -> PreTra
 
         core.post_processor = TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core, eos_token="<eos>", bos_token="<bos>", pad_token="<eos>" if pad_is_eos else "<pad>"
+        tokenizer_object=core,
+        eos_token="<eos>",
+        bos_token="<bos>",
+        pad_token="<eos>" if pad_is_eos else "<pad>",
     )
     return tokenizer
 
 
-def tiny_llama(vocab_size: int, *, seed: int = 0, hidden: int = 32, layers: int = 2, tie: bool = False, **overrides):
+def tiny_llama(
+    vocab_size: int, *, seed: int = 0, hidden: int = 32, layers: int = 2, tie: bool = False, **overrides
+):
     """A randomly initialized Llama with ``hidden`` width, fp32, in eval mode; ``overrides`` replace
     or add ``LlamaConfig`` fields."""
     defaults = dict(

@@ -30,7 +30,11 @@ def branch_prune(scores, group_offsets, margin, k, min_score):
     # every backend draws the same line through near-equal scores.
     score32 = work.float()
     threshold = group_mean[group_of] - torch.tensor(margin, dtype=torch.float32)
-    survives = (score32 > float("-inf")) & (score32 >= threshold) & (score32 >= torch.tensor(min_score, dtype=torch.float32))
+    survives = (
+        (score32 > float("-inf"))
+        & (score32 >= threshold)
+        & (score32 >= torch.tensor(min_score, dtype=torch.float32))
+    )
 
     # Order candidates by (group asc, score desc, index asc): two stable sorts.
     by_score = torch.sort(work, descending=True, stable=True).indices

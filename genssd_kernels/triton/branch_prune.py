@@ -42,8 +42,9 @@ def _rank_key(s, in_group, threshold, min_score):
 
 
 @triton.jit
-def _select_in_registers(base, stride_s, size, start, keep_ptr, out_idx, threshold, min_score, K,
-                         BLOCK: tl.constexpr):
+def _select_in_registers(
+    base, stride_s, size, start, keep_ptr, out_idx, threshold, min_score, K, BLOCK: tl.constexpr
+):
     """A group of ``size <= BLOCK``: pick the best ``K`` survivors one at a time. Returns their count."""
     lanes = tl.arange(0, BLOCK)
     in_group = lanes < size
@@ -61,8 +62,9 @@ def _select_in_registers(base, stride_s, size, start, keep_ptr, out_idx, thresho
 
 
 @triton.jit
-def _select_by_rank(base, stride_s, size, start, keep_ptr, out_idx, threshold, min_score, K,
-                    PAIR: tl.constexpr):
+def _select_by_rank(
+    base, stride_s, size, start, keep_ptr, out_idx, threshold, min_score, K, PAIR: tl.constexpr
+):
     """Any group size: rank every survivor by the survivors that beat it (a higher score, or an
     equal one at a lower index) and keep ranks below ``K``. Returns the number kept."""
     lanes = tl.arange(0, PAIR)
@@ -76,7 +78,9 @@ def _select_by_rank(base, stride_s, size, start, keep_ptr, out_idx, threshold, m
             j = j0 + lanes
             j_in = j < size
             key_j, _ = _rank_key(_load_scores(base, stride_s, j, j_in), j_in, threshold, min_score)
-            beats = (key_j[None, :] > key_i[:, None]) | ((key_j[None, :] == key_i[:, None]) & (j[None, :] < i[:, None]))
+            beats = (key_j[None, :] > key_i[:, None]) | (
+                (key_j[None, :] == key_i[:, None]) & (j[None, :] < i[:, None])
+            )
             rank += tl.sum(beats.to(tl.int32), axis=1)
         kept = alive_i & (rank < K)
         tl.store(keep_ptr + start + i, kept.to(tl.uint8), mask=i_in)
@@ -86,8 +90,21 @@ def _select_by_rank(base, stride_s, size, start, keep_ptr, out_idx, threshold, m
 
 
 @triton.jit
-def _branch_prune_kernel(scores_ptr, offsets_ptr, keep_ptr, kept_idx_ptr, kept_count_ptr, mean_ptr,
-                         stride_s, stride_o, margin, min_score, K, BLOCK: tl.constexpr, PAIR: tl.constexpr):
+def _branch_prune_kernel(
+    scores_ptr,
+    offsets_ptr,
+    keep_ptr,
+    kept_idx_ptr,
+    kept_count_ptr,
+    mean_ptr,
+    stride_s,
+    stride_o,
+    margin,
+    min_score,
+    K,
+    BLOCK: tl.constexpr,
+    PAIR: tl.constexpr,
+):
     """Program ``p`` handles candidates ``offsets[p]:offsets[p+1]`` and writes ``keep [those]``
     (uint8), ``kept_idx [p, :K]``, ``kept_count [p]`` and ``mean [p]``."""
     group = tl.program_id(0)
@@ -116,10 +133,13 @@ def _branch_prune_kernel(scores_ptr, offsets_ptr, keep_ptr, kept_idx_ptr, kept_c
 
     out_idx = kept_idx_ptr + group.to(tl.int64) * K
     if size <= BLOCK:
-        n_kept = _select_in_registers(base, stride_s, size, start, keep_ptr, out_idx, threshold, min_score, K,
-                                      BLOCK)
+        n_kept = _select_in_registers(
+            base, stride_s, size, start, keep_ptr, out_idx, threshold, min_score, K, BLOCK
+        )
     else:
-        n_kept = _select_by_rank(base, stride_s, size, start, keep_ptr, out_idx, threshold, min_score, K, PAIR)
+        n_kept = _select_by_rank(
+            base, stride_s, size, start, keep_ptr, out_idx, threshold, min_score, K, PAIR
+        )
     tl.store(kept_count_ptr + group, n_kept)
     # The -1 padding fills ranks n_kept..K-1, disjoint from the ranks written above.
     for r0 in range(0, K, BLOCK):
@@ -148,8 +168,19 @@ def branch_prune(scores, group_offsets, margin, k, min_score):
         with device_guard(scores):
             # bool is stored through a uint8 view: one byte per element, 0 or 1.
             _branch_prune_kernel[(num_groups,)](
-                scores, group_offsets, keep_mask.view(torch.uint8), kept_idx, kept_count, group_mean,
-                scores.stride(0), group_offsets.stride(0), margin, min_score, k,
-                BLOCK=BLOCK, PAIR=PAIR, num_warps=NUM_WARPS,
+                scores,
+                group_offsets,
+                keep_mask.view(torch.uint8),
+                kept_idx,
+                kept_count,
+                group_mean,
+                scores.stride(0),
+                group_offsets.stride(0),
+                margin,
+                min_score,
+                k,
+                BLOCK=BLOCK,
+                PAIR=PAIR,
+                num_warps=NUM_WARPS,
             )
     return keep_mask, kept_idx, kept_count, group_mean

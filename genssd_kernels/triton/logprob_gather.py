@@ -91,8 +91,10 @@ if INTERPRETED:
     # paths (TMA loads where the layout allows, a fused tile loop, a sliced epilogue).
     _SMALL = TileConfig(block_n=32, block_v=64, block_d=32, num_warps=4, num_stages=1, group_rows=2)
     FORWARD_CONFIGS = {"16-bit": replace(_SMALL, tma=True, flatten_tiles=True), "fp32": _SMALL}
-    BACKWARD_CONFIGS = {"16-bit": replace(_SMALL, tma=True, epilogue_parts=2, persistent=True),
-                        "fp32": _SMALL}
+    BACKWARD_CONFIGS = {
+        "16-bit": replace(_SMALL, tma=True, epilogue_parts=2, persistent=True),
+        "fp32": _SMALL,
+    }
 else:
     FORWARD_CONFIGS = {
         # The H100 sweeps (NOTES.md) put 128x256x64 tiles, 8 warps, 3 stages, one program per SM
@@ -104,8 +106,9 @@ else:
         # 1.02 / 1.02 / 0.99x of that time: its exp pass runs on the whole MMA accumulator (181
         # registers); an even/odd column split there had made Triton compute the exp twice, in two
         # layouts, with 512 shuffles a tile between them (254 registers, 1.20x at d=896).
-        "16-bit": TileConfig(128, 256, 64, num_warps=8, num_stages=3, group_rows=16, tma=True,
-                             flatten_tiles=True),
+        "16-bit": TileConfig(
+            128, 256, 64, num_warps=8, num_stages=3, group_rows=16, tma=True, flatten_tiles=True
+        ),
         # fp32 runs the exact ("ieee") dot on CUDA cores: smaller tiles keep it in registers.
         "fp32": TileConfig(64, 64, 32, num_warps=4, num_stages=2, group_rows=8, programs_per_sm=2),
     }
@@ -115,8 +118,17 @@ else:
         # slices of the tile (184 registers instead of 254), TMA loads and 16 row blocks a panel
         # bring it to 1.20 / 1.08 / 1.06x at d = 896 / 2048 / 4096; a persistent launch with a
         # flattened tile loop (the next tile's loads overlap the epilogue) to 1.11x at d=896.
-        "16-bit": TileConfig(128, 256, 64, num_warps=8, num_stages=3, group_rows=16, tma=True,
-                             epilogue_parts=4, persistent=True),
+        "16-bit": TileConfig(
+            128,
+            256,
+            64,
+            num_warps=8,
+            num_stages=3,
+            group_rows=16,
+            tma=True,
+            epilogue_parts=4,
+            persistent=True,
+        ),
         "fp32": TileConfig(64, 64, 32, num_warps=4, num_stages=2, group_rows=8),
     }
 
@@ -178,9 +190,27 @@ def _round_bf16(x, INTERP_BF16: tl.constexpr):
 
 
 @triton.jit
-def _logit_tile(h_ptr, w_ptr, h_desc, w_desc, row0, col0, N, V, D, stride_hn, stride_hd, stride_wv, stride_wd,
-                BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
-                TMA: tl.constexpr, INTERP_BF16: tl.constexpr):
+def _logit_tile(
+    h_ptr,
+    w_ptr,
+    h_desc,
+    w_desc,
+    row0,
+    col0,
+    N,
+    V,
+    D,
+    stride_hn,
+    stride_hd,
+    stride_wv,
+    stride_wd,
+    BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    TMA: tl.constexpr,
+    INTERP_BF16: tl.constexpr,
+):
     """``[BLOCK_N, BLOCK_V]`` fp32 tile of ``hidden[row0:] @ weight[col0:].T`` (no temperature).
 
     ``row0``/``col0`` are int64. With ``TMA`` the operand tiles come through the tensor
@@ -233,8 +263,17 @@ def _exp_sums(a, scale, neg_max, valid, RETURN_ENTROPY: tl.constexpr, MASKED: tl
 
 
 @triton.jit
-def _online_update(acc, run_max, run_sum, run_ent, scale, n_valid,
-                   RETURN_ENTROPY: tl.constexpr, MASKED: tl.constexpr, BLOCK_V: tl.constexpr):
+def _online_update(
+    acc,
+    run_max,
+    run_sum,
+    run_ent,
+    scale,
+    n_valid,
+    RETURN_ENTROPY: tl.constexpr,
+    MASKED: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):
     """Fold one raw logit tile into the running per-row statistics (base 2).
 
     ``run_max`` = max of ``z * scale``; ``run_sum`` = sum ``exp2(u)``; ``run_ent`` = sum
@@ -260,11 +299,32 @@ def _online_update(acc, run_max, run_sum, run_ent, scale, n_valid,
 
 
 @triton.jit
-def _forward_partials_kernel(h_ptr, w_ptr, h_desc, w_desc, part_ptr, N, V, D, n_splits, tiles_per_split,
-                             stride_hn, stride_hd, stride_wv, stride_wd, scale,
-                             RETURN_ENTROPY: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
-                             BLOCK_D: tl.constexpr, GROUP_ROWS: tl.constexpr, EVEN_D: tl.constexpr,
-                             TMA: tl.constexpr, FLATTEN_TILES: tl.constexpr, INTERP_BF16: tl.constexpr):
+def _forward_partials_kernel(
+    h_ptr,
+    w_ptr,
+    h_desc,
+    w_desc,
+    part_ptr,
+    N,
+    V,
+    D,
+    n_splits,
+    tiles_per_split,
+    stride_hn,
+    stride_hd,
+    stride_wv,
+    stride_wd,
+    scale,
+    RETURN_ENTROPY: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    GROUP_ROWS: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    TMA: tl.constexpr,
+    FLATTEN_TILES: tl.constexpr,
+    INTERP_BF16: tl.constexpr,
+):
     """One program per (row block, vocabulary split); writes the split's per-row statistics.
 
     ``part`` is ``[2 or 3, n_splits, N]`` fp32: max, sum-exp and (with entropy) the entropy sum,
@@ -288,17 +348,56 @@ def _forward_partials_kernel(h_ptr, w_ptr, h_desc, w_desc, part_ptr, N, V, D, n_
     run_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
     run_ent = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for t in tl.range(tile0, full_end, flatten=FLATTEN_TILES):
-        acc = _logit_tile(h_ptr, w_ptr, h_desc, w_desc, row0, tl.cast(t, tl.int64) * BLOCK_V, N, V, D,
-                          stride_hn, stride_hd, stride_wv, stride_wd, BLOCK_N, BLOCK_V, BLOCK_D, EVEN_D, TMA,
-                          INTERP_BF16)
-        run_max, run_sum, run_ent = _online_update(acc, run_max, run_sum, run_ent, scale, BLOCK_V,
-                                                   RETURN_ENTROPY, False, BLOCK_V)
+        acc = _logit_tile(
+            h_ptr,
+            w_ptr,
+            h_desc,
+            w_desc,
+            row0,
+            tl.cast(t, tl.int64) * BLOCK_V,
+            N,
+            V,
+            D,
+            stride_hn,
+            stride_hd,
+            stride_wv,
+            stride_wd,
+            BLOCK_N,
+            BLOCK_V,
+            BLOCK_D,
+            EVEN_D,
+            TMA,
+            INTERP_BF16,
+        )
+        run_max, run_sum, run_ent = _online_update(
+            acc, run_max, run_sum, run_ent, scale, BLOCK_V, RETURN_ENTROPY, False, BLOCK_V
+        )
     if full_end < tile_end:  # this strip holds the vocabulary's last, partial tile
         col0 = full_end.to(tl.int64) * BLOCK_V
-        acc = _logit_tile(h_ptr, w_ptr, h_desc, w_desc, row0, col0, N, V, D, stride_hn, stride_hd, stride_wv,
-                          stride_wd, BLOCK_N, BLOCK_V, BLOCK_D, EVEN_D, TMA, INTERP_BF16)
-        run_max, run_sum, run_ent = _online_update(acc, run_max, run_sum, run_ent, scale, V - col0,
-                                                   RETURN_ENTROPY, True, BLOCK_V)
+        acc = _logit_tile(
+            h_ptr,
+            w_ptr,
+            h_desc,
+            w_desc,
+            row0,
+            col0,
+            N,
+            V,
+            D,
+            stride_hn,
+            stride_hd,
+            stride_wv,
+            stride_wd,
+            BLOCK_N,
+            BLOCK_V,
+            BLOCK_D,
+            EVEN_D,
+            TMA,
+            INTERP_BF16,
+        )
+        run_max, run_sum, run_ent = _online_update(
+            acc, run_max, run_sum, run_ent, scale, V - col0, RETURN_ENTROPY, True, BLOCK_V
+        )
 
     rows = row0 + tl.arange(0, BLOCK_N)
     row_mask = rows < N
@@ -312,10 +411,29 @@ def _forward_partials_kernel(h_ptr, w_ptr, h_desc, w_desc, part_ptr, N, V, D, n_
 
 
 @triton.jit
-def _combine_kernel(part_ptr, h_ptr, w_ptr, t_ptr, logp_ptr, max_ptr, log2sum_ptr, ent_ptr,
-                    N, D, n_splits, stride_hn, stride_hd, stride_wv, stride_wd, scale, ignore_index,
-                    RETURN_ENTROPY: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr,
-                    BLOCK_D: tl.constexpr):
+def _combine_kernel(
+    part_ptr,
+    h_ptr,
+    w_ptr,
+    t_ptr,
+    logp_ptr,
+    max_ptr,
+    log2sum_ptr,
+    ent_ptr,
+    N,
+    D,
+    n_splits,
+    stride_hn,
+    stride_hd,
+    stride_wv,
+    stride_wd,
+    scale,
+    ignore_index,
+    RETURN_ENTROPY: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """One program per ``BLOCK_R`` rows: fold the split records in a fixed order; gather the target logit.
 
     Writes ``logp [N]``, the base-2 row statistics ``max [N]`` and ``log2(sum) [N]`` (the
@@ -359,8 +477,9 @@ def _combine_kernel(part_ptr, h_ptr, w_ptr, t_ptr, logp_ptr, max_ptr, log2sum_pt
         ks = d0 + k
         k_mask = (ks < D)[None, :]
         h = tl.load(h_ptr + rows_in[:, None] * stride_hn + ks[None, :] * stride_hd, mask=k_mask, other=0.0)
-        w = tl.load(w_ptr + safe_target[:, None] * stride_wv + ks[None, :] * stride_wd, mask=k_mask,
-                    other=0.0)
+        w = tl.load(
+            w_ptr + safe_target[:, None] * stride_wv + ks[None, :] * stride_wd, mask=k_mask, other=0.0
+        )
         z_target += tl.sum(h.to(tl.float32) * w.to(tl.float32), axis=1)
 
     log2_sum = tl.log2(total)
@@ -402,9 +521,25 @@ def _column_halves(x, BLOCK_N: tl.constexpr, WIDTH: tl.constexpr):
 
 
 @triton.jit
-def _store_grad_logits(z, gz_ptr, row0, col0, col_start, width, stride_gz, target, coef, row_max, log2_sum,
-                       scale, row_mask, BLOCK_N: tl.constexpr, WIDTH: tl.constexpr, PARTS: tl.constexpr,
-                       INTERP_BF16: tl.constexpr):
+def _store_grad_logits(
+    z,
+    gz_ptr,
+    row0,
+    col0,
+    col_start,
+    width,
+    stride_gz,
+    target,
+    coef,
+    row_max,
+    log2_sum,
+    scale,
+    row_mask,
+    BLOCK_N: tl.constexpr,
+    WIDTH: tl.constexpr,
+    PARTS: tl.constexpr,
+    INTERP_BF16: tl.constexpr,
+):
     """Write ``gz`` for the logits ``z [BLOCK_N, WIDTH]`` of chunk columns ``col0:col0+WIDTH``.
 
     The epilogue runs on ``PARTS`` column slices in turn (splitting itself in halves), so only
@@ -412,22 +547,60 @@ def _store_grad_logits(z, gz_ptr, row0, col0, col_start, width, stride_gz, targe
     """
     if PARTS > 1:
         left, right = _column_halves(z, BLOCK_N, WIDTH)
-        _store_grad_logits(left, gz_ptr, row0, col0, col_start, width, stride_gz, target, coef, row_max,
-                           log2_sum, scale, row_mask, BLOCK_N, WIDTH // 2, PARTS // 2, INTERP_BF16)
-        _store_grad_logits(right, gz_ptr, row0, col0 + WIDTH // 2, col_start, width, stride_gz, target, coef,
-                           row_max, log2_sum, scale, row_mask, BLOCK_N, WIDTH // 2, PARTS // 2, INTERP_BF16)
+        _store_grad_logits(
+            left,
+            gz_ptr,
+            row0,
+            col0,
+            col_start,
+            width,
+            stride_gz,
+            target,
+            coef,
+            row_max,
+            log2_sum,
+            scale,
+            row_mask,
+            BLOCK_N,
+            WIDTH // 2,
+            PARTS // 2,
+            INTERP_BF16,
+        )
+        _store_grad_logits(
+            right,
+            gz_ptr,
+            row0,
+            col0 + WIDTH // 2,
+            col_start,
+            width,
+            stride_gz,
+            target,
+            coef,
+            row_max,
+            log2_sum,
+            scale,
+            row_mask,
+            BLOCK_N,
+            WIDTH // 2,
+            PARTS // 2,
+            INTERP_BF16,
+        )
     else:
         p = tl.exp2(tl.fma(z, scale, -row_max[:, None]) - log2_sum[:, None])
         # Column indices relative to the slice (int32 per thread, no 64-bit index math): the
         # target's column in this slice, out of range when it lies elsewhere or is ignored.
         lanes = tl.arange(0, WIDTH)
-        target_lane = tl.where((target >= col_start + col0) & (target < col_start + col0 + WIDTH),
-                               target - col_start - col0, -1).to(tl.int32)
+        target_lane = tl.where(
+            (target >= col_start + col0) & (target < col_start + col0 + WIDTH), target - col_start - col0, -1
+        ).to(tl.int32)
         onehot = lanes[None, :] == target_lane[:, None]
         grad = coef[:, None] * (tl.where(onehot, 1.0, 0.0) - p)
         out = gz_ptr + row0 * stride_gz + col0 + (tl.arange(0, BLOCK_N)[:, None] * stride_gz + lanes[None, :])
-        tl.store(out, _round_bf16(grad, INTERP_BF16).to(gz_ptr.dtype.element_ty),
-                 mask=row_mask[:, None] & (lanes < width - col0)[None, :])
+        tl.store(
+            out,
+            _round_bf16(grad, INTERP_BF16).to(gz_ptr.dtype.element_ty),
+            mask=row_mask[:, None] & (lanes < width - col0)[None, :],
+        )
 
 
 @triton.jit
@@ -440,8 +613,10 @@ def grad_tile_origin(tile, N, width, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexp
     first_block = (tile // per_group) * GROUP_ROWS
     blocks_here = tl.minimum(n_row_blocks - first_block, GROUP_ROWS)
     local = tile % per_group
-    return ((first_block + local % blocks_here).to(tl.int64) * BLOCK_N,
-            (local // blocks_here).to(tl.int64) * BLOCK_V)
+    return (
+        (first_block + local % blocks_here).to(tl.int64) * BLOCK_N,
+        (local // blocks_here).to(tl.int64) * BLOCK_V,
+    )
 
 
 @triton.jit
@@ -458,31 +633,123 @@ def grad_row_terms(rows, N, t_ptr, g_ptr, max_ptr, log2sum_ptr, stride_g, inv_te
 
 
 @triton.jit
-def _grad_logits_tile(tile, h_ptr, w_ptr, h_desc, w_desc, t_ptr, g_ptr, max_ptr, log2sum_ptr, gz_ptr,
-                      N, V, D, col_start, width, stride_hn, stride_hd, stride_wv, stride_wd, stride_g,
-                      stride_gz, scale, inv_temperature, ignore_index,
-                      BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
-                      GROUP_ROWS: tl.constexpr, EVEN_D: tl.constexpr, TMA: tl.constexpr,
-                      EPILOGUE_PARTS: tl.constexpr, INTERP_BF16: tl.constexpr):
+def _grad_logits_tile(
+    tile,
+    h_ptr,
+    w_ptr,
+    h_desc,
+    w_desc,
+    t_ptr,
+    g_ptr,
+    max_ptr,
+    log2sum_ptr,
+    gz_ptr,
+    N,
+    V,
+    D,
+    col_start,
+    width,
+    stride_hn,
+    stride_hd,
+    stride_wv,
+    stride_wd,
+    stride_g,
+    stride_gz,
+    scale,
+    inv_temperature,
+    ignore_index,
+    BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    GROUP_ROWS: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    TMA: tl.constexpr,
+    EPILOGUE_PARTS: tl.constexpr,
+    INTERP_BF16: tl.constexpr,
+):
     """Output tile number ``tile`` of ``_grad_logits_kernel``."""
     row0, local_col0 = grad_tile_origin(tile, N, width, BLOCK_N, BLOCK_V, GROUP_ROWS)
-    acc = _logit_tile(h_ptr, w_ptr, h_desc, w_desc, row0, col_start + local_col0, N, V, D, stride_hn,
-                      stride_hd, stride_wv, stride_wd, BLOCK_N, BLOCK_V, BLOCK_D, EVEN_D, TMA, INTERP_BF16)
+    acc = _logit_tile(
+        h_ptr,
+        w_ptr,
+        h_desc,
+        w_desc,
+        row0,
+        col_start + local_col0,
+        N,
+        V,
+        D,
+        stride_hn,
+        stride_hd,
+        stride_wv,
+        stride_wd,
+        BLOCK_N,
+        BLOCK_V,
+        BLOCK_D,
+        EVEN_D,
+        TMA,
+        INTERP_BF16,
+    )
     rows = row0 + tl.arange(0, BLOCK_N)
-    row_mask, target, coef, row_max, log2_sum = grad_row_terms(rows, N, t_ptr, g_ptr, max_ptr, log2sum_ptr,
-                                                               stride_g, inv_temperature, ignore_index)
-    _store_grad_logits(acc, gz_ptr, row0, local_col0, col_start, width, stride_gz, target, coef, row_max,
-                       log2_sum, scale, row_mask, BLOCK_N, BLOCK_V, EPILOGUE_PARTS, INTERP_BF16)
+    row_mask, target, coef, row_max, log2_sum = grad_row_terms(
+        rows, N, t_ptr, g_ptr, max_ptr, log2sum_ptr, stride_g, inv_temperature, ignore_index
+    )
+    _store_grad_logits(
+        acc,
+        gz_ptr,
+        row0,
+        local_col0,
+        col_start,
+        width,
+        stride_gz,
+        target,
+        coef,
+        row_max,
+        log2_sum,
+        scale,
+        row_mask,
+        BLOCK_N,
+        BLOCK_V,
+        EPILOGUE_PARTS,
+        INTERP_BF16,
+    )
 
 
 @triton.jit
-def _grad_logits_kernel(h_ptr, w_ptr, h_desc, w_desc, t_ptr, g_ptr, max_ptr, log2sum_ptr, gz_ptr,
-                        N, V, D, col_start, width, stride_hn, stride_hd, stride_wv, stride_wd, stride_g,
-                        stride_gz, scale, inv_temperature, ignore_index,
-                        BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
-                        GROUP_ROWS: tl.constexpr, EVEN_D: tl.constexpr, TMA: tl.constexpr,
-                        EPILOGUE_PARTS: tl.constexpr, PERSISTENT_PROGRAMS: tl.constexpr,
-                        INTERP_BF16: tl.constexpr):
+def _grad_logits_kernel(
+    h_ptr,
+    w_ptr,
+    h_desc,
+    w_desc,
+    t_ptr,
+    g_ptr,
+    max_ptr,
+    log2sum_ptr,
+    gz_ptr,
+    N,
+    V,
+    D,
+    col_start,
+    width,
+    stride_hn,
+    stride_hd,
+    stride_wv,
+    stride_wd,
+    stride_g,
+    stride_gz,
+    scale,
+    inv_temperature,
+    ignore_index,
+    BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    GROUP_ROWS: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    TMA: tl.constexpr,
+    EPILOGUE_PARTS: tl.constexpr,
+    PERSISTENT_PROGRAMS: tl.constexpr,
+    INTERP_BF16: tl.constexpr,
+):
     """``gz [N, width]`` (input dtype) = d loss / d logits for columns ``col_start:col_start+width``.
 
     ``gz[n, j] = g[n] / T * (onehot(target[n])[c] - softmax(z[n] / T)[c])`` with ``c = col_start + j``,
@@ -494,15 +761,75 @@ def _grad_logits_kernel(h_ptr, w_ptr, h_desc, w_desc, t_ptr, g_ptr, max_ptr, log
     if PERSISTENT_PROGRAMS > 0:
         n_tiles = tl.cdiv(N, BLOCK_N) * tl.cdiv(width, BLOCK_V)
         for tile in tl.range(pid, n_tiles, PERSISTENT_PROGRAMS, flatten=True):
-            _grad_logits_tile(tile, h_ptr, w_ptr, h_desc, w_desc, t_ptr, g_ptr, max_ptr, log2sum_ptr, gz_ptr,
-                              N, V, D, col_start, width, stride_hn, stride_hd, stride_wv, stride_wd, stride_g,
-                              stride_gz, scale, inv_temperature, ignore_index, BLOCK_N, BLOCK_V, BLOCK_D,
-                              GROUP_ROWS, EVEN_D, TMA, EPILOGUE_PARTS, INTERP_BF16)
+            _grad_logits_tile(
+                tile,
+                h_ptr,
+                w_ptr,
+                h_desc,
+                w_desc,
+                t_ptr,
+                g_ptr,
+                max_ptr,
+                log2sum_ptr,
+                gz_ptr,
+                N,
+                V,
+                D,
+                col_start,
+                width,
+                stride_hn,
+                stride_hd,
+                stride_wv,
+                stride_wd,
+                stride_g,
+                stride_gz,
+                scale,
+                inv_temperature,
+                ignore_index,
+                BLOCK_N,
+                BLOCK_V,
+                BLOCK_D,
+                GROUP_ROWS,
+                EVEN_D,
+                TMA,
+                EPILOGUE_PARTS,
+                INTERP_BF16,
+            )
     else:
-        _grad_logits_tile(pid, h_ptr, w_ptr, h_desc, w_desc, t_ptr, g_ptr, max_ptr, log2sum_ptr, gz_ptr,
-                          N, V, D, col_start, width, stride_hn, stride_hd, stride_wv, stride_wd, stride_g,
-                          stride_gz, scale, inv_temperature, ignore_index, BLOCK_N, BLOCK_V, BLOCK_D,
-                          GROUP_ROWS, EVEN_D, TMA, EPILOGUE_PARTS, INTERP_BF16)
+        _grad_logits_tile(
+            pid,
+            h_ptr,
+            w_ptr,
+            h_desc,
+            w_desc,
+            t_ptr,
+            g_ptr,
+            max_ptr,
+            log2sum_ptr,
+            gz_ptr,
+            N,
+            V,
+            D,
+            col_start,
+            width,
+            stride_hn,
+            stride_hd,
+            stride_wv,
+            stride_wd,
+            stride_g,
+            stride_gz,
+            scale,
+            inv_temperature,
+            ignore_index,
+            BLOCK_N,
+            BLOCK_V,
+            BLOCK_D,
+            GROUP_ROWS,
+            EVEN_D,
+            TMA,
+            EPILOGUE_PARTS,
+            INTERP_BF16,
+        )
 
 
 def _addressable(t: torch.Tensor, rows: int) -> torch.Tensor:
@@ -531,8 +858,10 @@ def _operand_descriptors(hidden: torch.Tensor, weight: torch.Tensor, config: Til
     when the config does not ask for TMA or an input does not allow it (pointer loads then)."""
     if not (config.tma and _tma_ready(hidden) and _tma_ready(weight)):
         return None, None
-    return (TensorDescriptor.from_tensor(hidden, [config.block_n, config.block_d]),
-            TensorDescriptor.from_tensor(weight, [config.block_v, config.block_d]))
+    return (
+        TensorDescriptor.from_tensor(hidden, [config.block_n, config.block_d]),
+        TensorDescriptor.from_tensor(weight, [config.block_v, config.block_d]),
+    )
 
 
 def _interp_bf16(hidden: torch.Tensor) -> bool:
@@ -540,7 +869,7 @@ def _interp_bf16(hidden: torch.Tensor) -> bool:
     return INTERPRETED and hidden.dtype == torch.bfloat16
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sm_count_of(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
@@ -576,8 +905,17 @@ def _tiles_per_split(n: int, n_tiles: int, planes: int, config: TileConfig, devi
     return min(n_tiles, max(tiles, triton.cdiv(n_tiles, max_splits)))
 
 
-def forward(hidden, weight, targets, cu_seqlens=None, *, temperature=1.0, ignore_index=-100,
-            return_entropy=False, config: TileConfig | None = None):
+def forward(
+    hidden,
+    weight,
+    targets,
+    cu_seqlens=None,
+    *,
+    temperature=1.0,
+    ignore_index=-100,
+    return_entropy=False,
+    config: TileConfig | None = None,
+):
     """Launch the forward kernels (no autograd, no validation; ``targets`` contiguous).
 
     Args:
@@ -609,24 +947,58 @@ def forward(hidden, weight, targets, cu_seqlens=None, *, temperature=1.0, ignore
         # at d=896 against 1.05x unfused.
         flatten_tiles = config.flatten_tiles and h_desc is not None
         _forward_partials_kernel[grid](
-            hidden, weight, h_desc, w_desc, partials, n, v, d, n_splits, tiles_per_split, *strides, scale,
-            RETURN_ENTROPY=return_entropy, BLOCK_N=config.block_n, BLOCK_V=config.block_v,
-            BLOCK_D=config.block_d, GROUP_ROWS=config.group_rows, EVEN_D=d % config.block_d == 0,
-            TMA=h_desc is not None, FLATTEN_TILES=flatten_tiles, INTERP_BF16=_interp_bf16(hidden),
+            hidden,
+            weight,
+            h_desc,
+            w_desc,
+            partials,
+            n,
+            v,
+            d,
+            n_splits,
+            tiles_per_split,
+            *strides,
+            scale,
+            RETURN_ENTROPY=return_entropy,
+            BLOCK_N=config.block_n,
+            BLOCK_V=config.block_v,
+            BLOCK_D=config.block_d,
+            GROUP_ROWS=config.group_rows,
+            EVEN_D=d % config.block_d == 0,
+            TMA=h_desc is not None,
+            FLATTEN_TILES=flatten_tiles,
+            INTERP_BF16=_interp_bf16(hidden),
             **config.launch_options(),
         )
         _combine_kernel[(triton.cdiv(n, COMBINE_ROWS),)](
-            partials, hidden, weight, targets, logp, row_max, log2_sum, entropy if return_entropy else logp,
-            n, d, n_splits, *strides, scale, ignore_index, RETURN_ENTROPY=return_entropy,
-            BLOCK_R=COMBINE_ROWS, BLOCK_S=COMBINE_SPLITS, BLOCK_D=COMBINE_D, num_warps=4,
+            partials,
+            hidden,
+            weight,
+            targets,
+            logp,
+            row_max,
+            log2_sum,
+            entropy if return_entropy else logp,
+            n,
+            d,
+            n_splits,
+            *strides,
+            scale,
+            ignore_index,
+            RETURN_ENTROPY=return_entropy,
+            BLOCK_R=COMBINE_ROWS,
+            BLOCK_S=COMBINE_SPLITS,
+            BLOCK_D=COMBINE_D,
+            num_warps=4,
         )
     means = None
     if cu_seqlens is not None:
         segments = cu_seqlens.numel() - 1
         means = torch.empty(segments, **f32)
         if segments:
-            _segment_mean_kernel[(segments,)](logp, targets, cu_seqlens.contiguous(), means, ignore_index,
-                                              BLOCK=BLOCK_SEG, num_warps=4)
+            _segment_mean_kernel[(segments,)](
+                logp, targets, cu_seqlens.contiguous(), means, ignore_index, BLOCK=BLOCK_SEG, num_warps=4
+            )
     return logp, entropy, means, row_max, log2_sum
 
 
@@ -651,8 +1023,21 @@ def _accumulate_product(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> 
         acc.add_(torch.mm(a, b))
 
 
-def launch_grad_logits(grad_logits, col_start, grad_logp, hidden, weight, targets, row_max, log2_sum,
-                       descriptors, *, temperature, ignore_index, config: TileConfig):
+def launch_grad_logits(
+    grad_logits,
+    col_start,
+    grad_logp,
+    hidden,
+    weight,
+    targets,
+    row_max,
+    log2_sum,
+    descriptors,
+    *,
+    temperature,
+    ignore_index,
+    config: TileConfig,
+):
     """Fill ``grad_logits [N, width]`` with d loss / d logits of vocabulary columns ``col_start:``.
 
     ``descriptors``: :func:`_operand_descriptors` of ``hidden`` / ``weight`` for ``config``.
@@ -664,17 +1049,56 @@ def launch_grad_logits(grad_logits, col_start, grad_logp, hidden, weight, target
     programs = _persistent_programs(config, hidden.device)
     grid = (min(n_tiles, programs) if programs else n_tiles,)
     _grad_logits_kernel[grid](
-        hidden, weight, h_desc, w_desc, targets, grad_logp, row_max, log2_sum, grad_logits, n, v, d,
-        col_start, width, hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1),
-        grad_logp.stride(0), grad_logits.stride(0), LOG2E / temperature, 1.0 / temperature, ignore_index,
-        BLOCK_N=config.block_n, BLOCK_V=config.block_v, BLOCK_D=config.block_d, GROUP_ROWS=config.group_rows,
-        EVEN_D=d % config.block_d == 0, TMA=h_desc is not None, EPILOGUE_PARTS=config.epilogue_parts,
-        PERSISTENT_PROGRAMS=programs, INTERP_BF16=_interp_bf16(hidden), **config.launch_options(),
+        hidden,
+        weight,
+        h_desc,
+        w_desc,
+        targets,
+        grad_logp,
+        row_max,
+        log2_sum,
+        grad_logits,
+        n,
+        v,
+        d,
+        col_start,
+        width,
+        hidden.stride(0),
+        hidden.stride(1),
+        weight.stride(0),
+        weight.stride(1),
+        grad_logp.stride(0),
+        grad_logits.stride(0),
+        LOG2E / temperature,
+        1.0 / temperature,
+        ignore_index,
+        BLOCK_N=config.block_n,
+        BLOCK_V=config.block_v,
+        BLOCK_D=config.block_d,
+        GROUP_ROWS=config.group_rows,
+        EVEN_D=d % config.block_d == 0,
+        TMA=h_desc is not None,
+        EPILOGUE_PARTS=config.epilogue_parts,
+        PERSISTENT_PROGRAMS=programs,
+        INTERP_BF16=_interp_bf16(hidden),
+        **config.launch_options(),
     )
 
 
-def backward(grad_logp, hidden, weight, targets, row_max, log2_sum, *, temperature, ignore_index,
-             need_hidden=True, need_weight=True, config: TileConfig | None = None):
+def backward(
+    grad_logp,
+    hidden,
+    weight,
+    targets,
+    row_max,
+    log2_sum,
+    *,
+    temperature,
+    ignore_index,
+    need_hidden=True,
+    need_weight=True,
+    config: TileConfig | None = None,
+):
     """Gradients of ``sum(grad_logp * logp)`` by vocabulary chunks.
 
     Args:
@@ -707,12 +1131,24 @@ def backward(grad_logp, hidden, weight, targets, row_max, log2_sum, *, temperatu
     for c0 in range(0, v, chunk):
         width = min(chunk, v - c0)
         grad_logits = buffer[:, :width]
-        launch_grad_logits(grad_logits, c0, grad_logp, hidden, weight, targets, row_max, log2_sum,
-                           descriptors, temperature=temperature, ignore_index=ignore_index, config=config)
+        launch_grad_logits(
+            grad_logits,
+            c0,
+            grad_logp,
+            hidden,
+            weight,
+            targets,
+            row_max,
+            log2_sum,
+            descriptors,
+            temperature=temperature,
+            ignore_index=ignore_index,
+            config=config,
+        )
         if need_hidden:
-            _accumulate_product(acc, grad_logits, weight[c0:c0 + width])
+            _accumulate_product(acc, grad_logits, weight[c0 : c0 + width])
         if need_weight:
-            torch.mm(grad_logits.t(), hidden, out=grad_weight[c0:c0 + width])
+            torch.mm(grad_logits.t(), hidden, out=grad_weight[c0 : c0 + width])
     del buffer
     grad_hidden = None
     if need_hidden:
@@ -728,8 +1164,14 @@ class LogprobGatherFunction(torch.autograd.Function):
     def forward(ctx, hidden, weight, targets, cu_seqlens, temperature, ignore_index, return_entropy):
         targets = targets.contiguous()
         logp, entropy, means, row_max, log2_sum = forward(
-            hidden, weight, targets, cu_seqlens, temperature=temperature, ignore_index=ignore_index,
-            return_entropy=return_entropy)
+            hidden,
+            weight,
+            targets,
+            cu_seqlens,
+            temperature=temperature,
+            ignore_index=ignore_index,
+            return_entropy=return_entropy,
+        )
         ctx.save_for_backward(hidden, weight, targets, row_max, log2_sum)
         ctx.temperature = temperature
         ctx.ignore_index = ignore_index
@@ -741,9 +1183,17 @@ class LogprobGatherFunction(torch.autograd.Function):
         hidden, weight, targets, row_max, log2_sum = ctx.saved_tensors
         with device_guard(hidden):
             grad_hidden, grad_weight = backward(
-                grad_logp, hidden, weight, targets, row_max, log2_sum, temperature=ctx.temperature,
-                ignore_index=ctx.ignore_index, need_hidden=ctx.needs_input_grad[0],
-                need_weight=ctx.needs_input_grad[1])
+                grad_logp,
+                hidden,
+                weight,
+                targets,
+                row_max,
+                log2_sum,
+                temperature=ctx.temperature,
+                ignore_index=ctx.ignore_index,
+                need_hidden=ctx.needs_input_grad[0],
+                need_weight=ctx.needs_input_grad[1],
+            )
         return grad_hidden, grad_weight, None, None, None, None, None
 
 
@@ -759,4 +1209,5 @@ def logprob_gather(hidden, weight, targets, cu_seqlens, temperature, ignore_inde
     check_kernel_dtype("hidden", hidden)
     with device_guard(hidden):
         return LogprobGatherFunction.apply(
-            hidden, weight, targets, cu_seqlens, temperature, ignore_index, return_entropy)
+            hidden, weight, targets, cu_seqlens, temperature, ignore_index, return_entropy
+        )

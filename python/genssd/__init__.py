@@ -21,7 +21,12 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "EvalConfig", "RandomScorer", "SearchConfig", "SearchResult", "Searcher", "StudentLikelihoodScorer",
+    "EvalConfig",
+    "RandomScorer",
+    "SearchConfig",
+    "SearchResult",
+    "Searcher",
+    "StudentLikelihoodScorer",
     "TrainConfig",
 ]
 __version__ = "0.1.0"

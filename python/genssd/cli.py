@@ -16,7 +16,9 @@ COMMAND_MODULES = ["env", "train", "eval", "search", "distill", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="genssd", description="Student-in-the-loop chain-of-thought distillation.")
+    parser = argparse.ArgumentParser(
+        prog="genssd", description="Student-in-the-loop chain-of-thought distillation."
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"genssd.commands.{name}").register(subparsers)

@@ -59,23 +59,40 @@ class SearchConfig:
         checks = [
             (self.num_candidates >= 1, f"num_candidates must be >= 1, got {self.num_candidates}"),
             (self.beam_width >= 1, f"beam_width must be >= 1, got {self.beam_width}"),
-            (self.chunk_tokens is None or self.chunk_tokens >= 1,
-             f"chunk_tokens must be >= 1 or null, got {self.chunk_tokens}"),
+            (
+                self.chunk_tokens is None or self.chunk_tokens >= 1,
+                f"chunk_tokens must be >= 1 or null, got {self.chunk_tokens}",
+            ),
             (self.margin >= 0, f"margin must be >= 0, got {self.margin}"),
             (self.max_ppl is None or self.max_ppl > 1, f"max_ppl must be > 1 or null, got {self.max_ppl}"),
-            (self.score_scope in ("trajectory", "chunk"), f"score_scope must be 'trajectory' or 'chunk', got {self.score_scope!r}"),
+            (
+                self.score_scope in ("trajectory", "chunk"),
+                f"score_scope must be 'trajectory' or 'chunk', got {self.score_scope!r}",
+            ),
             (self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}"),
             (self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"),
             (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-            (self.scorer in ("student", "random"),
-             f"scorer must be 'student' or 'random', got {self.scorer!r}"),
-            (self.step_delimiter is None or (isinstance(self.step_delimiter, str) and self.step_delimiter),
-             f"step_delimiter must be a non-empty string or null, got {self.step_delimiter!r}"),
-            (self.stop_strings is None
-             or (isinstance(self.stop_strings, (list, tuple)) and all(isinstance(x, str) and x for x in self.stop_strings)),
-             f"stop_strings must be a list of non-empty strings or null, got {self.stop_strings!r}"),
-            (self.engine in ("auto", "static", "hf"), f"engine must be auto, static or hf, got {self.engine!r}"),
+            (
+                self.scorer in ("student", "random"),
+                f"scorer must be 'student' or 'random', got {self.scorer!r}",
+            ),
+            (
+                self.step_delimiter is None or (isinstance(self.step_delimiter, str) and self.step_delimiter),
+                f"step_delimiter must be a non-empty string or null, got {self.step_delimiter!r}",
+            ),
+            (
+                self.stop_strings is None
+                or (
+                    isinstance(self.stop_strings, (list, tuple))
+                    and all(isinstance(x, str) and x for x in self.stop_strings)
+                ),
+                f"stop_strings must be a list of non-empty strings or null, got {self.stop_strings!r}",
+            ),
+            (
+                self.engine in ("auto", "static", "hf"),
+                f"engine must be auto, static or hf, got {self.engine!r}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -100,8 +117,13 @@ class SearchConfig:
 METHOD_PRESETS: dict[str, dict[str, Any]] = {
     "gen-ssd": {},
     "standard": {"num_candidates": 1, "beam_width": 1, "select": False},
-    "best-of-n": {"beam_width": 1, "chunk_tokens": None, "step_delimiter": None, "margin": float("inf"),
-                  "max_ppl": None},
+    "best-of-n": {
+        "beam_width": 1,
+        "chunk_tokens": None,
+        "step_delimiter": None,
+        "margin": float("inf"),
+        "max_ppl": None,
+    },
     "random": {"scorer": "random"},
     "token-level": {"chunk_tokens": 1, "step_delimiter": None},
 }
@@ -132,7 +154,10 @@ class TrainConfig:
         checks = [
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
-            (self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1 or null, got {self.max_steps}"),
+            (
+                self.max_steps is None or self.max_steps >= 1,
+                f"max_steps must be >= 1 or null, got {self.max_steps}",
+            ),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}"),
             (self.max_length >= 2, f"max_length must be >= 2, got {self.max_length}"),
@@ -171,12 +196,17 @@ class EvalConfig:
         checks = [
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}"),
-            (self.engine in ("auto", "static", "hf"), f"engine must be auto, static or hf, got {self.engine!r}"),
+            (
+                self.engine in ("auto", "static", "hf"),
+                f"engine must be auto, static or hf, got {self.engine!r}",
+            ),
             (self.num_samples >= 1, f"num_samples must be >= 1, got {self.num_samples}"),
             (self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"),
             (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
-            (self.num_samples == 1 or self.temperature > 0,
-             f"num_samples={self.num_samples} needs temperature > 0 (greedy decoding gives one answer)"),
+            (
+                self.num_samples == 1 or self.temperature > 0,
+                f"num_samples={self.num_samples} needs temperature > 0 (greedy decoding gives one answer)",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -205,7 +235,9 @@ def _float_field(value: Any, current: Any, name: str) -> Any:
     return value
 
 
-def build_config(cls, *, yaml_path: str | Path | None = None, overrides: list[str] | None = None, **base: Any):
+def build_config(
+    cls, *, yaml_path: str | Path | None = None, overrides: list[str] | None = None, **base: Any
+):
     """Build ``cls`` from keyword defaults, then a YAML file, then ``key=value`` overrides."""
     names = {f.name: f for f in dataclasses.fields(cls)}
     values: dict[str, Any] = dict(base)
@@ -228,12 +260,17 @@ def build_config(cls, *, yaml_path: str | Path | None = None, overrides: list[st
         key, raw = item.split("=", 1)
         key = key.strip()
         if key not in names:
-            raise UsageError(f"unknown config key {key!r} for {cls.__name__}; known keys: {', '.join(sorted(names))}")
+            raise UsageError(
+                f"unknown config key {key!r} for {cls.__name__}; known keys: {', '.join(sorted(names))}"
+            )
         default = names[key].default if names[key].default is not dataclasses.MISSING else None
         values[key] = _coerce(raw, values.get(key, default), key)
     unknown = sorted(set(values) - set(names))
     if unknown:
-        raise UsageError(f"unknown config key(s) {', '.join(map(repr, unknown))} for {cls.__name__}; known keys: {', '.join(sorted(names))}")
+        raise UsageError(
+            f"unknown config key(s) {', '.join(map(repr, unknown))} for {cls.__name__}; "
+            f"known keys: {', '.join(sorted(names))}"
+        )
     try:
         return cls(**values)
     except TypeError as exc:
@@ -259,5 +296,11 @@ def config_hash(config: Any) -> str:
 
 
 __all__ = [
-    "EvalConfig", "METHOD_PRESETS", "SearchConfig", "TrainConfig", "build_config", "config_hash", "search_config_for",
+    "EvalConfig",
+    "METHOD_PRESETS",
+    "SearchConfig",
+    "TrainConfig",
+    "build_config",
+    "config_hash",
+    "search_config_for",
 ]

@@ -324,7 +324,12 @@ def setup_seed(
 
 
 def run_method(
-    setup: SeedSetup, method: Method, models: Path, preset: Preset, device: str, progress: bool,
+    setup: SeedSetup,
+    method: Method,
+    models: Path,
+    preset: Preset,
+    device: str,
+    progress: bool,
     budget: int | None = None,
 ) -> tuple[dict, int]:
     """One method on top of a seed's cold start: its result row and its own search's teacher tokens.
@@ -492,7 +497,14 @@ def _in_worker(job, *args, device: str, progress: bool, **kwargs):
 
 
 def _run_seeds(
-    out: Path, models: Path, preset: Preset, seeds: list[int], base_seed: int, device: str, progress: bool, jobs: int
+    out: Path,
+    models: Path,
+    preset: Preset,
+    seeds: list[int],
+    base_seed: int,
+    device: str,
+    progress: bool,
+    jobs: int,
 ) -> list[list[dict]]:
     """Every seed's result rows, in seed order: in this process, or in ``jobs`` worker processes.
 
@@ -505,7 +517,9 @@ def _run_seeds(
     """
     if jobs == 1:
         return [
-            _in_worker(run_seed, out / f"seed{s}", models, preset, s, base_seed, device=device, progress=progress)
+            _in_worker(
+                run_seed, out / f"seed{s}", models, preset, s, base_seed, device=device, progress=progress
+            )
             for s in seeds
         ]
     import concurrent.futures
@@ -540,7 +554,8 @@ def _run_seeds(
 
         try:
             setups = {
-                s: submit(f"seed{s} set-up", setup_seed, out / f"seed{s}", models, preset, s, base_seed) for s in seeds
+                s: submit(f"seed{s} set-up", setup_seed, out / f"seed{s}", models, preset, s, base_seed)
+                for s in seeds
             }
             runs: dict[int, dict[str, concurrent.futures.Future]] = {}
             for s in seeds:
@@ -555,12 +570,20 @@ def _run_seeds(
                     if m.key == "standard-budget":
                         budget = runs[s]["gen-ssd"].result()[1]
                         runs[s][m.key] = submit(
-                            f"seed{s}/{m.key}", run_method, setups[s].result(), m, models, preset, budget=budget
+                            f"seed{s}/{m.key}",
+                            run_method,
+                            setups[s].result(),
+                            m,
+                            models,
+                            preset,
+                            budget=budget,
                         )
             results = []
             for s in seeds:
                 setup = setups[s].result()
-                results.append([setup.base_row, setup.cold_row] + [runs[s][m.key].result()[0] for m in methods(preset)])
+                results.append(
+                    [setup.base_row, setup.cold_row] + [runs[s][m.key].result()[0] for m in methods(preset)]
+                )
             return results
         except BaseException:
             # Fail fast: drop the jobs not started yet (the running ones finish, and their

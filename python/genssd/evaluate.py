@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-
 from tqdm.auto import tqdm
 
 from genssd.config import EvalConfig
@@ -32,7 +31,9 @@ def _until_eos(ids: list[int], eos_ids: set[int]) -> list[int]:
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: Sequence[str], config: EvalConfig, *, progress: bool = False) -> list[list[str]]:
+def generate(
+    model, tokenizer, prompts: Sequence[str], config: EvalConfig, *, progress: bool = False
+) -> list[list[str]]:
     """``config.num_samples`` completions of each prompt (greedy when ``temperature == 0``).
 
     Prompts are batched ``config.batch_size`` at a time, longest first so a batch holds similar
@@ -49,10 +50,14 @@ def generate(model, tokenizer, prompts: Sequence[str], config: EvalConfig, *, pr
     results: list[list[str]] = [[] for _ in prompts]
     was_training = model.training
     model.eval()
-    run_batch = _static_batches(model, tokenizer, prompts, encoded, config) if engine == "static" else (
-        _hf_batches(model, tokenizer, encoded, config, sorted(eos_ids))
+    run_batch = (
+        _static_batches(model, tokenizer, prompts, encoded, config)
+        if engine == "static"
+        else (_hf_batches(model, tokenizer, encoded, config, sorted(eos_ids)))
     )
-    with tqdm(total=len(prompts), desc="eval", unit="problem", dynamic_ncols=True, disable=not progress) as bar:
+    with tqdm(
+        total=len(prompts), desc="eval", unit="problem", dynamic_ncols=True, disable=not progress
+    ) as bar:
         for batch in batches:
             for j, ids in enumerate(run_batch(batch)):
                 text = tokenizer.decode(_until_eos(ids, eos_ids), skip_special_tokens=True)
@@ -108,7 +113,9 @@ def _hf_batches(model, tokenizer, encoded, config: EvalConfig, eos_ids: list[int
     def run(batch: list[int]) -> list[list[int]]:
         # Left padding: every prompt ends at the last column, where generation continues.
         input_ids, valid = left_pad([encoded[i] for i in batch], pad_id, device)
-        out = model.generate(input_ids=input_ids, attention_mask=valid.long(), generation_config=generation_config)
+        out = model.generate(
+            input_ids=input_ids, attention_mask=valid.long(), generation_config=generation_config
+        )
         return out[:, input_ids.shape[1] :].tolist()
 
     return run
@@ -142,14 +149,16 @@ def score_predictions(task, rows: Sequence[dict], predictions: Sequence[str | Se
         verdicts = [bool(task.is_correct(text, row)) for text in texts]
         correct += sum(verdicts)
         solved += any(verdicts)
-        records.append({
-            "uid": row.get("uid"),
-            "question": row.get("question"),
-            "gold_answer": task.gold_answer(row),
-            "predictions": texts,
-            "predicted_answers": [task.extract_answer(text) for text in texts],
-            "correct": verdicts,
-        })
+        records.append(
+            {
+                "uid": row.get("uid"),
+                "question": row.get("question"),
+                "gold_answer": task.gold_answer(row),
+                "predictions": texts,
+                "predicted_answers": [task.extract_answer(text) for text in texts],
+                "correct": verdicts,
+            }
+        )
     return {
         "task": task.name,
         "problems": len(rows),
@@ -161,7 +170,9 @@ def score_predictions(task, rows: Sequence[dict], predictions: Sequence[str | Se
     }
 
 
-def evaluate(model, tokenizer, task, rows: Sequence[dict], config: EvalConfig | None = None, *, progress: bool = True) -> dict:
+def evaluate(
+    model, tokenizer, task, rows: Sequence[dict], config: EvalConfig | None = None, *, progress: bool = True
+) -> dict:
     """Generate answers to ``rows`` with ``model`` and score them; see :func:`score_predictions`."""
     config = config or EvalConfig()
     if not rows:
@@ -196,10 +207,14 @@ def read_predictions(path: str | Path, rows: Sequence[dict]) -> list[list[str]]:
         by_uid = {str(line["uid"]): texts_of(line, f"{path}:{n}") for n, line in lines}
         missing = [str(row["uid"]) for row in rows if str(row["uid"]) not in by_uid]
         if missing:
-            raise UsageError(f"{path} has no prediction for {len(missing)} problem(s), e.g. uid {missing[0]!r}")
+            raise UsageError(
+                f"{path} has no prediction for {len(missing)} problem(s), e.g. uid {missing[0]!r}"
+            )
         return [by_uid[str(row["uid"])] for row in rows]
     if len(lines) < len(rows):
-        raise UsageError(f"{path} has {len(lines)} predictions for {len(rows)} problems (and no uids to match them)")
+        raise UsageError(
+            f"{path} has {len(lines)} predictions for {len(rows)} problems (and no uids to match them)"
+        )
     return [texts_of(line, f"{path}:{n}") for n, line in lines[: len(rows)]]
 
 
@@ -219,7 +234,8 @@ def summary_line(result: dict) -> str:
     if n == 1:
         return f"{result['task']}: accuracy {result['accuracy']:.4f} ({result['correct']}/{total}) pass@1"
     return (
-        f"{result['task']}: mean accuracy {result['accuracy']:.4f} over {n} samples ({result['correct']}/{total}), "
+        f"{result['task']}: mean accuracy {result['accuracy']:.4f} over {n} samples "
+        f"({result['correct']}/{total}), "
         f"pass@{n} {result[f'pass@{n}']:.4f} ({result['problems']} problems)"
     )
 

@@ -287,7 +287,9 @@ class Searcher:
         try:
             for start in range(0, len(prompts), size):
                 end = start + size
-                yield from self._search_batch(prompts[start:end], teacher_ids[start:end], keys[start:end], meter)
+                yield from self._search_batch(
+                    prompts[start:end], teacher_ids[start:end], keys[start:end], meter
+                )
         finally:
             meter.close()
 
@@ -300,25 +302,31 @@ class Searcher:
     def _check_fits(self, teacher_ids: list[list[int]]) -> None:
         """Refuse, before any model runs, prompts past a model's context and caches past free memory."""
         new = self.config.max_new_tokens
-        models = [("teacher", self.teacher)] + ([("student", self.student)] if self.tracker.shared_vocab else [])
+        models = [("teacher", self.teacher)] + (
+            [("student", self.student)] if self.tracker.shared_vocab else []
+        )
         for role, model in models:
             context = getattr(model.config, "max_position_embeddings", None)
             longest = max(range(len(teacher_ids)), key=lambda i: len(teacher_ids[i]))
             need = len(teacher_ids[longest]) + new
             if context is not None and need > context:
                 raise UsageError(
-                    f"prompt {longest} has {len(teacher_ids[longest])} tokens; with max_new_tokens={new} it needs "
+                    f"prompt {longest} has {len(teacher_ids[longest])} tokens; with max_new_tokens={new} "
+                    f"it needs "
                     f"{need} positions, past the {role}'s context of {context}"
                 )
         if self.device.type != "cuda":
             return
         rows, columns = self._cache_shape(max(len(ids) for ids in teacher_ids))
-        need = kv_cache_bytes(self.teacher, row_bucket(rows), columns) + kv_cache_bytes(self.student, rows, columns)
+        need = kv_cache_bytes(self.teacher, row_bucket(rows), columns) + kv_cache_bytes(
+            self.student, rows, columns
+        )
         free, _ = torch.cuda.mem_get_info(self.device)
         if need > free:
             raise UsageError(
                 f"the KV caches of a batch need {need / 2**30:.1f} GiB ({rows} rows x {columns} columns) but "
-                f"{free / 2**30:.1f} GiB is free on {self.device}; lower batch_size ({self.config.batch_size}) "
+                f"{free / 2**30:.1f} GiB is free on {self.device}; "
+                f"lower batch_size ({self.config.batch_size}) "
                 f"or max_new_tokens"
             )
 
@@ -335,7 +343,11 @@ class Searcher:
         while beams:
             beams = self._round(round_index, prompts, beams, states, meter)
             round_index += 1
-            meter.round(live=len(beams), states=states, cache_bytes=self.sampler.cache_bytes + self.tracker.cache_bytes)
+            meter.round(
+                live=len(beams),
+                states=states,
+                cache_bytes=self.sampler.cache_bytes + self.tracker.cache_bytes,
+            )
         meter.prompts_done(len(prompts), states)
         results = []
         for prompt, state in zip(prompts, states):
@@ -374,7 +386,9 @@ class Searcher:
             device=device,
         )
         left = [cfg.max_new_tokens - len(b.ids) for b in beams for _ in range(k)]
-        chunk = self.sampler.propose(parent, keys, [min(chunk_cap, n) for n in left], [chunk_cap >= n for n in left])
+        chunk = self.sampler.propose(
+            parent, keys, [min(chunk_cap, n) for n in left], [chunk_cap >= n for n in left]
+        )
         groups, offsets_host = _groups(beams, k)
         host = _HostChunk(chunk)
         if cfg.stop_strings:
@@ -407,7 +421,11 @@ class Searcher:
             student = self.tracker.score(proposal.parent, proposal.chunk)
         else:
             student = self.tracker.score(
-                proposal.parent, proposal.chunk, parent_rows=parent_rows, texts=completions(), ended=host.ended
+                proposal.parent,
+                proposal.chunk,
+                parent_rows=parent_rows,
+                texts=completions(),
+                ended=host.ended,
             )
         batch = CandidateBatch(
             round=proposal.round_index,

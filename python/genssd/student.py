@@ -71,7 +71,9 @@ class StudentTracker:
         engine: ``"static"`` (the compact forward over a static cache) or ``"hf"``.
     """
 
-    def __init__(self, student, tokenizer, *, shared_vocab: bool, backend: str | None = None, engine: str = "hf"):
+    def __init__(
+        self, student, tokenizer, *, shared_vocab: bool, backend: str | None = None, engine: str = "hf"
+    ):
         decoder, self.weight = decoder_and_head(student)
         self.device = input_device(student)
         self.runner = StaticRunner(student) if engine == "static" else HFRunner(decoder, self.device)
@@ -185,7 +187,7 @@ class StudentTracker:
     def _text_feed(self, parent_rows, texts, ended):
         """Plan each candidate's student tokens on the text path (host work)."""
         plan, feeds, firsts, dropped, drop_sum, drop_count = [], [], [], [], [], []
-        for c, (r, text, end) in enumerate(zip(parent_rows, texts, ended)):
+        for r, text, end in zip(parent_rows, texts, ended):
             old = self.text_rows[r]
             completion = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             if end and self.eos_id is not None:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from genssd.cache import BatchedCache
-from genssd.models import eos_token_ids, input_device, pad_token_id
 from genssd.engine.runners import left_pad
+from genssd.models import eos_token_ids, input_device, pad_token_id
 from genssd.sampling import sample, step_keys
 
 
@@ -103,8 +103,9 @@ class TeacherSampler:
         self.temperature = temperature
         self.top_p = top_p
         self.device = input_device(model)
-        self.rules = TokenRules(model, tokenizer, step_delimiter=step_delimiter, vocab_limit=vocab_limit,
-                                device=self.device)
+        self.rules = TokenRules(
+            model, tokenizer, step_delimiter=step_delimiter, vocab_limit=vocab_limit, device=self.device
+        )
         self.pad_id = self.rules.pad_id
         self.cache: BatchedCache | None = None
         self.next_logits: torch.Tensor | None = None  # [R, V] fp32

@@ -112,7 +112,9 @@ def select_rows(rows: Sequence[dict], *, only_correct: bool = False, task=None) 
             correct = row.get("correct")
             if correct is None:
                 if task is None:
-                    raise UsageError(f"{where}: only_correct needs a 'correct' field or a task to check answers")
+                    raise UsageError(
+                        f"{where}: only_correct needs a 'correct' field or a task to check answers"
+                    )
                 correct = task.is_correct(completion, row)
             if not correct:
                 continue
@@ -150,7 +152,12 @@ def build_examples(rows: Sequence[dict], tokenizer, max_length: int, *, task=Non
         truncated += len(prompt_ids) + len(completion_ids) > max_length
         examples.append(Example(tuple(ids), len(prompt_ids)))
     if truncated:
-        logger.warning("%d of %d examples were longer than max_length=%d and lost their end", truncated, len(rows), max_length)
+        logger.warning(
+            "%d of %d examples were longer than max_length=%d and lost their end",
+            truncated,
+            len(rows),
+            max_length,
+        )
     return examples
 
 
@@ -159,8 +166,12 @@ def prepare_examples(rows: Sequence[dict], tokenizer, config: TrainConfig, *, ta
 
     Useful to check the data (and fail fast) before loading a large model.
     """
-    return build_examples(select_rows(rows, only_correct=config.only_correct, task=task), tokenizer,
-                          config.max_length, task=task)
+    return build_examples(
+        select_rows(rows, only_correct=config.only_correct, task=task),
+        tokenizer,
+        config.max_length,
+        task=task,
+    )
 
 
 def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
@@ -198,11 +209,16 @@ def check_fused_loss_supported(model: nn.Module) -> None:
     if head is None or not isinstance(getattr(head, "weight", None), torch.Tensor):
         raise UsageError(f"{type(model).__name__} has no output embedding (lm_head) weight")
     if getattr(head, "bias", None) is not None:
-        raise UsageError(f"{type(model).__name__}'s lm_head has a bias, which the fused loss does not support")
+        raise UsageError(
+            f"{type(model).__name__}'s lm_head has a bias, which the fused loss does not support"
+        )
     config = model.config
     for attribute in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"):
         if getattr(config, attribute, None) not in (None, 1, 1.0):
-            raise UsageError(f"{type(model).__name__} transforms its logits ({attribute}); the fused loss does not support it")
+            raise UsageError(
+                f"{type(model).__name__} transforms its logits ({attribute}); "
+                "the fused loss does not support it"
+            )
 
 
 class CompletionLoss(nn.Module):
@@ -219,7 +235,9 @@ class CompletionLoss(nn.Module):
         check_fused_loss_supported(model)
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
         """Args: ``input_ids``, ``attention_mask``, ``labels``: ``[B, T]`` int64 (see :func:`collate`).
 
         Returns: the fp32 scalar sum of ``-log p(labels[:, t+1] | input_ids[:, :t+1])`` over
@@ -294,13 +312,15 @@ def checkpoints(out_dir: str | Path) -> list[Path]:
         return []
     found = []
     for path in out_dir.glob(f"{CHECKPOINT_PREFIX}*"):
-        suffix = path.name[len(CHECKPOINT_PREFIX):]
+        suffix = path.name[len(CHECKPOINT_PREFIX) :]
         if suffix.isdigit() and (path / STATE_FILE).is_file():
             found.append((int(suffix), path))
     return [path for _, path in sorted(found)]
 
 
-def _save_checkpoint(out_dir: Path, step: int, state: dict, model, tokenizer, optimizer, scheduler, keep: int) -> None:
+def _save_checkpoint(
+    out_dir: Path, step: int, state: dict, model, tokenizer, optimizer, scheduler, keep: int
+) -> None:
     """Write ``checkpoint-<step>`` atomically: everything goes to a temporary folder that is
     renamed once complete, so a run killed while saving leaves the previous checkpoint intact.
     Rank 0 writes the model, optimizer and scheduler; every rank writes its own RNG state.
@@ -346,7 +366,9 @@ def _load_weights(model: nn.Module, checkpoint: Path) -> None:
     loaded_storage = {t.data_ptr() for k, t in model.state_dict().items() if k in state}
     untied = [k for k in missing if model.state_dict()[k].data_ptr() not in loaded_storage]
     if unexpected or untied:
-        raise UsageError(f"{checkpoint} does not match the model: missing {untied[:5]}, unexpected {unexpected[:5]}")
+        raise UsageError(
+            f"{checkpoint} does not match the model: missing {untied[:5]}, unexpected {unexpected[:5]}"
+        )
 
 
 def _resume(checkpoint: Path, config: TrainConfig, model, optimizer, scheduler, device: torch.device) -> dict:
@@ -359,7 +381,9 @@ def _resume(checkpoint: Path, config: TrainConfig, model, optimizer, scheduler, 
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
         raise UsageError(f"cannot resume from {checkpoint}: the config changed ({diffs})")
     if state["world_size"] != world:
-        raise UsageError(f"cannot resume from {checkpoint}: it ran on {state['world_size']} processes, this run on {world}")
+        raise UsageError(
+            f"cannot resume from {checkpoint}: it ran on {state['world_size']} processes, this run on {world}"
+        )
     _load_weights(model, checkpoint)
     optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location=device, weights_only=True))
     scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
@@ -405,7 +429,11 @@ def _autocast(device: torch.device, config: TrainConfig):
 
 
 def _accumulate_gradients(
-    loss_module: nn.Module, step_examples: Sequence[Example], step_tokens: int, config: TrainConfig, pad_id: int,
+    loss_module: nn.Module,
+    step_examples: Sequence[Example],
+    step_tokens: int,
+    config: TrainConfig,
+    pad_id: int,
     device: torch.device,
 ) -> tuple[torch.Tensor, int]:
     """Forward and backward this rank's share of one optimizer step, ``grad_accum`` micro-batches.
@@ -470,7 +498,9 @@ def train(
     if config.save_every and out_dir is None:
         raise UsageError("save_every needs an output directory")
     if out_dir is not None and not resume and checkpoints(out_dir):
-        raise UsageError(f"{out_dir} already holds checkpoints; pass --resume to continue or choose another --out")
+        raise UsageError(
+            f"{out_dir} already holds checkpoints; pass --resume to continue or choose another --out"
+        )
 
     if data and all(isinstance(item, Example) for item in data):
         examples = list(data)
@@ -495,11 +525,15 @@ def train(
         set_activation_checkpointing(model, True)
     loss_module: nn.Module = CompletionLoss(model)
     if world > 1:
-        loss_module = nn.parallel.DistributedDataParallel(loss_module, device_ids=[device.index] if device.type == "cuda" else None)
+        loss_module = nn.parallel.DistributedDataParallel(
+            loss_module, device_ids=[device.index] if device.type == "cuda" else None
+        )
     optimizer = _optimizer(model, config)
     from transformers import get_cosine_schedule_with_warmup
 
-    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(config.warmup_ratio * total_steps), total_steps)
+    scheduler = get_cosine_schedule_with_warmup(
+        optimizer, math.ceil(config.warmup_ratio * total_steps), total_steps
+    )
 
     step = 0
     latest = checkpoints(out_dir)[-1] if resume and out_dir is not None and checkpoints(out_dir) else None
@@ -523,7 +557,9 @@ def train(
         step_examples = [examples[i] for i in order[index * global_batch : (index + 1) * global_batch]]
         # Every rank knows the whole step's examples, so the normalizer needs no communication.
         step_tokens = sum(e.num_completion for e in step_examples)
-        loss_sum, tokens = _accumulate_gradients(loss_module, step_examples, step_tokens, config, pad_id, device)
+        loss_sum, tokens = _accumulate_gradients(
+            loss_module, step_examples, step_tokens, config, pad_id, device
+        )
         tokens_seen += tokens
         if config.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
@@ -535,14 +571,26 @@ def train(
         losses.append(loss)
 
         if out_dir is not None and rank == 0 and (step % config.log_every == 0 or step == total_steps):
-            record = {"step": step, "epoch": epoch, "loss": loss, "lr": scheduler.get_last_lr()[0],
-                      "tokens_per_s": tokens_seen * world / (time.perf_counter() - started)}
+            record = {
+                "step": step,
+                "epoch": epoch,
+                "loss": loss,
+                "lr": scheduler.get_last_lr()[0],
+                "tokens_per_s": tokens_seen * world / (time.perf_counter() - started),
+            }
             out_dir.mkdir(parents=True, exist_ok=True)
             with (out_dir / LOG_FILE).open("a") as f:
                 f.write(json.dumps(record) + "\n")
         if config.save_every and step % config.save_every == 0:
-            state = {"step": step, "epoch": step // steps_per_epoch, "loss": loss, "config": dataclasses.asdict(config)}
-            _save_checkpoint(out_dir, step, state, model, tokenizer, optimizer, scheduler, config.keep_checkpoints)
+            state = {
+                "step": step,
+                "epoch": step // steps_per_epoch,
+                "loss": loss,
+                "config": dataclasses.asdict(config),
+            }
+            _save_checkpoint(
+                out_dir, step, state, model, tokenizer, optimizer, scheduler, config.keep_checkpoints
+            )
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
@@ -569,6 +617,16 @@ def train(
 
 
 __all__ = [
-    "CompletionLoss", "Example", "build_examples", "checkpoints", "collate", "completion_text", "epoch_order",
-    "prepare_examples", "prompt_text", "select_rows", "setup_distributed", "train",
+    "CompletionLoss",
+    "Example",
+    "build_examples",
+    "checkpoints",
+    "collate",
+    "completion_text",
+    "epoch_order",
+    "prepare_examples",
+    "prompt_text",
+    "select_rows",
+    "setup_distributed",
+    "train",
 ]

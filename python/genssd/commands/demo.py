@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 # Each job process holds its own models and data (~0.5 GB on the full preset); four keep a small
 # machine's memory free while giving the two-core CPU machine both its cores.
 MAX_DEFAULT_JOBS = 4
@@ -53,8 +52,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from genssd.models import quiet_transformers
     from genssd.demo import ASSETS, run_demo
+    from genssd.models import quiet_transformers
 
     # The demo loads and saves many tiny models: Hugging Face's per-file bars would bury its own.
     quiet_transformers()

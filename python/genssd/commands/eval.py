@@ -35,13 +35,17 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "eval",
         help="accuracy of a model on a task split (or score given predictions)",
-        description="Generate answers with --model (greedy pass@1, or --num-samples samples at --temperature: "
+        description="Generate answers with --model (greedy pass@1, or --num-samples samples at "
+        "--temperature: "
         "mean accuracy and pass@n) or score the texts of --predictions; print the accuracy.",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="folder of a Hugging Face causal LM and its tokenizer")
-    source.add_argument("--predictions", help="JSONL of texts to score instead of generating "
-                        "(fields predictions | prediction | trajectories; matched by uid, else by order)")
+    source.add_argument(
+        "--predictions",
+        help="JSONL of texts to score instead of generating "
+        "(fields predictions | prediction | trajectories; matched by uid, else by order)",
+    )
     parser.add_argument("--task", required=True, choices=TASK_NAMES)
     parser.add_argument("--data", required=True, help="JSONL file of problems")
     parser.add_argument("--limit", type=int, help="evaluate the first N problems only")
@@ -52,12 +56,20 @@ def register(subparsers) -> None:
     parser.add_argument("--temperature", type=float, default=defaults.temperature)
     parser.add_argument("--top-p", type=float, default=defaults.top_p)
     parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--engine", choices=["auto", "static", "hf"], default=defaults.engine,
-                        help="decode engine: static (Llama, Mistral, Qwen2, Qwen3), hf (model.generate), "
-                        "auto (static where supported)")
+    parser.add_argument(
+        "--engine",
+        choices=["auto", "static", "hf"],
+        default=defaults.engine,
+        help="decode engine: static (Llama, Mistral, Qwen2, Qwen3), hf (model.generate), "
+        "auto (static where supported)",
+    )
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    parser.add_argument("--dtype", choices=DTYPES, default="auto", help="model dtype (auto: bfloat16 on CUDA, else float32)")
-    parser.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own Python code")
+    parser.add_argument(
+        "--dtype", choices=DTYPES, default="auto", help="model dtype (auto: bfloat16 on CUDA, else float32)"
+    )
+    parser.add_argument(
+        "--trust-remote-code", action="store_true", help="allow the model folder's own Python code"
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run)
 
@@ -68,8 +80,13 @@ def run(args) -> int:
     from genssd.tasks import get_task
 
     config = EvalConfig(
-        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, num_samples=args.num_samples,
-        temperature=args.temperature, top_p=args.top_p, seed=args.seed, engine=args.engine,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        num_samples=args.num_samples,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        engine=args.engine,
     )
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit must be >= 1, got {args.limit}")
@@ -85,7 +102,9 @@ def run(args) -> int:
         if args.no_progress:
             quiet_transformers()
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model, tokenizer = load_student(args.model, device=device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+        model, tokenizer = load_student(
+            args.model, device=device, dtype=args.dtype, trust_remote_code=args.trust_remote_code
+        )
         result = evaluate(model, tokenizer, task, rows, config, progress=not args.no_progress)
     if args.out:
         write_records(args.out, result["records"])

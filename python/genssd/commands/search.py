@@ -189,7 +189,8 @@ def _output_path(out: Path, dist) -> Path:
 
 
 def output_row(row: dict, result, task, config: SearchConfig, hash_: str) -> dict:
-    """One output row (docs/design.md §4): the input fields, the run's identity, the search result, the grade."""
+    """One output row (docs/design.md §4): the input fields, the run's identity, the search result,
+    the grade."""
     best = result.best
     predicted = task.extract_answer(best.text) if best is not None else None
     correct = bool(best is not None and task.is_correct(best.text, row))

@@ -18,13 +18,23 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--model", required=True, help="folder of the Hugging Face causal LM to fine-tune")
     parser.add_argument("--data", required=True, help="JSONL: genssd search output or question/answer rows")
-    parser.add_argument("--out", required=True, help="folder for checkpoints, the training log and the final model")
-    parser.add_argument("--task", choices=TASK_NAMES, help="format prompts as this task does (default: the bare question)")
+    parser.add_argument(
+        "--out", required=True, help="folder for checkpoints, the training log and the final model"
+    )
+    parser.add_argument(
+        "--task", choices=TASK_NAMES, help="format prompts as this task does (default: the bare question)"
+    )
     parser.add_argument("--config", help="YAML file of TrainConfig keys")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a TrainConfig key")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a TrainConfig key"
+    )
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    parser.add_argument("--device", help="cpu or cuda (default: cuda when available; torchrun: this rank's GPU)")
-    parser.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own Python code")
+    parser.add_argument(
+        "--device", help="cpu or cuda (default: cuda when available; torchrun: this rank's GPU)"
+    )
+    parser.add_argument(
+        "--trust-remote-code", action="store_true", help="allow the model folder's own Python code"
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run)
 
@@ -32,9 +42,8 @@ def register(subparsers) -> None:
 def run(args) -> int:
     import torch.distributed as dist
 
-    from genssd.models import quiet_transformers
     from genssd.config import TrainConfig, build_config
-    from genssd.models import load_model, load_tokenizer
+    from genssd.models import load_model, load_tokenizer, quiet_transformers
     from genssd.tasks import get_task, read_rows
     from genssd.train import dist_info, prepare_examples, setup_distributed, train
 
@@ -50,9 +59,18 @@ def run(args) -> int:
     device = setup_distributed(args.device)
     try:
         # fp32 master weights; bf16 comes from autocast on CUDA.
-        model = load_model(args.model, device=device, dtype="float32", trust_remote_code=args.trust_remote_code)
+        model = load_model(
+            args.model, device=device, dtype="float32", trust_remote_code=args.trust_remote_code
+        )
         result = train(
-            model, tokenizer, examples, config, args.out, task=task, resume=args.resume, device=device,
+            model,
+            tokenizer,
+            examples,
+            config,
+            args.out,
+            task=task,
+            resume=args.resume,
+            device=device,
             progress=not args.no_progress,
         )
         if dist_info()[0] == 0:

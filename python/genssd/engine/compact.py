@@ -37,7 +37,9 @@ def static_support(model) -> str | None:
     if family not in FAMILIES:
         return f"model type {family!r} is not one of {', '.join(FAMILIES)}"
     base = getattr(model, "model", None)
-    if base is None or not all(hasattr(base, name) for name in ("embed_tokens", "layers", "norm", "rotary_emb")):
+    if base is None or not all(
+        hasattr(base, name) for name in ("embed_tokens", "layers", "norm", "rotary_emb")
+    ):
         return f"{type(model).__name__} does not have the decoder layout of its family"
     rope = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
     if rope in _STATEFUL_ROPE:
@@ -53,7 +55,9 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
+) -> torch.Tensor:
     """Grouped-query attention over a cache.
 
     Args:
@@ -86,7 +90,12 @@ class CompactDecoder:
             raise ValueError(f"the static engine cannot run this model: {reason}")
         self.model = model
         base = model.model
-        self.embed, self.layers, self.norm, self.rotary = base.embed_tokens, base.layers, base.norm, base.rotary_emb
+        self.embed, self.layers, self.norm, self.rotary = (
+            base.embed_tokens,
+            base.layers,
+            base.norm,
+            base.rotary_emb,
+        )
         self.head = model.get_output_embeddings()
         config = model.config
         attention = self.layers[0].self_attn
@@ -145,7 +154,11 @@ class CompactDecoder:
         cos, sin = self.rotary(hidden, positions)
         cos, sin = cos[:, None], sin[:, None]  # [B, 1, L, D]
         for layer, window, keys, values in zip(self.layers, self.windows, cache.keys, cache.values):
-            mask = causal if window is None else causal & (columns[None, None, :] > positions[:, :, None] - window)
+            mask = (
+                causal
+                if window is None
+                else causal & (columns[None, None, :] > positions[:, :, None] - window)
+            )
             attention = layer.self_attn
             x = layer.input_layernorm(hidden)
             q = attention.q_proj(x).view(batch, length, self.q_heads, self.head_dim)

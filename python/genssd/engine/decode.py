@@ -145,7 +145,9 @@ class StaticTeacherSampler:
         self.next_logits = self.rules.logits(self.decoder.logits(hidden))
 
     @torch.no_grad()
-    def propose(self, parent: torch.Tensor, keys: torch.Tensor, budget: list[int], final: list[bool]) -> Chunk:
+    def propose(
+        self, parent: torch.Tensor, keys: torch.Tensor, budget: list[int], final: list[bool]
+    ) -> Chunk:
         """Sample one chunk for every candidate (arguments and result as ``TeacherSampler.propose``)."""
         count, steps = parent.numel(), max(budget)
         logits = self.next_logits[parent]
@@ -171,7 +173,12 @@ class StaticTeacherSampler:
         cache.columns_bound += used
         self.next_logits = state.logits[:count].clone()
         mask = state.mask[:count, :used].clone()
-        return Chunk(ids=state.ids[:count, :used].clone(), mask=mask, lengths=mask.sum(1), ended=state.ended[:count].clone())
+        return Chunk(
+            ids=state.ids[:count, :used].clone(),
+            mask=mask,
+            lengths=mask.sum(1),
+            ended=state.ended[:count].clone(),
+        )
 
     def select(self, index: torch.Tensor) -> None:
         """Keep candidates ``index`` (``[R']`` int64) as the next round's live rows."""
@@ -235,7 +242,9 @@ class StaticTeacherSampler:
         """One decode step over all ``state.rows`` rows, in place (nothing read back)."""
         rows, cache, rules = state.rows, self.runner.cache, self.rules
         active = ~state.done
-        token = sample(state.logits, step_keys(state.keys, state.step), temperature=self.temperature, top_p=self.top_p)
+        token = sample(
+            state.logits, step_keys(state.keys, state.step), temperature=self.temperature, top_p=self.top_p
+        )
         token = torch.where(active, token, self.pad_id)
         column = state.step.expand(rows)[:, None]
         state.ids.scatter_(1, column, token[:, None])
@@ -249,5 +258,7 @@ class StaticTeacherSampler:
         feed = active & ~is_end & ~(at_budget & state.final)
         hidden = self.decoder.forward(token[:, None], cache, span)[:, 0]
         cache.length[:rows] += feed
-        state.logits.copy_(torch.where(feed[:, None], rules.logits(self.decoder.logits(hidden)), state.logits))
+        state.logits.copy_(
+            torch.where(feed[:, None], rules.logits(self.decoder.logits(hidden)), state.logits)
+        )
         state.step += 1

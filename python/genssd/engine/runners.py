@@ -37,7 +37,9 @@ def left_pad(
     return ids.to(device), valid.to(device)
 
 
-def right_pad(sequences: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def right_pad(
+    sequences: list[list[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``[B, T]`` int64 ids and ``[B]`` int64 lengths of right-padded sequences."""
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
@@ -66,7 +68,9 @@ class HFRunner:
     def nbytes(self) -> int:
         return 0 if self.cache is None else self.cache.nbytes
 
-    def prefill(self, prompts: list[list[int]], pad_id: int, *, rows: int = 0, columns: int = 0) -> torch.Tensor:
+    def prefill(
+        self, prompts: list[list[int]], pad_id: int, *, rows: int = 0, columns: int = 0
+    ) -> torch.Tensor:
         """Encode prompts (one row each); ``[B, d]`` hidden state of each prompt's last token."""
         ids, valid = left_pad(prompts, pad_id, self.device)
         self.cache = BatchedCache(self.module, len(prompts), self.device)
@@ -102,7 +106,9 @@ class StaticRunner:
     def nbytes(self) -> int:
         return 0 if self.cache is None else self.cache.nbytes
 
-    def prefill(self, prompts: list[list[int]], pad_id: int, *, rows: int = 0, columns: int = 0) -> torch.Tensor:
+    def prefill(
+        self, prompts: list[list[int]], pad_id: int, *, rows: int = 0, columns: int = 0
+    ) -> torch.Tensor:
         """Encode prompts (one row each, no padding in the cache); ``[B, d]`` last hidden states.
 
         ``rows``/``columns`` size the cache for the whole search up front (it still grows by
@@ -129,7 +135,9 @@ class StaticRunner:
         batch, length = ids.shape
         needed = self.cache.columns_bound + length
         self.cache.reserve(batch, needed)
-        hidden = self.decoder.forward(ids, self.cache, span=min(-(-needed // SPAN_STEP) * SPAN_STEP, self.cache.capacity))
+        hidden = self.decoder.forward(
+            ids, self.cache, span=min(-(-needed // SPAN_STEP) * SPAN_STEP, self.cache.capacity)
+        )
         self.cache.length[:batch] += valid.sum(1)
         self.cache.columns_bound = needed
         return hidden

@@ -54,7 +54,9 @@ class StaticKVCache:
         self._allocate(rows, capacity)
 
     @staticmethod
-    def bytes_for(*, layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype, rows: int, capacity: int) -> int:
+    def bytes_for(
+        *, layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype, rows: int, capacity: int
+    ) -> int:
         """Bytes of the K and V buffers of a cache of this size."""
         element = torch.empty(0, dtype=dtype).element_size()
         return 2 * layers * rows * kv_heads * capacity * head_dim * element

@@ -65,7 +65,9 @@ def read_rows(path: str | Path) -> list[tuple[int, dict]]:
             except json.JSONDecodeError as exc:
                 raise UsageError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
             if not isinstance(row, dict):
-                raise UsageError(f"{path}:{lineno}: each line must be a JSON object, got {type(row).__name__}")
+                raise UsageError(
+                    f"{path}:{lineno}: each line must be a JSON object, got {type(row).__name__}"
+                )
             rows.append((lineno, row))
     if not rows:
         raise UsageError(f"{path}: no rows (the file is empty)")

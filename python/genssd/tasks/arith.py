@@ -66,7 +66,11 @@ def _expression(numbers: Sequence[int], ops: Sequence[str]) -> str:
 
 def problem_split(question: str) -> str:
     """``"test"`` for one question in ten (a fixed hash, the same on every machine), else ``"train"``."""
-    return "test" if int.from_bytes(hashlib.sha256(question.encode("utf-8")).digest()[:8], "big") % 10 == 0 else "train"
+    return (
+        "test"
+        if int.from_bytes(hashlib.sha256(question.encode("utf-8")).digest()[:8], "big") % 10 == 0
+        else "train"
+    )
 
 
 def generate_problems(
@@ -104,7 +108,9 @@ def generate_problems(
         raise UsageError(f"num_operands must be a range (lo, hi) with 2 <= lo <= hi, got {num_operands}")
     if max_operand < 1 or max_value < 2 * max_operand:
         # With max_value >= 2 * max_operand, + or - always keeps the running total in range.
-        raise UsageError(f"need max_operand >= 1 and max_value >= 2 * max_operand, got {max_operand} and {max_value}")
+        raise UsageError(
+            f"need max_operand >= 1 and max_value >= 2 * max_operand, got {max_operand} and {max_value}"
+        )
     if split not in (None, *SPLITS):
         raise UsageError(f"split must be one of {SPLITS} or None, got {split!r}")
 
@@ -142,7 +148,9 @@ def generate_problems(
     return rows
 
 
-def _line_sizes(num_ops: int, style: str, rng: random.Random, leap_prob: float, max_leap: int | None) -> list[int]:
+def _line_sizes(
+    num_ops: int, style: str, rng: random.Random, leap_prob: float, max_leap: int | None
+) -> list[int]:
     """How many operations each solution line carries out; the sizes sum to ``num_ops``."""
     if style not in STYLES:
         raise UsageError(f"unknown solution style {style!r}; expected one of {STYLES}")
@@ -182,7 +190,9 @@ def render_solution(
             teacher while still beyond a tiny student.
     """
     if len(numbers) != len(ops) + 1 or not ops:
-        raise UsageError(f"a problem needs len(numbers) == len(ops) + 1 >= 2, got {len(numbers)} and {len(ops)}")
+        raise UsageError(
+            f"a problem needs len(numbers) == len(ops) + 1 >= 2, got {len(numbers)} and {len(ops)}"
+        )
     if max_leap is not None and max_leap < 2:
         raise UsageError(f"max_leap must be >= 2 or None, got {max_leap}")
     rng = rng if rng is not None else random.Random(0)

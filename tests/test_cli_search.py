@@ -18,9 +18,9 @@ import time
 import pytest
 from conftest import GSM8K_TEST, requires_gsm8k  # noqa: E402
 from genssd.cli import main
-from genssd.commands.search import output_row
 from genssd.data import read_output
 from genssd.search import SearchResult, Trajectory
+from genssd.search_file import output_row
 from genssd.tasks import get_task
 from search_fixtures import bpe_tokenizer, one_thread, single_thread, tiny_lm  # noqa: F401
 

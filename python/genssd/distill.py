@@ -34,7 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from genssd.config import EvalConfig, SearchConfig, TrainConfig, config_hash, search_config_for
+from genssd.data import read_output
 from genssd.errors import UsageError
+from genssd.search import Searcher
+from genssd.search_file import search_to_file
 
 COLD_START_SOURCES = ("teacher", "gold")
 TRAIN_ON = ("best", "all")
@@ -234,36 +237,18 @@ def search_stage(
 
     Returns the file's rows in ``rows``' order.
     """
-    from genssd.commands.search import output_row
-    from genssd.data import RowWriter, read_output, resume_state
 
-    config = config.for_task(task)
-    hash_ = config_hash(config)
-    done = resume_state(path, hash_)
-    spent = sum(int(r["teacher_tokens"]) for r in read_output(path))
-    todo = [row for row in rows if str(row["uid"]) not in done]
-    if todo and (budget is None or spent < budget):
-        from genssd.search import Searcher
-
-        searcher = Searcher(
+    def make_searcher(final: SearchConfig) -> Searcher:
+        return Searcher(
             teacher,
             student,
-            config=config,
+            config=final,
             device=device,
             dtype=inference_dtype(device),
             trust_remote_code=trust_remote_code,
         )
-        if progress:
-            print(f"engines: {searcher.engine_line}", file=sys.stderr)
-        results = searcher.iter_results(
-            [task.prompt(row) for row in todo], uids=[str(row["uid"]) for row in todo], progress=progress
-        )
-        with RowWriter(path) as writer:
-            for row, result in zip(todo, results):
-                writer.write(output_row(row, result, task, config, hash_))
-                spent += result.teacher_tokens
-                if budget is not None and spent >= budget:
-                    break
+
+    search_to_file(path, make_searcher, task, rows, config, budget=budget, progress=progress)
     by_uid = {str(r["uid"]): r for r in read_output(path)}
     return [by_uid[str(row["uid"])] for row in rows if str(row["uid"]) in by_uid]
 

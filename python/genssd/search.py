@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 import genssd_kernels
-from genssd.config import SearchConfig
+from genssd.config import SearchConfig, search_config_for
 from genssd.engine import kv_cache_bytes, resolve_engine
 from genssd.engine.decode import StaticTeacherSampler, row_bucket
 from genssd.errors import UsageError
@@ -249,6 +249,35 @@ class Searcher:
             self.sampler = TeacherSampler(self.teacher, self.tokenizer, **sampling)
         self.tracker = StudentTracker(
             self.student, self.student_tokenizer, shared_vocab=shared, backend=backend, engine=student_engine
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        teacher,
+        student,
+        *,
+        method: str = "gen-ssd",
+        device=None,
+        dtype=None,
+        trust_remote_code: bool = False,
+        scorer: Scorer | None = None,
+        **config,
+    ) -> Searcher:
+        """A searcher over checkpoint folders (or hub names, or loaded models) with their own
+        tokenizers, set up as ``method``'s preset with ``config`` (``SearchConfig`` keys) on top.
+
+        ``Searcher.from_pretrained("Qwen2.5-7B-Instruct", "Qwen2.5-0.5B", num_candidates=4,
+        margin=0.5, device="cuda", dtype="bf16")``
+        """
+        return cls(
+            teacher,
+            student,
+            config=search_config_for(method, **config),
+            scorer=scorer,
+            device=device,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
         )
 
     @property

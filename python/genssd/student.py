@@ -60,6 +60,137 @@ class _TextState:
     logprobs: list[float]  # one per completion token
 
 
+@dataclass
+class _TextPlan:
+    """A candidate's student tokens on the text path: its parent row, its tokens, where the
+    re-run starts (``start``) and how many of the parent's tokens it keeps (``keep``)."""
+
+    row: int
+    tokens: list[int]
+    start: int
+    keep: int
+
+
+@dataclass
+class _Feed:
+    """What a round runs through the student (``C`` candidates, ``L`` columns).
+
+    Attributes:
+        ids, valid: ``[C, L]`` int64 student ids and their (prefix) validity.
+        first_scored: ``[C]`` bool, whether column 0 is scored (not on a text-path re-run).
+        dropped_sum, dropped_count: ``[C]`` log-prob sum and count of rolled-back tokens (0 on
+            the shared-vocabulary path).
+        plan: the text path's per-candidate plans (None on the shared-vocabulary path).
+    """
+
+    ids: torch.Tensor
+    valid: torch.Tensor
+    first_scored: torch.Tensor
+    dropped_sum: torch.Tensor | float = 0.0
+    dropped_count: torch.Tensor | int = 0
+    plan: list[_TextPlan] | None = None
+
+
+@dataclass
+class _Pending:
+    """A scored round, kept until ``commit`` picks the survivors (``C`` candidates).
+
+    Attributes:
+        total, count: ``[C]`` running log-prob sum (fp64) and token count.
+        last_hidden: ``[C, d]`` hidden state of each candidate's last token.
+        token_logprobs, scored: ``[C, L]`` the round's token log-probs and which were scored.
+        plan: the text path's plans (None on the shared-vocabulary path).
+    """
+
+    total: torch.Tensor
+    count: torch.Tensor
+    last_hidden: torch.Tensor
+    token_logprobs: torch.Tensor
+    scored: torch.Tensor
+    plan: list[_TextPlan] | None
+
+
+class _Retokenizer:
+    """The text path: the student's own tokens of each row's text, with rollbacks (module docstring)."""
+
+    def __init__(self, tokenizer, *, eos_id: int | None, pad_id: int, vocab: int):
+        self.tokenizer = tokenizer
+        self.eos_id = eos_id
+        self.pad_id = pad_id
+        self.vocab = vocab
+        self.rows: list[_TextState] = []
+
+    def check_vocab(self, ids: list[int]) -> None:
+        """Refuse student token ids past the LM head's rows: the kernels run with their value
+        checks off (``check_values=False``), so such an id would be read out of bounds."""
+        if ids and max(ids) >= self.vocab:
+            raise UsageError(
+                f"the student tokenizer produced token id {max(ids)}, but the student's LM head has "
+                f"only {self.vocab} rows; use the tokenizer the student was trained with"
+            )
+
+    def start(self, prompts: list[str]) -> list[list[int]]:
+        """The student's ids of each prompt (one row each)."""
+        ids = [self.tokenizer(p)["input_ids"] for p in prompts]
+        for prompt, seq in zip(prompts, ids):
+            if not seq:
+                raise UsageError(f"prompt {prompt[:40]!r} encodes to no student tokens")
+            self.check_vocab(seq)
+        self.rows = [_TextState(list(seq), len(seq), []) for seq in ids]
+        return ids
+
+    def feed(
+        self, parent_rows: list[int], texts: list[str], ended: list[bool], device
+    ) -> tuple[_Feed, list[int]]:
+        """Plan each candidate's student tokens (host work); the feed and, per candidate, how
+        many of its parent's last tokens the cache must drop."""
+        plans, feeds, firsts, dropped, drop_sum, drop_count = [], [], [], [], [], []
+        for r, text, end in zip(parent_rows, texts, ended):
+            old = self.rows[r]
+            completion = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if end and self.eos_id is not None:
+                completion = completion + [self.eos_id]
+            self.check_vocab(completion)
+            new = old.tokens[: old.prompt_len] + completion
+            keep = _common_prefix(old.tokens, new)
+            # Re-run from the last kept token when tokens are rolled back: its hidden state
+            # (which predicts new[keep]) was not kept.
+            start = keep if keep == len(old.tokens) else keep - 1
+            feeds.append(new[start:])
+            firsts.append(start == keep)
+            dropped.append(len(old.tokens) - start)
+            drop_sum.append(sum(old.logprobs[keep - old.prompt_len :]))
+            drop_count.append(len(old.tokens) - keep)
+            plans.append(_TextPlan(r, new, start, keep))
+        width = max(1, max(len(f) for f in feeds))
+        ids = torch.full((len(feeds), width), self.pad_id, dtype=torch.long)
+        valid = torch.zeros(len(feeds), width, dtype=torch.bool)
+        for c, f in enumerate(feeds):
+            ids[c, : len(f)] = torch.tensor(f, dtype=torch.long)
+            valid[c, : len(f)] = True
+        feed = _Feed(
+            ids=ids.to(device),
+            valid=valid.to(device),
+            first_scored=torch.tensor(firsts, dtype=torch.bool, device=device),
+            dropped_sum=torch.tensor(drop_sum, dtype=torch.float64, device=device),
+            dropped_count=torch.tensor(drop_count, dtype=torch.long, device=device),
+            plan=plans,
+        )
+        return feed, dropped
+
+    def commit(self, plans: list[_TextPlan], index_list: list[int], logprobs, scored) -> None:
+        """The kept candidates' rows: ``logprobs``/``scored`` are their ``[R', L]`` rows as lists."""
+        rows = []
+        for c, lps, flags in zip(index_list, logprobs, scored):
+            plan = plans[c]
+            old = self.rows[plan.row]
+            new_lps = [lp for lp, flag in zip(lps, flags) if flag]
+            rows.append(
+                _TextState(plan.tokens, old.prompt_len, old.logprobs[: plan.keep - old.prompt_len] + new_lps)
+            )
+        self.rows = rows
+
+
 class StudentTracker:
     """Incremental student likelihood of the live beams (see the module docstring).
 
@@ -77,13 +208,18 @@ class StudentTracker:
         decoder, self.weight = decoder_and_head(student)
         self.device = input_device(student)
         self.runner = StaticRunner(student) if engine == "static" else HFRunner(decoder, self.device)
-        self.tokenizer = tokenizer
         self.shared_vocab = shared_vocab
         self.backend = backend
         eos = eos_token_ids(student, tokenizer)
-        self.eos_id = eos[0] if eos else None
         self.pad_id = pad_token_id(tokenizer, eos)
-        self._pending: dict | None = None
+        self.retokenizer = (
+            None
+            if shared_vocab
+            else _Retokenizer(
+                tokenizer, eos_id=eos[0] if eos else None, pad_id=self.pad_id, vocab=self.weight.shape[0]
+            )
+        )
+        self._pending: _Pending | None = None
 
     @property
     def cache_bytes(self) -> int:
@@ -94,18 +230,10 @@ class StudentTracker:
         self, prompts: list[str], teacher_prompt_ids: list[list[int]], *, rows: int = 0, columns: int = 0
     ) -> None:
         """Encode the prompts: one live row per prompt (``rows`` x ``columns`` sizes a static cache)."""
-        if self.shared_vocab:
-            ids = teacher_prompt_ids
-        else:
-            ids = [self.tokenizer(p)["input_ids"] for p in prompts]
-            for prompt, seq in zip(prompts, ids):
-                if not seq:
-                    raise UsageError(f"prompt {prompt[:40]!r} encodes to no student tokens")
-                self._check_vocab(seq)
+        ids = teacher_prompt_ids if self.retokenizer is None else self.retokenizer.start(prompts)
         self.last_hidden = self.runner.prefill(ids, self.pad_id, rows=rows, columns=columns)
         self.total = torch.zeros(len(ids), dtype=torch.float64, device=self.device)
         self.count = torch.zeros(len(ids), dtype=torch.long, device=self.device)
-        self.text_rows = None if self.shared_vocab else [_TextState(list(seq), len(seq), []) for seq in ids]
 
     @torch.no_grad()
     def score(
@@ -127,25 +255,23 @@ class StudentTracker:
         """
         self.runner.reindex(parent)
         prev_hidden = self.last_hidden[parent]
-        if self.shared_vocab:
-            feed, valid = chunk.ids, chunk.mask
-            first_scored = torch.ones(parent.numel(), dtype=torch.bool, device=self.device)
-            dropped_sum = dropped_count = 0
-            text_plan = None
+        if self.retokenizer is None:
+            ones = torch.ones(parent.numel(), dtype=torch.bool, device=self.device)
+            feed = _Feed(ids=chunk.ids, valid=chunk.mask, first_scored=ones)
         else:
-            feed, valid, first_scored, dropped_sum, dropped_count, text_plan = self._text_feed(
-                parent_rows, texts, ended
-            )
-        hidden = self.runner.extend(feed, valid)  # [C, L, d]
-        rows, width = feed.shape
+            feed, dropped = self.retokenizer.feed(parent_rows, texts, ended, self.device)
+            if any(dropped):
+                self.runner.drop_last(torch.tensor(dropped, dtype=torch.long, device=self.device))
+        hidden = self.runner.extend(feed.ids, feed.valid)  # [C, L, d]
+        rows, width = feed.ids.shape
 
         # Position j is predicted by the hidden state before it: the row's last hidden state for
         # j = 0, else the new hidden state j - 1. On the text path a re-run token (the last one
         # kept after a rollback) is only there to produce a hidden state and is not scored.
         predictors = torch.cat([prev_hidden[:, None], hidden[:, :-1]], dim=1)
-        scored = valid.clone()
-        scored[:, 0] &= first_scored
-        targets = torch.where(scored, feed, IGNORE)
+        scored = feed.valid.clone()
+        scored[:, 0] &= feed.first_scored
+        targets = torch.where(scored, feed.ids, IGNORE)
         token_logprobs, _, _ = genssd_kernels.logprob_gather(
             predictors.reshape(rows * width, -1),
             self.weight,
@@ -156,70 +282,22 @@ class StudentTracker:
         token_logprobs = token_logprobs.view(rows, width)
         new_sum = token_logprobs.sum(1, dtype=torch.float64)
         new_count = scored.sum(1)
-        total = self.total[parent] - dropped_sum + new_sum
-        count = self.count[parent] - dropped_count + new_count
-        fed = valid.sum(1)
+        total = self.total[parent] - feed.dropped_sum + new_sum
+        count = self.count[parent] - feed.dropped_count + new_count
+        fed = feed.valid.sum(1)
         last = hidden[torch.arange(rows, device=self.device), (fed - 1).clamp_min(0)]
-        self._pending = {
-            "total": total,
-            "count": count,
-            "last_hidden": torch.where((fed > 0)[:, None], last, prev_hidden),
-            "token_logprobs": token_logprobs,
-            "scored": scored,
-            "text_plan": text_plan,
-        }
+        self._pending = _Pending(
+            total=total,
+            count=count,
+            last_hidden=torch.where((fed > 0)[:, None], last, prev_hidden),
+            token_logprobs=token_logprobs,
+            scored=scored,
+            plan=feed.plan,
+        )
         trajectory = torch.where(count > 0, total / count.clamp_min(1), 0.0)
         chunk_mean = torch.where(new_count > 0, new_sum / new_count.clamp_min(1), trajectory)
         return StudentScores(
             trajectory=trajectory.float(), chunk=chunk_mean.float(), total=total, count=count, fed=fed
-        )
-
-    def _check_vocab(self, ids: list[int]) -> None:
-        """Refuse student token ids past the LM head's rows: the kernels run with their value
-        checks off (``check_values=False``), so such an id would be read out of bounds."""
-        vocab = self.weight.shape[0]
-        if ids and max(ids) >= vocab:
-            raise UsageError(
-                f"the student tokenizer produced token id {max(ids)}, but the student's LM head has "
-                f"only {vocab} rows; use the tokenizer the student was trained with"
-            )
-
-    def _text_feed(self, parent_rows, texts, ended):
-        """Plan each candidate's student tokens on the text path (host work)."""
-        plan, feeds, firsts, dropped, drop_sum, drop_count = [], [], [], [], [], []
-        for r, text, end in zip(parent_rows, texts, ended):
-            old = self.text_rows[r]
-            completion = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            if end and self.eos_id is not None:
-                completion = completion + [self.eos_id]
-            self._check_vocab(completion)
-            new = old.tokens[: old.prompt_len] + completion
-            keep = _common_prefix(old.tokens, new)
-            # Re-run from the last kept token when tokens are rolled back: its hidden state
-            # (which predicts new[keep]) was not kept.
-            start = keep if keep == len(old.tokens) else keep - 1
-            feeds.append(new[start:])
-            firsts.append(start == keep)
-            dropped.append(len(old.tokens) - start)
-            drop_sum.append(sum(old.logprobs[keep - old.prompt_len :]))
-            drop_count.append(len(old.tokens) - keep)
-            plan.append((r, new, start, keep))
-        width = max(1, max(len(f) for f in feeds))
-        ids = torch.full((len(feeds), width), self.pad_id, dtype=torch.long)
-        valid = torch.zeros(len(feeds), width, dtype=torch.bool)
-        for c, f in enumerate(feeds):
-            ids[c, : len(f)] = torch.tensor(f, dtype=torch.long)
-            valid[c, : len(f)] = True
-        if any(dropped):
-            self.runner.drop_last(torch.tensor(dropped, dtype=torch.long, device=self.device))
-        device = self.device
-        return (
-            ids.to(device),
-            valid.to(device),
-            torch.tensor(firsts, dtype=torch.bool, device=device),
-            torch.tensor(drop_sum, dtype=torch.float64, device=device),
-            torch.tensor(drop_count, dtype=torch.long, device=device),
-            plan,
         )
 
     @torch.no_grad()
@@ -227,20 +305,13 @@ class StudentTracker:
         """Keep pending candidates ``index`` (``[R']`` int64; ``index_list`` the same on the host)."""
         pending, self._pending = self._pending, None
         self.runner.reindex(index)
-        self.total = pending["total"][index]
-        self.count = pending["count"][index]
-        self.last_hidden = pending["last_hidden"][index]
-        if pending["text_plan"] is None:
-            return
-        logprobs = pending["token_logprobs"][index].tolist()
-        scored = pending["scored"][index].tolist()
-        rows = []
-        for c, lps, flags in zip(index_list, logprobs, scored):
-            r, new, start, keep = pending["text_plan"][c]
-            old = self.text_rows[r]
-            new_lps = [lp for lp, flag in zip(lps, flags) if flag]
-            rows.append(_TextState(new, old.prompt_len, old.logprobs[: keep - old.prompt_len] + new_lps))
-        self.text_rows = rows
+        self.total = pending.total[index]
+        self.count = pending.count[index]
+        self.last_hidden = pending.last_hidden[index]
+        if self.retokenizer is not None:
+            logprobs = pending.token_logprobs[index].tolist()
+            scored = pending.scored[index].tolist()
+            self.retokenizer.commit(pending.plan, index_list, logprobs, scored)
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

@@ -188,25 +188,6 @@ def _output_path(out: Path, dist) -> Path:
     return out.with_name(f"{out.stem}.shard{rank}of{world}{out.suffix or '.jsonl'}")
 
 
-def output_row(row: dict, result, task, config: SearchConfig, hash_: str) -> dict:
-    """One output row (docs/design.md §4): the input fields, the run's identity, the search result,
-    the grade."""
-    best = result.best
-    predicted = task.extract_answer(best.text) if best is not None else None
-    correct = bool(best is not None and task.is_correct(best.text, row))
-    head = {"uid": row["uid"], "question": row["question"], "answer": row["answer"]}
-    return {
-        **head,
-        **{k: v for k, v in row.items() if k not in head},
-        "method": config.method,
-        "config_hash": hash_,
-        "seed": config.seed,
-        **result.to_dict(),
-        "predicted_answer": predicted,
-        "correct": correct,
-    }
-
-
 def _load_models(args, device: str, student_device: str, dtype):
     from genssd.models import load_model, load_tokenizer
 
@@ -221,7 +202,8 @@ def _load_models(args, device: str, student_device: str, dtype):
 
 
 def run_search(args) -> int:
-    from genssd.data import RowWriter, merge, parse_shard, resume_state
+    from genssd.data import merge, parse_shard, resume_state
+    from genssd.search_file import search_to_file
     from genssd.tasks import get_task
 
     dist = _distributed()
@@ -240,26 +222,19 @@ def run_search(args) -> int:
     rows = _load_rows(task, args, shard_index, shard_count)
     out = _output_path(Path(args.out), dist)
     done = resume_state(out, hash_)
-    todo = [row for row in rows if row["uid"] not in done]
+    already = sum(str(row["uid"]) in done for row in rows)
 
-    if todo:
+    def make_searcher(final: SearchConfig):
         from genssd.models import quiet_transformers
         from genssd.search import Searcher
 
         if args.no_progress:
             quiet_transformers()
         teacher, student, tokenizer, student_tokenizer = _load_models(args, device, student_device, dtype)
-        searcher = Searcher(teacher, student, tokenizer, student_tokenizer, config=config)
-        if not args.no_progress:
-            print(f"engines: {searcher.engine_line}", file=sys.stderr)
-        prompts = [task.prompt(row) for row in todo]
-        results = searcher.iter_results(
-            prompts, uids=[row["uid"] for row in todo], progress=not args.no_progress
-        )
-        with RowWriter(out) as writer:
-            for row, result in zip(todo, results):
-                writer.write(output_row(row, result, task, config, hash_))
-    print(f"{len(todo)} rows written to {out} ({len(rows) - len(todo)} were already there)", file=sys.stderr)
+        return Searcher(teacher, student, tokenizer, student_tokenizer, config=final)
+
+    written = search_to_file(out, make_searcher, task, rows, config, progress=not args.no_progress)
+    print(f"{written} rows written to {out} ({already} were already there)", file=sys.stderr)
 
     if dist is not None:
         import torch.distributed as torch_dist

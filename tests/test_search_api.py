@@ -121,7 +121,11 @@ def test_models_and_tokenizers_load_from_paths(models, tmp_path):
     from_objects = Searcher(*models, config=config).run(PROMPTS)
     assert _texts(from_paths) == _texts(from_objects)
     pretrained = Searcher.from_pretrained(
-        tmp_path / "teacher", tmp_path / "student", num_candidates=2, chunk_tokens=3, max_new_tokens=6,
+        tmp_path / "teacher",
+        tmp_path / "student",
+        num_candidates=2,
+        chunk_tokens=3,
+        max_new_tokens=6,
         temperature=1.0,
     )
     assert pretrained.config.method == "gen-ssd" and _texts(pretrained.run(PROMPTS)) == _texts(from_objects)

@@ -140,26 +140,38 @@ def new_cache(model):
         return DynamicCache()
 
 
-def decoder_and_head(model) -> tuple[torch.nn.Module, torch.Tensor]:
-    """The base decoder (final hidden states, no logits) and the LM head weight ``[V, d]``.
+def linear_head_weight(model) -> torch.Tensor:
+    """The LM head weight ``[V, d]`` of a model whose logits are exactly ``hidden @ weight.T``.
 
-    Scoring calls the decoder and feeds its hidden states with this weight to ``logprob_gather``,
-    so the student's ``[N, V]`` logits are never materialized. That is exact only for a plain
-    linear head, so heads with a bias or a logit soft-cap are refused.
+    The fused kernels (scoring and the training loss) compute the logits that way, so a head
+    with a bias, soft-capped logits or a logit scale is refused (``UsageError``): the one rule
+    for both.
     """
     head = model.get_output_embeddings()
     if head is None or not isinstance(getattr(head, "weight", None), torch.Tensor):
-        raise UsageError(f"{type(model).__name__} has no linear LM head to score with")
+        raise UsageError(f"{type(model).__name__} has no linear LM head (output embedding weight)")
     if getattr(head, "bias", None) is not None:
-        raise UsageError(f"{type(model).__name__}: LM heads with a bias are not supported for scoring")
-    if getattr(model.config, "final_logit_softcapping", None):
-        raise UsageError(f"{type(model).__name__}: soft-capped logits are not supported for scoring")
+        raise UsageError(f"{type(model).__name__}'s LM head has a bias; the fused kernels do not support it")
+    for attribute in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"):
+        if getattr(model.config, attribute, None) not in (None, 1, 1.0):
+            raise UsageError(
+                f"{type(model).__name__} transforms its logits ({attribute}); "
+                "the fused kernels do not support it"
+            )
+    return head.weight
+
+
+def decoder_and_head(model) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The base decoder (final hidden states, no logits) and the LM head weight ``[V, d]``
+    (``linear_head_weight``'s rule): scoring feeds the decoder's hidden states with this weight
+    to ``logprob_gather``, so the student's ``[N, V]`` logits are never materialized."""
+    weight = linear_head_weight(model)
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
     if decoder is None or decoder is model:
         decoder = model.base_model
     if decoder is model:
         raise UsageError(f"cannot find the base decoder of {type(model).__name__}")
-    return decoder, head.weight
+    return decoder, weight
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:
@@ -187,6 +199,7 @@ __all__ = [
     "decoder_and_head",
     "eos_token_ids",
     "input_device",
+    "linear_head_weight",
     "load_model",
     "load_tokenizer",
     "new_cache",

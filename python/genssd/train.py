@@ -34,6 +34,7 @@ from torch import nn
 
 from genssd.config import TrainConfig
 from genssd.errors import UsageError
+from genssd.models import linear_head_weight
 from genssd_kernels import linear_cross_entropy
 
 IGNORE_INDEX = -100
@@ -203,24 +204,6 @@ def epoch_order(num_examples: int, seed: int, epoch: int) -> list[int]:
 # --------------------------------------------------------------------------------------- loss
 
 
-def check_fused_loss_supported(model: nn.Module) -> None:
-    """Raise ``UsageError`` when the logits are not ``hidden @ lm_head.weight.T``."""
-    head = model.get_output_embeddings()
-    if head is None or not isinstance(getattr(head, "weight", None), torch.Tensor):
-        raise UsageError(f"{type(model).__name__} has no output embedding (lm_head) weight")
-    if getattr(head, "bias", None) is not None:
-        raise UsageError(
-            f"{type(model).__name__}'s lm_head has a bias, which the fused loss does not support"
-        )
-    config = model.config
-    for attribute in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"):
-        if getattr(config, attribute, None) not in (None, 1, 1.0):
-            raise UsageError(
-                f"{type(model).__name__} transforms its logits ({attribute}); "
-                "the fused loss does not support it"
-            )
-
-
 class CompletionLoss(nn.Module):
     """Summed next-token cross-entropy over completion tokens, without materializing logits.
 
@@ -232,7 +215,7 @@ class CompletionLoss(nn.Module):
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        check_fused_loss_supported(model)
+        linear_head_weight(model)
         self.model = model
 
     def forward(

@@ -7,6 +7,7 @@ import genssd.search
 import pytest
 import torch
 from genssd.config import SearchConfig, search_config_for
+from genssd.errors import UsageError
 from genssd.search import Searcher
 from search_fixtures import EOS, PROMPTS, bpe_tokenizer, tiny_lm, token_logprobs
 
@@ -168,3 +169,16 @@ def test_a_searcher_runs_twice_alike(models):
     searcher = Searcher(*models, config=config)
     first, second = searcher.run(PROMPTS), searcher.run(PROMPTS)
     assert [r.to_dict() for r in first] == [r.to_dict() for r in second]
+
+
+def test_caches_past_free_memory_are_refused_before_any_model_runs():
+    tokenizer = bpe_tokenizer(300)
+    # 2 layers x K and V x 2 KV heads x 128 dims x fp32 = 4 KiB a token; 5 prompts x 4 candidates
+    # x ~2M columns = ~160 GB, past an H200's memory.
+    teacher = tiny_lm("llama", 300, seed=1, hidden=512, max_position_embeddings=4_000_000).cuda()
+    student = tiny_lm("qwen2", 300, seed=2, max_position_embeddings=4_000_000).cuda()
+    config = SearchConfig(num_candidates=4, max_new_tokens=2_000_000, batch_size=8)
+    refused = r"the KV caches of a batch need [\d.]+ GiB \(20 rows x \d+ columns\)"
+    with pytest.raises(UsageError, match=refused):
+        Searcher(teacher, student, tokenizer, config=config).run(PROMPTS)
+    assert torch.cuda.memory_allocated() < 2**30

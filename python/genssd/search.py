@@ -322,11 +322,11 @@ class Searcher:
         finally:
             meter.close()
 
-    def _cache_shape(self, longest_prompt: int) -> tuple[int, int]:
-        """Rows and columns a batch's caches need at most: every live beam forked K times, and
-        the longest prompt plus the whole answer."""
+    def _cache_shape(self, prompts: int, longest_prompt: int) -> tuple[int, int]:
+        """Rows and columns the caches of a batch of ``prompts`` need at most: every live beam
+        forked K times, and the longest prompt plus the whole answer."""
         cfg = self.config
-        return cfg.batch_size * cfg.beam_width * cfg.num_candidates, longest_prompt + cfg.max_new_tokens + 1
+        return prompts * cfg.beam_width * cfg.num_candidates, longest_prompt + cfg.max_new_tokens + 1
 
     def _check_fits(self, teacher_ids: list[list[int]]) -> None:
         """Refuse, before any model runs, prompts past a model's context and caches past free memory."""
@@ -346,7 +346,8 @@ class Searcher:
                 )
         if self.device.type != "cuda":
             return
-        rows, columns = self._cache_shape(max(len(ids) for ids in teacher_ids))
+        batch = min(self.config.batch_size, len(teacher_ids))
+        rows, columns = self._cache_shape(batch, max(len(ids) for ids in teacher_ids))
         need = kv_cache_bytes(self.teacher, row_bucket(rows), columns) + kv_cache_bytes(
             self.student, rows, columns
         )
@@ -363,7 +364,7 @@ class Searcher:
     def _search_batch(
         self, prompts: list[str], teacher_ids: list[list[int]], keys: list[int], meter: _Progress
     ) -> list[SearchResult]:
-        rows, columns = self._cache_shape(max(len(ids) for ids in teacher_ids))
+        rows, columns = self._cache_shape(len(teacher_ids), max(len(ids) for ids in teacher_ids))
         self.sampler.start(teacher_ids, rows=rows, columns=columns)
         self.tracker.start(prompts, teacher_ids, rows=rows, columns=columns)
         states = [_PromptState(key) for key in keys]

@@ -12,7 +12,7 @@ import sys
 from genssd.errors import UsageError
 
 # Each module defines ``register(subparsers)``, which adds its parser with ``func=handler``.
-COMMAND_MODULES = ["env", "train", "eval", "search", "distill", "demo"]
+COMMAND_MODULES = ["env", "train", "eval", "search", "distill", "export", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

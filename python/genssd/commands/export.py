@@ -1,0 +1,58 @@
+"""``genssd export``: selected trajectories of a search output as a dataset (JSONL that
+``datasets.load_dataset("json", ...)`` and TRL's ``SFTTrainer`` read)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from genssd.errors import UsageError
+from genssd.tasks import TASK_NAMES
+
+
+def register(subparsers) -> None:
+    from genssd.export import FORMATS
+
+    parser = subparsers.add_parser(
+        "export",
+        help="search output -> a training dataset (prompt-completion or messages JSONL)",
+        description="Write the trajectories of a search output as DIR/train.jsonl, one record per "
+        "trajectory, with uid, method, config_hash, rank, student_score and correct as columns.",
+    )
+    parser.add_argument("--data", required=True, help="search output JSONL (genssd search / distill)")
+    parser.add_argument("--task", required=True, choices=TASK_NAMES, help="the task it was searched on")
+    parser.add_argument("--out", required=True, help="output folder (train.jsonl is written there)")
+    parser.add_argument("--format", default="prompt-completion", choices=FORMATS)
+    parser.add_argument("--only-correct", action="store_true", help="keep trajectories with a correct answer")
+    parser.add_argument(
+        "--top-m", type=int, help="keep at most M trajectories a problem (best student score first)"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from genssd.data import read_output
+    from genssd.export import export_records, write_dataset
+    from genssd.tasks import get_task
+
+    if args.top_m is not None and args.top_m < 1:
+        raise UsageError(f"--top-m must be >= 1, got {args.top_m}")
+    data = Path(args.data)
+    if not data.is_file():
+        raise UsageError(f"data file not found: {data}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is not a folder")
+    existing = out.absolute()
+    while not existing.exists():  # the nearest folder that exists decides whether out can be made
+        existing = existing.parent
+    if not os.access(existing, os.W_OK):
+        raise UsageError(f"--out {out} is not writable")
+    task = get_task(args.task)
+    records = export_records(
+        read_output(data), task, format=args.format, only_correct=args.only_correct, top_m=args.top_m
+    )
+    path = write_dataset(out, records)
+    print(f"{len(records)} records written to {path}", file=sys.stderr)
+    return 0

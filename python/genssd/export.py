@@ -1,0 +1,89 @@
+"""Search outputs as training datasets other tools read: ``datasets.load_dataset("json", ...)`` and
+TRL's ``SFTTrainer`` (prompt-completion rows train on the completion only; conversational
+``messages`` rows go through the tokenizer's chat template).
+
+One record per kept trajectory. Rows keep their provenance as columns: ``uid``, ``method``,
+``config_hash``, the trajectory's ``rank`` (0 = the student's likeliest), ``student_score`` and
+whether its answer is ``correct``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from genssd.errors import UsageError
+
+FORMATS = ("prompt-completion", "messages")
+
+
+def export_records(
+    rows: Iterable[dict], task, *, format: str = "prompt-completion", only_correct: bool = False, top_m=None
+) -> list[dict]:
+    """Dataset records of search output rows.
+
+    Args:
+        rows: search output rows (``genssd search`` / ``distill``), trajectories best first.
+        task: the task the rows were searched on (prompts and answer checking).
+        format: ``"prompt-completion"`` (``prompt``/``completion`` text) or ``"messages"``
+            (a user turn with the question, an assistant turn with the trajectory).
+        only_correct: keep only trajectories whose answer the task grades correct.
+        top_m: keep at most this many trajectories a problem (after the correctness filter).
+    """
+    if format not in FORMATS:
+        raise UsageError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if top_m is not None and top_m < 1:
+        raise UsageError(f"top_m must be >= 1, got {top_m}")
+    records = []
+    for row in rows:
+        kept = 0
+        for rank, trajectory in enumerate(row.get("trajectories") or []):
+            text = trajectory["text"]
+            correct = bool(task.is_correct(text, row))
+            if (only_correct and not correct) or (top_m is not None and kept >= top_m):
+                continue
+            kept += 1
+            if format == "prompt-completion":
+                body = {"prompt": task.prompt(row), "completion": text}
+            else:
+                body = {
+                    "messages": [
+                        {"role": "user", "content": row["question"]},
+                        {"role": "assistant", "content": text},
+                    ]
+                }
+            records.append(
+                {
+                    **body,
+                    "uid": str(row["uid"]),
+                    "method": row.get("method"),
+                    "config_hash": row.get("config_hash"),
+                    "rank": rank,
+                    "student_score": trajectory.get("student_score"),
+                    "correct": correct,
+                }
+            )
+    return records
+
+
+def write_dataset(out_dir: str | Path, records: list[dict]) -> Path:
+    """Write ``records`` as ``out_dir/train.jsonl`` (complete or not at all); its path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "train.jsonl"
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".train.", suffix=".jsonl")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+__all__ = ["FORMATS", "export_records", "write_dataset"]

@@ -1,0 +1,76 @@
+"""``genssd export``: search rows as a dataset that ``datasets.load_dataset`` reads, with the
+correctness and top-m filters and the provenance columns."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from genssd.cli import main
+from genssd.export import export_records
+from genssd.tasks import get_task
+from genssd.tasks.arith import generate_problems
+
+ARITH = get_task("arith")
+
+
+def _search_rows(count: int = 4) -> list[dict]:
+    """Search-output rows with three trajectories each: right, wrong, right (best first)."""
+    rows = []
+    for row in generate_problems(count, seed=5):
+        gold = ARITH.gold_answer(row)
+        texts = [row["answer"], f"{row['answer'].split('####')[0]}#### {int(gold) + 1}", row["answer"] + "\n"]
+        rows.append(
+            {
+                **row,
+                "method": "gen-ssd",
+                "config_hash": "abc123",
+                "trajectories": [{"text": t, "student_score": -0.1 * (i + 1)} for i, t in enumerate(texts)],
+            }
+        )
+    return rows
+
+
+def test_records_filter_and_keep_provenance():
+    rows = _search_rows()
+    every = export_records(rows, ARITH)
+    assert len(every) == 12 and [r["rank"] for r in every[:3]] == [0, 1, 2]
+    assert every[0]["prompt"] == ARITH.prompt(rows[0]) and every[0]["completion"] == rows[0]["answer"]
+    assert [r["correct"] for r in every[:3]] == [True, False, True]
+    correct_top1 = export_records(rows, ARITH, only_correct=True, top_m=1)
+    assert len(correct_top1) == 4 and all(r["correct"] and r["rank"] == 0 for r in correct_top1)
+    correct = export_records(rows, ARITH, only_correct=True)
+    assert [r["rank"] for r in correct[:2]] == [0, 2]
+    messages = export_records(rows, ARITH, format="messages", top_m=2)
+    assert messages[0]["messages"] == [
+        {"role": "user", "content": rows[0]["question"]},
+        {"role": "assistant", "content": rows[0]["answer"]},
+    ]
+    assert len(messages) == 8
+
+
+@pytest.mark.parametrize("fmt", ["prompt-completion", "messages"])
+def test_cli_writes_what_datasets_loads(tmp_path, capsys, fmt):
+    datasets = pytest.importorskip("datasets")
+    search = tmp_path / "search.jsonl"
+    search.write_text("".join(json.dumps(r) + "\n" for r in _search_rows()))
+    out = tmp_path / "exported" / "gsm"
+    args = ["export", "--data", str(search), "--task", "arith", "--out", str(out), "--format", fmt]
+    assert main([*args, "--only-correct"]) == 0
+    assert "8 records written" in capsys.readouterr().err
+    loaded = datasets.load_dataset("json", data_files=str(out / "train.jsonl"), split="train")
+    assert loaded.num_rows == 8 and set(loaded["method"]) == {"gen-ssd"} and all(loaded["correct"])
+    columns = {"prompt", "completion"} if fmt == "prompt-completion" else {"messages"}
+    assert columns | {"uid", "config_hash", "rank", "student_score"} <= set(loaded.column_names)
+
+
+def test_cli_bad_input_exits_2(tmp_path, capsys):
+    search = tmp_path / "search.jsonl"
+    search.write_text("".join(json.dumps(r) + "\n" for r in _search_rows(1)))
+    base = ["export", "--task", "arith", "--out", str(tmp_path / "out")]
+    assert main([*base, "--data", str(tmp_path / "missing.jsonl")]) == 2
+    assert main(["export", "--task", "arith", "--data", str(search), "--out", str(search)]) == 2
+    assert main([*base, "--data", str(search), "--top-m", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [line.split(": error: ")[1].split(" ")[0] for line in err] == ["data", "--out", "--top-m"]
+    assert not (tmp_path / "out").exists()

@@ -235,25 +235,38 @@ def _float_field(value: Any, current: Any, name: str) -> Any:
     return value
 
 
+def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """The mapping a YAML config file holds (``UsageError`` when missing, invalid or not a mapping)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"config file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UsageError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise UsageError(f"config file {path} must hold a mapping of keys to values")
+    return loaded
+
+
 def build_config(
-    cls, *, yaml_path: str | Path | None = None, overrides: list[str] | None = None, **base: Any
+    cls,
+    *,
+    yaml_path: str | Path | None = None,
+    mapping: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+    **base: Any,
 ):
-    """Build ``cls`` from keyword defaults, then a YAML file, then ``key=value`` overrides."""
+    """Build ``cls`` from keyword defaults, then a YAML file (or an already loaded ``mapping``),
+    then ``key=value`` overrides."""
     names = {f.name: f for f in dataclasses.fields(cls)}
     values: dict[str, Any] = dict(base)
-    if yaml_path is not None:
-        path = Path(yaml_path)
-        if not path.is_file():
-            raise UsageError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise UsageError(f"config file {path} is not valid YAML: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise UsageError(f"config file {path} must hold a mapping of keys to values")
-        for key, value in loaded.items():
-            default = names[key].default if key in names else None
-            values[key] = _float_field(value, default, key)
+    loaded = load_yaml_mapping(yaml_path) if yaml_path is not None else (mapping or {})
+    if not isinstance(loaded, dict):
+        raise UsageError(f"{cls.__name__} settings must be a mapping of keys to values, got {loaded!r}")
+    for key, value in loaded.items():
+        default = names[key].default if key in names else None
+        values[key] = _float_field(value, default, key)
     for item in overrides or []:
         if "=" not in item:
             raise UsageError(f"--set takes key=value, got {item!r}")
@@ -301,6 +314,7 @@ __all__ = [
     "SearchConfig",
     "TrainConfig",
     "build_config",
+    "load_yaml_mapping",
     "config_hash",
     "search_config_for",
 ]

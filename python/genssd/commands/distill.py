@@ -24,15 +24,19 @@ def register(subparsers) -> None:
         "trajectories, (4) evaluation on held-out data. Rerunning with the same --out skips finished "
         "stages and resumes an interrupted one.",
     )
-    parser.add_argument("--teacher", required=True, help="teacher model folder (with its tokenizer)")
-    parser.add_argument("--student", required=True, help="student model folder (with its tokenizer)")
-    parser.add_argument("--task", required=True, choices=TASK_NAMES)
-    parser.add_argument("--data", required=True, help="JSONL of training problems (question, answer)")
-    parser.add_argument("--out", required=True, help="run folder; rerunning with it resumes")
+    # Defaults are None here: a recipe (--config) may set these, and a flag given beats the recipe.
+    parser.add_argument("--teacher", help="teacher model folder (with its tokenizer)")
+    parser.add_argument("--student", help="student model folder (with its tokenizer)")
+    parser.add_argument("--task", choices=TASK_NAMES)
+    parser.add_argument("--data", help="JSONL of training problems (question, answer)")
+    parser.add_argument("--out", help="run folder; rerunning with it resumes")
+    parser.add_argument("--method", choices=sorted(METHOD_PRESETS), help="search preset (default gen-ssd)")
     parser.add_argument(
-        "--method", default="gen-ssd", choices=sorted(METHOD_PRESETS), help="search preset (default gen-ssd)"
+        "--config",
+        help="a recipe: YAML with the run's settings (teacher, student, task, data, method, ...) and "
+        "search:/train:/eval: sections of SearchConfig/TrainConfig/EvalConfig keys; flags and --set "
+        "override it (a YAML of SearchConfig keys alone is read as the search section)",
     )
-    parser.add_argument("--config", help="YAML file of SearchConfig keys (on top of the method preset)")
     parser.add_argument(
         "--set",
         action="append",
@@ -43,14 +47,12 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--cold-start",
         type=int,
-        default=0,
         metavar="N",
         help="first fine-tune the student on the first N problems (default 0: no cold start)",
     )
     parser.add_argument(
         "--cold-start-source",
         choices=COLD_START_SOURCES,
-        default="teacher",
         help="teacher: one Standard-KD sample per problem (default); gold: the data's solutions",
     )
     parser.add_argument(
@@ -68,12 +70,12 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--only-correct",
         action="store_true",
+        default=None,
         help="train only on trajectories whose answer is correct (the rejection filter)",
     )
     parser.add_argument(
         "--train-on",
         choices=TRAIN_ON,
-        default="best",
         help="best: each problem's first trajectory (default); all: every trajectory",
     )
     parser.add_argument(
@@ -99,52 +101,112 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+# A recipe's top-level keys: the flags above (dashes as underscores) and the three sections.
+RECIPE_KEYS = {
+    "teacher": None,
+    "student": None,
+    "task": None,
+    "data": None,
+    "out": None,
+    "method": "gen-ssd",
+    "cold_start": 0,
+    "cold_start_source": "teacher",
+    "cold_start_steps": None,
+    "only_correct": False,
+    "train_on": "best",
+    "teacher_token_budget": None,
+    "eval_data": None,
+    "device": None,
+    "seed": None,
+}
+SECTIONS = ("search", "train", "eval")
+
+
+def load_recipe(path) -> dict:
+    """A recipe's mapping, with its search settings under ``search`` (a file of SearchConfig keys
+    alone is one), every key checked."""
+    from genssd.config import SearchConfig, load_yaml_mapping
+    from genssd.errors import UsageError
+
+    recipe = load_yaml_mapping(path)
+    search_keys = {f.name for f in dataclasses.fields(SearchConfig)}
+    if recipe and set(recipe) <= search_keys and not set(recipe) & set(RECIPE_KEYS):
+        return {"search": recipe}
+    unknown = sorted(set(recipe) - set(RECIPE_KEYS) - set(SECTIONS))
+    if unknown:
+        hint = " (SearchConfig keys go under search:)" if set(unknown) & search_keys else ""
+        raise UsageError(
+            f"config file {path}: unknown key(s) {', '.join(unknown)}{hint}; known: "
+            f"{', '.join([*RECIPE_KEYS, *SECTIONS])}"
+        )
+    return recipe
+
+
+def _setting(args, recipe: dict, name: str):
+    """A flag's value when given, else the recipe's, else the default."""
+    value = getattr(args, name)
+    return value if value is not None else recipe.get(name, RECIPE_KEYS[name])
+
+
 def build_plan(args):
     """The ``DistillPlan`` of the parsed arguments, every input checked (no model is loaded)."""
     from genssd.config import EvalConfig, SearchConfig, TrainConfig, build_config
-    from genssd.distill import DEFAULT_SAVE_EVERY, ColdStart, DistillPlan
+    from genssd.distill import COLD_START_SOURCES, DEFAULT_SAVE_EVERY, TRAIN_ON, ColdStart, DistillPlan
     from genssd.errors import UsageError
     from genssd.tasks import get_task
 
-    task = get_task(args.task)
+    recipe = load_recipe(args.config) if args.config else {}
+    settings = {name: _setting(args, recipe, name) for name in RECIPE_KEYS}
+    for name in ("teacher", "student", "task", "data", "out"):
+        if settings[name] is None:
+            raise UsageError(f"--{name} is required (or {name}: in the --config recipe)")
+    if settings["method"] not in METHOD_PRESETS:
+        raise UsageError(f"unknown method {settings['method']!r}; choose one of {', '.join(METHOD_PRESETS)}")
+    if settings["train_on"] not in TRAIN_ON or settings["cold_start_source"] not in COLD_START_SOURCES:
+        raise UsageError(f"train_on must be one of {TRAIN_ON}, cold_start_source one of {COLD_START_SOURCES}")
+    method = settings["method"]
+    task = get_task(settings["task"])
     search = build_config(
         SearchConfig,
-        yaml_path=args.config,
+        mapping=recipe.get("search"),
         overrides=args.set,
-        **METHOD_PRESETS[args.method],
-        method=args.method,
+        **METHOD_PRESETS[method],
+        method=method,
     )
-    if search.method != args.method:
-        raise UsageError(f"the config sets method {search.method!r}; choose the method with --method")
+    if search.method != method:
+        raise UsageError(f"the config sets method {search.method!r} in search:; set method: at the top")
     train = build_config(
-        TrainConfig, overrides=args.train_set, save_every=DEFAULT_SAVE_EVERY, only_correct=args.only_correct
+        TrainConfig,
+        mapping=recipe.get("train"),
+        overrides=args.train_set,
+        save_every=DEFAULT_SAVE_EVERY,
+        only_correct=settings["only_correct"],
     )
-    evaluation = build_config(EvalConfig, overrides=args.eval_set)
-    if args.seed is not None:
-        search = dataclasses.replace(search, seed=args.seed)
-        train = dataclasses.replace(train, seed=args.seed)
-        evaluation = dataclasses.replace(evaluation, seed=args.seed)
-    if args.cold_start < 0:
-        raise UsageError(f"--cold-start must be >= 0, got {args.cold_start}")
-    if args.cold_start == 0 and args.cold_start_steps is not None:
+    evaluation = build_config(EvalConfig, mapping=recipe.get("eval"), overrides=args.eval_set)
+    if settings["seed"] is not None:
+        search = dataclasses.replace(search, seed=settings["seed"])
+        train = dataclasses.replace(train, seed=settings["seed"])
+        evaluation = dataclasses.replace(evaluation, seed=settings["seed"])
+    cold_start, cold_steps = settings["cold_start"], settings["cold_start_steps"]
+    if cold_start < 0:
+        raise UsageError(f"--cold-start must be >= 0, got {cold_start}")
+    if cold_start == 0 and cold_steps is not None:
         raise UsageError("--cold-start-steps needs --cold-start N")
-    cold = (
-        ColdStart(args.cold_start, args.cold_start_source, args.cold_start_steps) if args.cold_start else None
-    )
+    cold = ColdStart(cold_start, settings["cold_start_source"], cold_steps) if cold_start else None
     return DistillPlan(
-        teacher=args.teacher,
-        student=args.student,
-        task=args.task,
-        rows=task.load(args.data),
-        out=args.out,
+        teacher=settings["teacher"],
+        student=settings["student"],
+        task=settings["task"],
+        rows=task.load(settings["data"]),
+        out=settings["out"],
         search=search,
         train=train,
         evaluation=evaluation,
-        eval_rows=task.load(args.eval_data) if args.eval_data else None,
+        eval_rows=task.load(settings["eval_data"]) if settings["eval_data"] else None,
         cold_start=cold,
-        train_on=args.train_on,
-        teacher_token_budget=args.teacher_token_budget,
-        device=args.device,
+        train_on=settings["train_on"],
+        teacher_token_budget=settings["teacher_token_budget"],
+        device=settings["device"],
         trust_remote_code=args.trust_remote_code,
         progress=not args.no_progress,
     )

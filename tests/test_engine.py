@@ -79,7 +79,12 @@ def _gpt2(vocab_size: int):
 
 def test_engine_choice_falls_back_to_hf_and_static_refuses_unsupported_models():
     tokenizer = bpe_tokenizer(300)
-    assert resolve_engine(tiny_lm("qwen3", 300, seed=1), "auto", "teacher")[0] == "static"
+    qwen3 = tiny_lm("qwen3", 300, seed=1)
+    assert resolve_engine(qwen3, "static", "teacher") == ("static", "teacher: static engine (qwen3)")
+    assert resolve_engine(qwen3, "auto", "teacher") == (  # on CPU
+        "hf",
+        "teacher: hf engine (auto picks static on CUDA; --engine static runs it here)",
+    )
     gpt2 = _gpt2(len(tokenizer))
     engine, line = resolve_engine(gpt2, "auto", "teacher")
     assert (
@@ -94,7 +99,7 @@ def test_engine_choice_falls_back_to_hf_and_static_refuses_unsupported_models():
     searcher = Searcher(gpt2, student, tokenizer, config=config)
     assert searcher.engine_lines == [
         "teacher: hf engine (model type 'gpt2' is not one of llama, mistral, qwen2, qwen3)",
-        "student: static engine (llama)",
+        "student: hf engine (auto picks static on CUDA; --engine static runs it here)",
     ]
     results = searcher.run(PROMPTS[:2])
     assert all(r.trajectories for r in results)

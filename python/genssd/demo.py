@@ -36,13 +36,13 @@ from genssd.distill import (
     DistillPlan,
     eval_stage,
     guard_run,
-    resolve_device,
     run_pipeline,
     run_stage,
     silence_stage_lines,
     write_json,
 )
 from genssd.errors import UsageError
+from genssd.models import resolve_device
 
 ASSETS = Path(__file__).resolve().parent / "assets" / "demo"
 TASK = "arith"

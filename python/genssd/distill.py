@@ -36,6 +36,7 @@ from pathlib import Path
 from genssd.config import EvalConfig, SearchConfig, TrainConfig, config_hash, search_config_for
 from genssd.data import read_output
 from genssd.errors import UsageError
+from genssd.models import inference_dtype, resolve_device
 from genssd.search import Searcher
 from genssd.search_file import search_to_file
 
@@ -193,24 +194,6 @@ def _log(message: str) -> None:
 
 
 # ------------------------------------------------------------------------------------ devices
-
-
-def resolve_device(device: str | None) -> str:
-    """``device`` checked (None: CUDA when available, else CPU)."""
-    import torch
-
-    from genssd.models import check_device
-
-    if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if check_device(device).type not in ("cpu", "cuda"):
-        raise UsageError(f"device must be cpu or cuda, got {device!r}")
-    return device
-
-
-def inference_dtype(device: str) -> str:
-    """Search and evaluation run in bfloat16 on CUDA and float32 on CPU."""
-    return "bfloat16" if device.startswith("cuda") else "float32"
 
 
 # ----------------------------------------------------------------------------------- search
@@ -557,7 +540,6 @@ __all__ = [
     "guard_run",
     "pruned_share",
     "read_marker",
-    "resolve_device",
     "rows_fingerprint",
     "run_pipeline",
     "run_stage",

@@ -37,6 +37,24 @@ def check_device(name: str) -> torch.device:
     return device
 
 
+def resolve_device(device: str | None) -> str:
+    """``device`` checked (cpu or cuda[:K]); None: CUDA when available, else CPU."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if check_device(device).type not in ("cpu", "cuda"):
+        raise UsageError(f"device must be cpu or cuda, got {device!r}")
+    return device
+
+
+def inference_dtype(device: str | torch.device, dtype: str | torch.dtype | None = None) -> torch.dtype:
+    """The dtype models run in for search and evaluation: ``dtype`` when given (not ``"auto"``),
+    else bfloat16 on CUDA and float32 elsewhere."""
+    chosen = resolve_dtype(dtype)
+    if chosen is not None:
+        return chosen
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
 def quiet_transformers() -> None:
     """Hide the Hugging Face loading and saving bars (for --no-progress and worker processes)."""
     from transformers.utils import logging as hf_logging
@@ -198,6 +216,8 @@ __all__ = [
     "cache_argument",
     "decoder_and_head",
     "eos_token_ids",
+    "inference_dtype",
+    "resolve_device",
     "input_device",
     "linear_head_weight",
     "load_model",

@@ -213,8 +213,8 @@ def build_plan(args):
 
 
 def run(args) -> int:
-    from genssd.distill import resolve_device, run_pipeline
-    from genssd.models import quiet_transformers
+    from genssd.distill import run_pipeline
+    from genssd.models import quiet_transformers, resolve_device
 
     plan = build_plan(args)
     resolve_device(plan.device)  # a bad --device fails before anything is written

@@ -14,15 +14,11 @@ def load_student(path: str, *, device, dtype: str = "auto", trust_remote_code: b
 
     ``dtype="auto"`` is bfloat16 on CUDA and float32 elsewhere.
     """
-    import torch
-
-    from genssd.models import load_model, load_tokenizer
+    from genssd.models import inference_dtype, load_model, load_tokenizer
 
     if not Path(path).is_dir():
         raise UsageError(f"model directory not found: {path}")
-    device = torch.device(device)
-    if dtype == "auto":
-        dtype = "bfloat16" if device.type == "cuda" else "float32"
+    dtype = inference_dtype(device, dtype)
     tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
     return load_model(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code), tokenizer
 
@@ -95,13 +91,11 @@ def run(args) -> int:
     if args.predictions is not None:
         result = score_predictions(task, rows, read_predictions(args.predictions, rows))
     else:
-        import torch
-
-        from genssd.models import quiet_transformers
+        from genssd.models import quiet_transformers, resolve_device
 
         if args.no_progress:
             quiet_transformers()
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = resolve_device(args.device)
         model, tokenizer = load_student(
             args.model, device=device, dtype=args.dtype, trust_remote_code=args.trust_remote_code
         )

@@ -115,9 +115,9 @@ def _devices(args, dist) -> tuple[str, str]:
     """The teacher's (input) device and the student's, checked."""
     import torch
 
-    from genssd.models import check_device
+    from genssd.models import check_device, resolve_device
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     student = args.student_device or device
     for name in (device, student):
         check_device(name)
@@ -150,16 +150,6 @@ def _same_device(a: str, b: str) -> bool:
         return False
     # "cuda" means the current device, cuda:0 unless set otherwise.
     return (da.index or 0) == (db.index or 0)
-
-
-def _dtype(args, device: str):
-    from genssd.models import resolve_dtype
-
-    if args.dtype is None:
-        import torch
-
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return resolve_dtype(args.dtype)
 
 
 def _load_rows(task, args, shard_index: int, shard_count: int) -> list[dict]:
@@ -203,6 +193,7 @@ def _load_models(args, device: str, student_device: str, dtype):
 
 def run_search(args) -> int:
     from genssd.data import merge, parse_shard, resume_state
+    from genssd.models import inference_dtype
     from genssd.search_file import search_to_file
     from genssd.tasks import get_task
 
@@ -216,7 +207,7 @@ def run_search(args) -> int:
             raise UsageError("--shard and torchrun both split the problems; use one of them")
         shard_index, shard_count = dist[0], dist[1]
     device, student_device = _devices(args, dist)
-    dtype = _dtype(args, device)
+    dtype = inference_dtype(device, args.dtype)
     if args.teacher_device_map and importlib.util.find_spec("accelerate") is None:
         raise UsageError("--teacher-device-map auto needs accelerate (pip install accelerate)")
     rows = _load_rows(task, args, shard_index, shard_count)

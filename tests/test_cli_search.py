@@ -300,3 +300,19 @@ def test_unknown_method_is_an_argparse_error(workdir, tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(_args(workdir, tmp_path / "o.jsonl", "--method", "magic"))
     assert exc.value.code == 2
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--teacher", "runs/nowhere/teacher", "no such folder: runs/nowhere/teacher"),
+        ("--out", "/proc/genssd-out.jsonl", "--out /proc/genssd-out.jsonl is not writable"),
+    ],
+)
+def test_missing_folders_and_unwritable_outputs_fail_before_loading(
+    workdir, tmp_path, capsys, flag, value, message
+):
+    args = _args(workdir, tmp_path / "o.jsonl", flag, value)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Loading" not in err

@@ -17,6 +17,34 @@ from pathlib import Path
 from genssd.errors import UsageError
 
 
+def check_writable(path: str | Path, *, folder: bool = False, flag: str = "--out") -> Path:
+    """Fail before any work when ``path`` (a file, or with ``folder`` a folder) cannot be written.
+
+    The nearest existing folder on the way must take a new file: a temporary file is made and
+    removed there (``os.access`` says yes to root on read-only or virtual file systems such as
+    /proc). Folders that do not exist yet are not made here.
+    """
+    path = Path(path)
+    if path.exists() and folder and not path.is_dir():
+        raise UsageError(f"{flag} {path} is not a folder")
+    if path.exists() and not folder and not path.is_file():
+        raise UsageError(f"{flag} {path} is not a file")
+    probe = path if folder and path.exists() else path.absolute().parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"{flag} {path}: {probe} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+        if path.is_file():
+            with path.open("ab"):
+                pass
+    except OSError as exc:
+        raise UsageError(f"{flag} {path} is not writable ({exc.strerror or exc})") from None
+    return path
+
+
 def read_output(path: str | Path, *, repair: bool = False) -> list[dict]:
     """The complete rows of an output file (``[]`` when it does not exist).
 
@@ -146,4 +174,12 @@ def merge(out: str | Path, inputs: Iterable[str | Path]) -> int:
     return len(rows)
 
 
-__all__ = ["RowWriter", "merge", "parse_shard", "read_output", "resume_state", "shard"]
+__all__ = [
+    "RowWriter",
+    "check_writable",
+    "merge",
+    "parse_shard",
+    "read_output",
+    "resume_state",
+    "shard",
+]

@@ -9,6 +9,7 @@ signature once per model instead of relying on the deprecated alias.
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
 
 import torch
@@ -73,6 +74,19 @@ def resolve_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
     return DTYPES[name]
 
 
+# What a Hugging Face Hub id can look like: "name" or "org/name".
+_HUB_ID = re.compile(r"\w[\w.-]*(/\w[\w.-]*)?")
+
+
+def check_source(source) -> str:
+    """``source`` as a string; a ``UsageError`` ("no such folder") when it is neither an existing
+    path nor something that could be a Hub id, instead of a Hub connection error later."""
+    text = str(source)
+    if not Path(text).exists() and _HUB_ID.fullmatch(text) is None:
+        raise UsageError(f"no such folder: {text}")
+    return text
+
+
 def load_model(
     model_or_path,
     *,
@@ -101,7 +115,7 @@ def load_model(
     if device_map is not None:
         kwargs["device_map"] = device_map
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(model_or_path), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(check_source(model_or_path), **kwargs)
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot load a causal LM from {model_or_path}: {_first_line(exc)}") from None
     if device_map is None and device is not None:
@@ -116,7 +130,9 @@ def load_tokenizer(tokenizer_or_path, *, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(tokenizer_or_path), trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(
+            check_source(tokenizer_or_path), trust_remote_code=trust_remote_code
+        )
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot load a tokenizer from {tokenizer_or_path}: {_first_line(exc)}") from None
 

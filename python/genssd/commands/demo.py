@@ -52,9 +52,11 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from genssd.data import check_writable
     from genssd.demo import ASSETS, run_demo
     from genssd.models import quiet_transformers
 
+    check_writable(args.out, folder=True)
     # The demo loads and saves many tiny models: Hugging Face's per-file bars would bury its own.
     quiet_transformers()
     run_demo(

@@ -213,11 +213,13 @@ def build_plan(args):
 
 
 def run(args) -> int:
+    from genssd.data import check_writable
     from genssd.distill import run_pipeline
     from genssd.models import quiet_transformers, resolve_device
 
     plan = build_plan(args)
     resolve_device(plan.device)  # a bad --device fails before anything is written
+    check_writable(plan.out, folder=True)
     if args.no_progress:
         quiet_transformers()
     summary = run_pipeline(plan)

@@ -72,6 +72,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from genssd.config import EvalConfig
+    from genssd.data import check_writable
     from genssd.evaluate import evaluate, read_predictions, score_predictions, summary_line, write_records
     from genssd.tasks import get_task
 
@@ -86,6 +87,8 @@ def run(args) -> int:
     )
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit must be >= 1, got {args.limit}")
+    if args.out:
+        check_writable(args.out)
     task = get_task(args.task)
     rows = task.load(args.data)[: args.limit]
     if args.predictions is not None:

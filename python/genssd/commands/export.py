@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -32,7 +31,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from genssd.data import read_output
+    from genssd.data import check_writable, read_output
     from genssd.export import export_records, write_dataset
     from genssd.tasks import get_task
 
@@ -41,14 +40,7 @@ def run(args) -> int:
     data = Path(args.data)
     if not data.is_file():
         raise UsageError(f"data file not found: {data}")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is not a folder")
-    existing = out.absolute()
-    while not existing.exists():  # the nearest folder that exists decides whether out can be made
-        existing = existing.parent
-    if not os.access(existing, os.W_OK):
-        raise UsageError(f"--out {out} is not writable")
+    out = check_writable(args.out, folder=True)
     task = get_task(args.task)
     records = export_records(
         read_output(data), task, format=args.format, only_correct=args.only_correct, top_m=args.top_m

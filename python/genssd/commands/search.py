@@ -170,12 +170,14 @@ def _load_rows(task, args, shard_index: int, shard_count: int) -> list[dict]:
 
 
 def _output_path(out: Path, dist) -> Path:
-    if out.exists() and not out.is_file():
-        raise UsageError(f"--out {out} is not a file")
+    """This rank's output file, checked to be writable (the merged ``out`` too under torchrun)."""
+    from genssd.data import check_writable
+
+    check_writable(out)
     if dist is None:
         return out
     rank, world, _ = dist
-    return out.with_name(f"{out.stem}.shard{rank}of{world}{out.suffix or '.jsonl'}")
+    return check_writable(out.with_name(f"{out.stem}.shard{rank}of{world}{out.suffix or '.jsonl'}"))
 
 
 def _load_models(args, device: str, student_device: str, dtype):

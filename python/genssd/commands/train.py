@@ -43,11 +43,13 @@ def run(args) -> int:
     import torch.distributed as dist
 
     from genssd.config import TrainConfig, build_config
+    from genssd.data import check_writable
     from genssd.models import load_model, load_tokenizer, quiet_transformers
     from genssd.tasks import get_task, read_rows
     from genssd.train import dist_info, prepare_examples, setup_distributed, train
 
     config = build_config(TrainConfig, yaml_path=args.config, overrides=args.set)
+    check_writable(args.out, folder=True)
     task = get_task(args.task) if args.task else None
     if args.no_progress:
         quiet_transformers()

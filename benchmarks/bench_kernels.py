@@ -178,7 +178,7 @@ def _tile(
 
 def sweep_configs(kind):
     """name -> TileConfig candidates for ``--sweep forward|backward`` (none spills for sm_90 with
-    Triton 3.6; ``benchmarks/compile_kernels.py`` gives the registers). The earlier candidates and
+    Triton 3.6; ``benchmarks/studies/compile_kernels.py`` gives the registers). The earlier candidates and
     their timings are in NOTES.md and ``benchmarks/results/sweep-*.json``."""
     tile = functools.partial(_tile, 128, 256, 64, 8, 3, 16, 1)
     if kind == "forward":

@@ -26,7 +26,7 @@ def check_writable(path: str | Path, *, folder: bool = False, flag: str = "--out
     """
     path = Path(path)
     if path.exists() and folder and not path.is_dir():
-        raise UsageError(f"{flag} {path} is not a folder")
+        raise UsageError(f"{flag} {path} is a file, not a folder")
     if path.exists() and not folder and not path.is_file():
         raise UsageError(f"{flag} {path} is not a file")
     probe = path if folder and path.exists() else path.absolute().parent

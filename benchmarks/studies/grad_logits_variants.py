@@ -1,6 +1,6 @@
 """Where the backward's grad-logits kernel spends its time: variants timed against the matmul floor.
 
-``python benchmarks/grad_logits_variants.py --json out.json [--shapes A,B,C]`` runs, for each
+``python benchmarks/studies/grad_logits_variants.py --json out.json [--shapes A,B,C]`` runs, for each
 shape, the matmul floor, the package's grad-logits kernel alone and its whole backward over the
 vocabulary chunks, and variants of the kernel (the table in ``variants``) that leave one stage
 out or do it another way:
@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_kernels import MATMUL_AFTER, _with_ratios, device_median_ms, make_inputs, markdown  # noqa: E402
 from kernel_providers import SHAPES  # noqa: E402
 

@@ -1,6 +1,6 @@
 """The cost of ``return_entropy=True`` in the ``logprob_gather`` forward, timed in alternation.
 
-``python benchmarks/entropy_cost.py --json benchmarks/results/entropy-cost-h100.json``
+``python benchmarks/studies/entropy_cost.py --json benchmarks/results/entropy-cost-h100.json``
 
 The provider table times the forward without and then with entropy; the card warms up over a
 table (its matmul floor drifts by up to 5% from the first provider to the last), which shows up in
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_kernels import device_median_ms, make_inputs  # noqa: E402
 from kernel_providers import SHAPES  # noqa: E402
 

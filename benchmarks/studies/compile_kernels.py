@@ -1,6 +1,6 @@
 """Compile genssd's Triton kernels for an H100 (sm_90a) on a machine without a GPU.
 
-``python benchmarks/compile_kernels.py`` compiles every kernel at every tile configuration of
+``python benchmarks/studies/compile_kernels.py`` compiles every kernel at every tile configuration of
 ``genssd_kernels/triton/logprob_gather.py`` (and ``branch_prune``) and prints, per kernel, the
 registers a thread, the local-memory stack (non-zero means spills), the shared memory and the
 number of wgmma instructions. It catches compile errors before a GPU run and checks the occupancy

@@ -1,6 +1,6 @@
 """Manual check of the cpp backend's CPU logprob_gather against the reference: time and peak memory.
 
-    python benchmarks/check_cpu_logprob_gather.py [--threads 2] [--shape 512 256 32000]
+    python benchmarks/studies/check_cpu_logprob_gather.py [--threads 2] [--shape 512 256 32000]
 
 The target (N=512, d=256, V=32000 on 2 cores): cpp faster than reference, with at most 1/8 of
 its peak memory. Each (dtype, mode, backend) runs in a fresh process: a warm-up call, then the

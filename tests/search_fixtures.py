@@ -8,21 +8,11 @@ are 2-layer Llama/Qwen2 built from configs with random weights.
 from __future__ import annotations
 
 import torch
-from tiny_models import one_thread, single_thread  # noqa: F401  (re-exported for the search tests)
+from tiny_models import BPE_SPECIALS, FAMILIES, one_thread, single_thread, tiny_lm  # noqa: F401  (re-exported)
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (
-    LlamaConfig,
-    LlamaForCausalLM,
-    MistralConfig,
-    MistralForCausalLM,
-    PreTrainedTokenizerFast,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-    Qwen3Config,
-    Qwen3ForCausalLM,
-)
+from transformers import PreTrainedTokenizerFast
 
-PAD, BOS, EOS = 0, 1, 2
+PAD, BOS, EOS = BPE_SPECIALS
 
 CORPUS = [
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May.",
@@ -56,44 +46,6 @@ def bpe_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(
         tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
     )
-
-
-FAMILIES = {
-    "llama": (LlamaConfig, LlamaForCausalLM),
-    "qwen2": (Qwen2Config, Qwen2ForCausalLM),
-    "qwen3": (Qwen3Config, Qwen3ForCausalLM),
-    "mistral": (MistralConfig, MistralForCausalLM),
-}
-
-
-def tiny_lm(
-    kind: str, vocab_size: int, *, seed: int, hidden: int = 32, eos: list[int] | None = None, **overrides
-):
-    """A 2-layer causal LM of family ``kind`` (a key of ``FAMILIES``) in fp32 eval mode.
-
-    ``eos`` sets the generation config's end-of-sequence ids (several make endings frequent);
-    ``overrides`` replace or add config fields.
-    """
-    config_cls, model_cls = FAMILIES[kind]
-    defaults = dict(
-        vocab_size=vocab_size,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
-        pad_token_id=PAD,
-        bos_token_id=BOS,
-        eos_token_id=EOS,
-    )
-    config = config_cls(**{**defaults, **overrides})
-    torch.manual_seed(seed)
-    model = model_cls(config).eval()
-    model.generation_config.eos_token_id = eos if eos is not None else EOS
-    model.generation_config.pad_token_id = PAD
-    return model
 
 
 @torch.no_grad()

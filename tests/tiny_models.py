@@ -7,7 +7,17 @@ import contextlib
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 SPECIALS = ["<pad>", "<eos>", "<bos>"]
 
@@ -37,11 +47,37 @@ def byte_tokenizer(*, pad_is_eos: bool = False, add_bos: bool = False) -> PreTra
     return tokenizer
 
 
-def tiny_llama(
-    vocab_size: int, *, seed: int = 0, hidden: int = 32, layers: int = 2, tie: bool = False, **overrides
+FAMILIES = {
+    "llama": (LlamaConfig, LlamaForCausalLM),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM),
+    "mistral": (MistralConfig, MistralForCausalLM),
+}
+# (pad, bos, eos) of the search tests' BPE tokenizers; byte_tokenizer's are (0, 2, 1).
+BPE_SPECIALS = (0, 1, 2)
+BYTE_SPECIALS = (0, 2, 1)
+
+
+def tiny_lm(
+    kind: str,
+    vocab_size: int,
+    *,
+    seed: int = 0,
+    hidden: int = 32,
+    layers: int = 2,
+    tie: bool = False,
+    specials: tuple[int, int, int] = BPE_SPECIALS,
+    eos: list[int] | None = None,
+    **overrides,
 ):
-    """A randomly initialized Llama with ``hidden`` width, fp32, in eval mode; ``overrides`` replace
-    or add ``LlamaConfig`` fields."""
+    """The one tiny-model builder: a randomly initialized causal LM of family ``kind`` (a key of
+    ``FAMILIES``) with ``hidden`` width and ``layers`` layers, fp32, in eval mode.
+
+    ``specials`` are the (pad, bos, eos) ids; ``eos`` sets the generation config's end-of-sequence
+    ids (several make endings frequent); ``overrides`` replace or add config fields.
+    """
+    pad, bos, eos_id = specials
+    config_cls, model_cls = FAMILIES[kind]
     defaults = dict(
         vocab_size=vocab_size,
         hidden_size=hidden,
@@ -51,13 +87,21 @@ def tiny_llama(
         num_key_value_heads=2,
         max_position_embeddings=512,
         tie_word_embeddings=tie,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=2,
+        pad_token_id=pad,
+        bos_token_id=bos,
+        eos_token_id=eos_id,
     )
-    config = LlamaConfig(**{**defaults, **overrides})
+    config = config_cls(**{**defaults, **overrides})
     torch.manual_seed(seed)
-    return LlamaForCausalLM(config).eval()
+    model = model_cls(config).eval()
+    model.generation_config.eos_token_id = eos if eos is not None else eos_id
+    model.generation_config.pad_token_id = pad
+    return model
+
+
+def tiny_llama(vocab_size: int, **kwargs):
+    """``tiny_lm("llama", ...)`` with ``byte_tokenizer``'s special ids."""
+    return tiny_lm("llama", vocab_size, specials=BYTE_SPECIALS, **kwargs)
 
 
 @contextlib.contextmanager

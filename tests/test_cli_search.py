@@ -151,6 +151,7 @@ def test_output_row_grades_the_best_trajectory():
     assert (empty["predicted_answer"], empty["correct"], empty["pruned_early"]) == (None, False, True)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_file_then_rerun_loses_and_duplicates_nothing(workdir, reference):
     out = workdir / "killed.jsonl"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -194,6 +195,7 @@ def test_shards_merged_equal_one_unsharded_run(workdir, reference):
     _same_rows(read_output(merged), reference)
 
 
+@pytest.mark.slow
 def test_torchrun_ranks_search_their_shards_and_rank0_merges(workdir, reference):
     out = workdir / "torchrun.jsonl"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -238,6 +238,7 @@ def test_train_writes_a_loadable_model_and_a_log(tmp_path, model_dir, data):
 LOG_NAME = "train_log.jsonl"
 
 
+@pytest.mark.slow
 def test_torchrun_with_2_processes_equals_1_process_with_the_same_global_batch(tmp_path, model_dir, data):
     single = tmp_path / "single"
     assert main(train_args(model_dir, data, single, "batch_size=4", "grad_accum=2", "max_steps=3")) == 0
@@ -261,6 +262,7 @@ def test_torchrun_with_2_processes_equals_1_process_with_the_same_global_batch(t
     assert any((initial[k] - v).abs().max() > 1e-4 for k, v in final_weights(ddp).items())
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path, model_dir, data):
     settings = ("batch_size=4", "max_steps=60", "save_every=1")
     killed = tmp_path / "killed"

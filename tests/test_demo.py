@@ -71,6 +71,7 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_results_hold_every_method_with_the_numbers_its_run_folders_record(demo):
     out, results = demo
     assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
@@ -159,6 +160,7 @@ def test_a_rerun_recomputes_nothing(demo, models, monkeypatch, capsys):
     assert "branches pruned" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_seeds_in_parallel_processes_give_the_same_results(demo, models, tmp_path, capfd):
     _, results = demo
     capfd.readouterr()
@@ -173,6 +175,7 @@ def test_seeds_in_parallel_processes_give_the_same_results(demo, models, tmp_pat
     assert "[genssd] finished seed0/gen-ssd" in captured.out
 
 
+@pytest.mark.slow
 def test_a_failing_job_in_a_worker_process_fails_the_run(models, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(models, broken)

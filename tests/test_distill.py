@@ -129,6 +129,7 @@ def rounded(value):
     return value
 
 
+@pytest.mark.slow
 def test_every_stage_writes_its_outputs_and_the_summary_adds_up(work, finished):
     out = finished
     for stage in MARKERS:
@@ -181,6 +182,7 @@ def test_a_rerun_skips_every_finished_stage(work, finished, monkeypatch, capsys)
     assert "already done" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_an_interrupted_search_and_training_resume_to_the_uninterrupted_results(work, finished, monkeypatch):
     out = work / "interrupted"
 

@@ -323,6 +323,7 @@ def test_only_the_newest_checkpoints_are_kept(tmp_path):
 # ------------------------------------------------------------------------------------ learning
 
 
+@pytest.mark.slow
 def test_training_on_gold_solutions_beats_the_untrained_model_on_held_out_problems():
     problems = generate_problems(
         600, seed=random.randrange(1000), num_operands=(2, 3), max_operand=9, max_value=18

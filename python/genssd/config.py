@@ -290,11 +290,32 @@ def build_config(
         raise UsageError(f"bad {cls.__name__}: {exc}") from None
 
 
-def search_config_for(method: str, **overrides: Any) -> SearchConfig:
-    """The preset of ``method`` with ``overrides`` applied on top."""
+def search_config_for(
+    method: str,
+    *,
+    yaml_path: str | Path | None = None,
+    mapping: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+    **fields: Any,
+) -> SearchConfig:
+    """The one way a ``SearchConfig`` is built (library, CLI, pipeline, demo).
+
+    Layers, each over the last: ``method``'s preset, ``fields``, a YAML file or loaded
+    ``mapping`` of SearchConfig keys, then ``key=value`` ``overrides`` (``--set``). The method is
+    chosen by ``method`` alone: a file that names another one is refused.
+    """
     if method not in METHOD_PRESETS:
         raise UsageError(f"unknown method {method!r}; choose one of {', '.join(METHOD_PRESETS)}")
-    return SearchConfig(**{**METHOD_PRESETS[method], **overrides, "method": method})
+    config = build_config(
+        SearchConfig,
+        yaml_path=yaml_path,
+        mapping=mapping,
+        overrides=overrides,
+        **{**METHOD_PRESETS[method], **fields, "method": method},
+    )
+    if config.method != method:
+        raise UsageError(f"the config sets method {config.method!r}; choose the method with --method")
+    return config
 
 
 def config_hash(config: Any) -> str:

@@ -23,14 +23,20 @@ plot of accuracy against teacher tokens. A rerun with the same settings skips fi
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
+import multiprocessing
 import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+from tqdm.auto import tqdm
+
 from genssd.config import EvalConfig, TrainConfig, search_config_for
+from genssd.data import read_output
 from genssd.distill import (
     DEFAULT_SAVE_EVERY,
     DistillPlan,
@@ -39,10 +45,14 @@ from genssd.distill import (
     run_pipeline,
     run_stage,
     silence_stage_lines,
+    training_rows,
     write_json,
 )
 from genssd.errors import UsageError
-from genssd.models import resolve_device
+from genssd.models import quiet_transformers, resolve_device
+from genssd.tasks import get_task
+from genssd.tasks.arith import generate_problems, line_operation_counts, write_problems
+from genssd.train import completion_text, select_rows
 
 ASSETS = Path(__file__).resolve().parent / "assets" / "demo"
 TASK = "arith"
@@ -188,7 +198,6 @@ def methods(preset: Preset) -> list[Method]:
 def demo_problems(preset: Preset, seed: int, base_seed: int) -> tuple[list[dict], list[dict], list[dict]]:
     """``(train, pool, heldout)``: the training problems, a larger pool that starts with them (for
     the equal-budget run) and the held-out problems (disjoint from both, the same for every seed)."""
-    from genssd.tasks.arith import generate_problems
 
     heldout = generate_problems(preset.heldout_problems, HELDOUT_STREAM + base_seed, uid_prefix="heldout")
     exclude = [row["question"] for row in heldout]
@@ -236,11 +245,6 @@ def _eval_config(preset: Preset) -> EvalConfig:
 def leap_share(search_path: Path, train_on: str = "best", only_correct: bool = False) -> float:
     """The share of solution lines in a method's training data that carry out two or more
     operations at once (leaps, which the small student cannot learn; docs/design.md §5)."""
-    from genssd.data import read_output
-    from genssd.distill import training_rows
-    from genssd.tasks import get_task
-    from genssd.tasks.arith import line_operation_counts
-    from genssd.train import completion_text, select_rows
 
     task = get_task(TASK)
     rows = select_rows(
@@ -280,8 +284,6 @@ def setup_seed(
     root: Path, models: Path, preset: Preset, seed: int, base_seed: int, device: str, progress: bool
 ) -> SeedSetup:
     """Write one seed's problems, evaluate the base student and run the cold start, in ``root``."""
-    from genssd.tasks import get_task
-    from genssd.tasks.arith import write_problems
 
     train_rows, pool, heldout = demo_problems(preset, seed, base_seed)
     write_problems(root / "data" / "train.jsonl", train_rows)
@@ -433,7 +435,7 @@ TABLE_NOTES = (
 
 def write_plot(path: Path, rows: list[dict], title: str) -> bool:
     """Accuracy against teacher tokens, one labelled point per method; False without matplotlib."""
-    try:
+    try:  # matplotlib is optional (the plot extra), so it is imported here
         import matplotlib
     except ImportError:
         return False
@@ -474,7 +476,6 @@ def _cpu_threads(count: int | None):
     The demo's models are tiny: a second thread has almost no work to share and only adds
     synchronization, which on a busy two-core machine costs ten times the work itself.
     """
-    import torch
 
     before = torch.get_num_threads()
     if count is not None:
@@ -489,8 +490,6 @@ def _in_worker(job, *args, device: str, progress: bool, **kwargs):
     """Run ``job(*args, device, progress, **kwargs)`` with the threads and bars the demo wants
     (also the entry point of a worker process)."""
     if not progress:
-        from genssd.models import quiet_transformers
-
         quiet_transformers()
     with _cpu_threads(1 if device == "cpu" else None):
         return job(*args, device, progress, **kwargs)
@@ -522,10 +521,6 @@ def _run_seeds(
             )
             for s in seeds
         ]
-    import concurrent.futures
-    import multiprocessing
-
-    from tqdm.auto import tqdm
 
     context = multiprocessing.get_context("spawn")
     quiet = {"device": device, "progress": False}

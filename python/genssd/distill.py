@@ -33,12 +33,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
+import genssd_kernels
 from genssd.config import EvalConfig, SearchConfig, TrainConfig, config_hash, search_config_for
 from genssd.data import read_output
 from genssd.errors import UsageError
-from genssd.models import inference_dtype, resolve_device
+from genssd.evaluate import evaluate, write_records
+from genssd.models import inference_dtype, load_model, load_tokenizer, resolve_device
 from genssd.search import Searcher
 from genssd.search_file import search_to_file
+from genssd.tasks import get_task
+from genssd.train import RESUMABLE_CHANGES, prepare_examples, train
 
 COLD_START_SOURCES = ("teacher", "gold")
 TRAIN_ON = ("best", "all")
@@ -245,9 +251,6 @@ def branch_statistics(rows: Sequence[dict], config: SearchConfig) -> tuple[int, 
     trajectories; the last round of a prompt pruned early left no trajectory and is not counted).
     A search without selection compares nothing: ``(0, 0)``.
     """
-    import torch
-
-    import genssd_kernels
 
     if not config.select:
         return 0, 0
@@ -334,8 +337,6 @@ def train_stage(
 ) -> dict:
     """Fine-tune the student folder ``student`` on ``rows`` into ``out_dir`` (resuming from its
     latest checkpoint); returns the steps, the examples and the last losses."""
-    from genssd.models import load_model, load_tokenizer
-    from genssd.train import prepare_examples, train
 
     tokenizer = load_tokenizer(student, trust_remote_code=trust_remote_code)
     examples = prepare_examples(rows, tokenizer, config, task=task)
@@ -368,8 +369,6 @@ def eval_stage(
     trust_remote_code: bool = False,
 ) -> dict:
     """Evaluate the model folder ``model_dir`` on ``rows``; per-problem records go to ``path``."""
-    from genssd.evaluate import evaluate, write_records
-    from genssd.models import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
     model = load_model(
@@ -410,7 +409,6 @@ def cold_start_train_config(config: TrainConfig, cold: ColdStart) -> TrainConfig
 
 def _identity(plan: DistillPlan) -> dict:
     """The settings that decide a run's outputs (device and progress bars do not)."""
-    from genssd.train import RESUMABLE_CHANGES
 
     train = {k: v for k, v in dataclasses.asdict(plan.train).items() if k not in RESUMABLE_CHANGES}
     return {
@@ -430,7 +428,6 @@ def _identity(plan: DistillPlan) -> dict:
 
 def run_pipeline(plan: DistillPlan) -> dict:
     """Run (or finish) every stage of ``plan`` and write ``summary.json``; returns the summary."""
-    from genssd.tasks import get_task
 
     task = get_task(plan.task)
     device = resolve_device(plan.device)
@@ -458,8 +455,6 @@ def run_pipeline(plan: DistillPlan) -> dict:
                 )
                 data, stats = searched, search_statistics(searched, config)
             else:
-                from genssd.evaluate import write_records
-
                 write_records(cold_dir / "data.jsonl", cold_rows)
                 data, stats = cold_rows, {"problems": len(cold_rows), "teacher_tokens": 0}
             trained = train_stage(
@@ -492,7 +487,6 @@ def run_pipeline(plan: DistillPlan) -> dict:
     summary["search"] = run_stage(out, "search", run_search)
 
     def run_train() -> dict:
-        from genssd.data import read_output
 
         rows = training_rows(read_output(out / "search.jsonl"), task, plan.train_on)
         candidates, rejected = filter_statistics(rows, plan.train)

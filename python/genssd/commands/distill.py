@@ -150,7 +150,7 @@ def _setting(args, recipe: dict, name: str):
 
 def build_plan(args):
     """The ``DistillPlan`` of the parsed arguments, every input checked (no model is loaded)."""
-    from genssd.config import EvalConfig, SearchConfig, TrainConfig, build_config
+    from genssd.config import EvalConfig, TrainConfig, build_config, search_config_for
     from genssd.distill import COLD_START_SOURCES, DEFAULT_SAVE_EVERY, TRAIN_ON, ColdStart, DistillPlan
     from genssd.errors import UsageError
     from genssd.tasks import get_task
@@ -166,15 +166,7 @@ def build_plan(args):
         raise UsageError(f"train_on must be one of {TRAIN_ON}, cold_start_source one of {COLD_START_SOURCES}")
     method = settings["method"]
     task = get_task(settings["task"])
-    search = build_config(
-        SearchConfig,
-        mapping=recipe.get("search"),
-        overrides=args.set,
-        **METHOD_PRESETS[method],
-        method=method,
-    )
-    if search.method != method:
-        raise UsageError(f"the config sets method {search.method!r} in search:; set method: at the top")
+    search = search_config_for(method, mapping=recipe.get("search"), overrides=args.set)
     train = build_config(
         TrainConfig,
         mapping=recipe.get("train"),

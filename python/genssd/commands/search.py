@@ -14,7 +14,7 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-from genssd.config import METHOD_PRESETS, SearchConfig, build_config, config_hash
+from genssd.config import METHOD_PRESETS, SearchConfig, config_hash, search_config_for
 from genssd.errors import UsageError
 from genssd.tasks import TASK_NAMES
 
@@ -100,10 +100,7 @@ def _distributed() -> tuple[int, int, int] | None:
 
 
 def _search_config(args) -> SearchConfig:
-    base = {**METHOD_PRESETS[args.method], "method": args.method}
-    config = build_config(SearchConfig, yaml_path=args.config, overrides=args.set, **base)
-    if config.method != args.method:
-        raise UsageError(f"the config sets method {config.method!r}; choose the method with --method")
+    config = search_config_for(args.method, yaml_path=args.config, overrides=args.set)
     if args.seed is not None:
         config = dataclasses.replace(config, seed=args.seed)
     if args.engine is not None:

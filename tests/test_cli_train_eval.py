@@ -146,6 +146,11 @@ def test_eval_generates_with_a_model_and_writes_predictions(tmp_path, model_dir,
     assert all(len(r["predictions"]) == 1 and isinstance(r["predictions"][0], str) for r in records)
     assert main([*argv, "--num-samples", "3", "--temperature", "1.0"]) == 0
     assert "over 3 samples" in capsys.readouterr().out
+    # The same settings from a --config file and --set; a flag given beats the file.
+    config = tmp_path / "eval.yaml"
+    config.write_text("num_samples: 2\ntemperature: 1.0\nmax_new_tokens: 50\n")
+    assert main([*argv, "--config", str(config), "--set", "seed=3"]) == 0
+    assert "over 2 samples" in capsys.readouterr().out
 
 
 @requires_gsm8k

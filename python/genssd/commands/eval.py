@@ -46,16 +46,24 @@ def register(subparsers) -> None:
     parser.add_argument("--data", required=True, help="JSONL file of problems")
     parser.add_argument("--limit", type=int, help="evaluate the first N problems only")
     parser.add_argument("--out", help="write per-problem predictions here (JSONL)")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
-    parser.add_argument("--num-samples", type=int, default=defaults.num_samples)
-    parser.add_argument("--temperature", type=float, default=defaults.temperature)
-    parser.add_argument("--top-p", type=float, default=defaults.top_p)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--config", help="YAML file of EvalConfig keys")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override an EvalConfig key (repeatable)",
+    )
+    # The flags people type most, as aliases of --set KEY=VALUE (given ones beat the --config file).
+    parser.add_argument("--batch-size", type=int, help=f"(default {defaults.batch_size})")
+    parser.add_argument("--max-new-tokens", type=int, help=f"(default {defaults.max_new_tokens})")
+    parser.add_argument("--num-samples", type=int, help=f"(default {defaults.num_samples})")
+    parser.add_argument("--temperature", type=float, help=f"(default {defaults.temperature})")
+    parser.add_argument("--top-p", type=float, help=f"(default {defaults.top_p})")
+    parser.add_argument("--seed", type=int, help=f"(default {defaults.seed})")
     parser.add_argument(
         "--engine",
         choices=["auto", "static", "hf"],
-        default=defaults.engine,
         help="decode engine: static (Llama, Mistral, Qwen2, Qwen3), hf (model.generate), "
         "auto (static where supported)",
     )
@@ -71,20 +79,14 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from genssd.config import EvalConfig
+    from genssd.config import EvalConfig, build_config
     from genssd.data import check_writable
     from genssd.evaluate import evaluate, read_predictions, score_predictions, summary_line, write_records
     from genssd.tasks import get_task
 
-    config = EvalConfig(
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-        num_samples=args.num_samples,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        seed=args.seed,
-        engine=args.engine,
-    )
+    aliases = ("batch_size", "max_new_tokens", "num_samples", "temperature", "top_p", "seed", "engine")
+    given = [f"{name}={getattr(args, name)}" for name in aliases if getattr(args, name) is not None]
+    config = build_config(EvalConfig, yaml_path=args.config, overrides=[*given, *args.set])
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit must be >= 1, got {args.limit}")
     if args.out:

@@ -199,3 +199,18 @@ def test_selection_matches_plain_python_statement_of_the_rules(beam_width, margi
         assert _lineages(result) == expected[p]
         assert result.pruned_early == pruned[p]
     assert len(scorer.rounds) >= 3
+
+
+def test_paper_preset_keeps_the_likeliest_chunk_and_stops_above_the_perplexity_ceiling():
+    from genssd.config import METHOD_PRESETS
+
+    paper = METHOD_PRESETS["gen-ssd-paper"]
+    ceiling = -math.log(paper["max_ppl"])  # chunk mean log-prob below which a candidate is too unlikely
+    results, sizes = _run([[-1.0, -0.5, -3.0, -2.0], [ceiling - 0.1] * K], PROMPTS[:1], **paper)
+    assert sizes == [[K], [K]]
+    # Round 0 keeps candidate 1 (the likeliest); in round 1 every candidate is past the ceiling.
+    assert results[0].pruned_early and results[0].trajectories == []
+    kept, _ = _run(
+        [[-1.0, -0.5, -3.0, -2.0], [ceiling - 0.1, ceiling + 0.1, -9.0, ceiling]], PROMPTS[:1], **paper
+    )
+    assert _lineages(kept[0]) == [[1, 1]]

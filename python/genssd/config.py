@@ -125,6 +125,10 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
         "max_ppl": None,
     },
     "random": {"scorer": "random"},
+    # The paper's rule as far as it is known (docs/design.md §3.2): per chunk the student keeps its
+    # likeliest candidate (lowest chunk perplexity), and a trajectory stops when even that one's
+    # chunk perplexity exceeds a ceiling. The ceiling is not published; 10 is our default.
+    "gen-ssd-paper": {"beam_width": 1, "margin": float("inf"), "score_scope": "chunk", "max_ppl": 10.0},
     "token-level": {"chunk_tokens": 1, "step_delimiter": None},
 }
 

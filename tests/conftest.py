@@ -40,6 +40,19 @@ def gsm8k_test_path() -> Path:
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: tiny models gain nothing from threads, and two threads on a
+    busy 2-core machine thrash. Modules of tiny-model tests use it for every test
+    (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

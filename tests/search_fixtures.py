@@ -8,7 +8,7 @@ are 2-layer Llama/Qwen2 built from configs with random weights.
 from __future__ import annotations
 
 import torch
-from tiny_models import BPE_SPECIALS, FAMILIES, one_thread, single_thread, tiny_lm  # noqa: F401  (re-exported)
+from tiny_models import BPE_SPECIALS, FAMILIES, single_thread, tiny_lm  # noqa: F401  (re-exported)
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 

@@ -22,7 +22,9 @@ from genssd.data import read_output
 from genssd.search import SearchResult, Trajectory
 from genssd.search_file import output_row
 from genssd.tasks import get_task
-from search_fixtures import bpe_tokenizer, one_thread, single_thread, tiny_lm  # noqa: F401
+from search_fixtures import bpe_tokenizer, single_thread, tiny_lm  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 NUM_PROBLEMS = 40
 ROW_KEYS = {

@@ -16,7 +16,9 @@ from genssd.cli import main
 from genssd.tasks import get_task
 from genssd.tasks.arith import generate_problems, write_problems
 from safetensors.torch import load_file
-from tiny_models import byte_tokenizer, one_thread, tiny_llama  # noqa: F401
+from tiny_models import byte_tokenizer, tiny_llama  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 

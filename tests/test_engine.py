@@ -18,11 +18,12 @@ from search_fixtures import (  # noqa: F401
     PROMPTS,
     bpe_tokenizer,
     letters_tokenizer,
-    one_thread,
     tiny_lm,
     token_logprobs,
 )
 from transformers import GPT2Config, GPT2LMHeadModel
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _filled_cache(rows=3, capacity=5, seed=0) -> StaticKVCache:

@@ -9,7 +9,9 @@ from genssd.errors import UsageError
 from genssd.evaluate import evaluate, generate, read_predictions, score_predictions
 from genssd.tasks import get_task
 from genssd.tasks.arith import generate_problems
-from tiny_models import byte_tokenizer, one_thread, tiny_llama  # noqa: F401
+from tiny_models import byte_tokenizer, tiny_llama  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 ARITH = get_task("arith")
 

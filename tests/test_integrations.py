@@ -8,8 +8,10 @@ import pytest
 import torch
 from genssd.errors import UsageError
 from genssd.integrations import apply_genssd_loss, remove_genssd_loss
-from search_fixtures import one_thread, tiny_lm  # noqa: F401
+from search_fixtures import tiny_lm  # noqa: F401
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 VOCAB = 300
 

@@ -13,7 +13,9 @@ from genssd.cli import build_parser, main
 from genssd.commands.distill import build_plan
 from genssd.errors import UsageError
 from genssd.tasks.arith import generate_problems, write_problems
-from search_fixtures import bpe_tokenizer, one_thread, tiny_lm  # noqa: F401
+from search_fixtures import bpe_tokenizer, tiny_lm  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"

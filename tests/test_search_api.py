@@ -8,7 +8,9 @@ from genssd import RandomScorer, SearchConfig, Searcher, StudentLikelihoodScorer
 from genssd.config import search_config_for
 from genssd.errors import UsageError
 from genssd.search import default_scorer
-from search_fixtures import PROMPTS, bpe_tokenizer, one_thread, tiny_lm, token_logprobs  # noqa: F401
+from search_fixtures import PROMPTS, bpe_tokenizer, tiny_lm, token_logprobs  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

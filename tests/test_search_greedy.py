@@ -7,7 +7,9 @@ import pytest
 import torch
 from genssd.config import search_config_for
 from genssd.search import Searcher
-from search_fixtures import BOS, EOS, PAD, PROMPTS, bpe_tokenizer, one_thread, tiny_lm  # noqa: F401
+from search_fixtures import BOS, EOS, PAD, PROMPTS, bpe_tokenizer, tiny_lm  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 MAX_NEW = 20
 

@@ -18,10 +18,11 @@ from search_fixtures import (  # noqa: F401
     PROMPTS,
     bpe_tokenizer,
     letters_tokenizer,
-    one_thread,
     tiny_lm,
     token_logprobs,
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TEACHER_EOS = [EOS, 40, 41, 42, 43, 44, 45, 46]  # frequent endings, so finished and live beams mix
 

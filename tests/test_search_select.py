@@ -13,7 +13,9 @@ import pytest
 import torch
 from genssd.config import SearchConfig
 from genssd.search import Searcher
-from search_fixtures import EOS, PROMPTS, bpe_tokenizer, one_thread, tiny_lm  # noqa: F401
+from search_fixtures import EOS, PROMPTS, bpe_tokenizer, tiny_lm  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 K = 4
 

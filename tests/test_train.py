@@ -20,7 +20,9 @@ from genssd.train import (
     train,
 )
 from safetensors.torch import load_file
-from tiny_models import byte_tokenizer, one_thread, tiny_llama  # noqa: F401
+from tiny_models import byte_tokenizer, tiny_llama  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TASK = get_task("arith")
 

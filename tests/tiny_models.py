@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 
-import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
@@ -113,10 +112,3 @@ def single_thread():
         yield
     finally:
         torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Every test of a module that imports this fixture runs on one thread."""
-    with single_thread():
-        yield

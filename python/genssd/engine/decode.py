@@ -100,8 +100,6 @@ class StaticTeacherSampler:
         graphs: capture the step as CUDA graphs (None: on CUDA devices).
     """
 
-    engine = "static"
-
     def __init__(
         self,
         model,

@@ -161,17 +161,24 @@ def merge(out: str | Path, inputs: Iterable[str | Path]) -> int:
             if uid not in seen:
                 seen.add(uid)
                 rows.append(row)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    write_jsonl(out, rows)
+    return len(rows)
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
+    """Write ``rows`` as a JSONL file, complete or not at all (a temporary file renamed over it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, out)
+        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return len(rows)
+    return path
 
 
 __all__ = [
@@ -182,4 +189,5 @@ __all__ = [
     "read_output",
     "resume_state",
     "shard",
+    "write_jsonl",
 ]

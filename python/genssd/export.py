@@ -9,12 +9,10 @@ whether its answer is ``correct``.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from genssd.data import write_jsonl
 from genssd.errors import UsageError
 
 FORMATS = ("prompt-completion", "messages")
@@ -71,19 +69,7 @@ def export_records(
 
 def write_dataset(out_dir: str | Path, records: list[dict]) -> Path:
     """Write ``records`` as ``out_dir/train.jsonl`` (complete or not at all); its path."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "train.jsonl"
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".train.", suffix=".jsonl")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_jsonl(Path(out_dir) / "train.jsonl", records)
 
 
 __all__ = ["FORMATS", "export_records", "write_dataset"]

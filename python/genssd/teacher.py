@@ -77,8 +77,8 @@ class TokenRules:
         return raw.float().masked_fill(self.banned, float("-inf"))
 
 
-class TeacherSampler:
-    """Batched chunk proposals from the teacher, with forked KV caches.
+class ChunkSampler:
+    """What the teacher samplers of both engines share: the sampling settings and token rules.
 
     Args:
         model: the teacher causal LM.
@@ -98,8 +98,6 @@ class TeacherSampler:
         step_delimiter: str | None,
         vocab_limit: int | None = None,
     ):
-        self.model = model
-        self.tokenizer = tokenizer
         self.temperature = temperature
         self.top_p = top_p
         self.device = input_device(model)
@@ -107,8 +105,17 @@ class TeacherSampler:
             model, tokenizer, step_delimiter=step_delimiter, vocab_limit=vocab_limit, device=self.device
         )
         self.pad_id = self.rules.pad_id
-        self.cache: BatchedCache | None = None
         self.next_logits: torch.Tensor | None = None  # [R, V] fp32
+
+
+class TeacherSampler(ChunkSampler):
+    """Batched chunk proposals from the teacher on the hf engine, with forked KV caches
+    (arguments as ``ChunkSampler``)."""
+
+    def __init__(self, model, tokenizer, **settings):
+        super().__init__(model, tokenizer, **settings)
+        self.model = model
+        self.cache: BatchedCache | None = None
 
     def start(self, prompt_ids: list[list[int]], *, rows: int = 0, columns: int = 0) -> None:
         """Encode the prompts (left-padded): one live row per prompt."""

@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 import torch
 
 from genssd.engine.runners import SPAN_STEP, StaticRunner
-from genssd.models import input_device
 from genssd.sampling import sample, step_keys
-from genssd.teacher import Chunk, TokenRules
+from genssd.teacher import Chunk, ChunkSampler
 
 # Steps replayed between two non-blocking "all rows stopped?" polls.
 POLL_EVERY = 4
@@ -90,39 +89,22 @@ class _StepState:
         return [self.logits, self.done, self.ended, self.ids, self.mask, self.step]
 
 
-class StaticTeacherSampler:
+class StaticTeacherSampler(ChunkSampler):
     """``TeacherSampler``'s interface on the static engine (see the module docstring).
 
     Args:
         model: the teacher, of a family the compact forward supports.
         tokenizer: its tokenizer.
-        temperature, top_p, step_delimiter, vocab_limit: as ``TeacherSampler``.
         graphs: capture the step as CUDA graphs (None: on CUDA devices).
+        settings: ``ChunkSampler``'s (temperature, top_p, step_delimiter, vocab_limit).
     """
 
-    def __init__(
-        self,
-        model,
-        tokenizer,
-        *,
-        temperature: float,
-        top_p: float,
-        step_delimiter: str | None,
-        vocab_limit: int | None = None,
-        graphs: bool | None = None,
-    ):
-        self.device = input_device(model)
+    def __init__(self, model, tokenizer, *, graphs: bool | None = None, **settings):
+        super().__init__(model, tokenizer, **settings)
         self.runner = StaticRunner(model)
         self.decoder = self.runner.decoder
-        self.rules = TokenRules(
-            model, tokenizer, step_delimiter=step_delimiter, vocab_limit=vocab_limit, device=self.device
-        )
-        self.pad_id = self.rules.pad_id
-        self.temperature = temperature
-        self.top_p = top_p
         self.graphs = self.device.type == "cuda" if graphs is None else graphs
         self.vocab = model.get_output_embeddings().weight.shape[0]
-        self.next_logits: torch.Tensor | None = None  # [R, V] fp32
         self._states: dict[int, _StepState] = {}
         on_cuda = self.device.type == "cuda"
         self._poll = torch.zeros(1, dtype=torch.bool, pin_memory=True) if on_cuda else None

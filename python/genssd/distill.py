@@ -14,8 +14,8 @@ A run folder holds, stage by stage:
 
 and ``summary.json``, rewritten at the end of every run.
 
-Every stage is resumable. A finished stage ends by writing its marker ``<stage>.done`` (a JSON
-of the stage's statistics), so a rerun skips it; an interrupted search continues by ``uid``
+Every stage is resumable (the run-folder rules are ``genssd.runs``'): a finished stage's marker
+``<stage>.done`` makes a rerun skip it; an interrupted search continues by ``uid``
 (``genssd.data``) and an interrupted training from its latest checkpoint. ``run.json`` records
 the settings that decide the outputs: a rerun into the same folder with other settings is
 refused rather than mixing two runs.
@@ -24,12 +24,7 @@ refused rather than mixing two runs.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import os
-import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +36,7 @@ from genssd.data import read_output
 from genssd.errors import UsageError
 from genssd.evaluate import evaluate, write_records
 from genssd.models import inference_dtype, load_model, load_tokenizer, resolve_device
+from genssd.runs import guard_run, rows_fingerprint, run_stage, write_json
 from genssd.search import Searcher
 from genssd.search_file import search_to_file
 from genssd.tasks import get_task
@@ -129,77 +125,6 @@ class DistillPlan:
         for name in ("teacher", "student"):
             if not Path(getattr(self, name)).is_dir():
                 raise UsageError(f"{name} model directory not found: {getattr(self, name)}")
-
-
-# ------------------------------------------------------------------------------ stage markers
-
-
-def read_marker(out: Path, stage: str) -> dict | None:
-    """The statistics a finished ``stage`` recorded in ``out``, or None when it has not finished."""
-    path = Path(out) / f"{stage}.done"
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text())
-
-
-def write_marker(out: Path, stage: str, info: dict) -> None:
-    """Mark ``stage`` finished (atomically: a marker is either absent or complete)."""
-    write_json(Path(out) / f"{stage}.done", info)
-
-
-def write_json(path: Path, payload) -> None:
-    """Write ``payload`` as indented JSON through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def rows_fingerprint(rows: Sequence[dict]) -> str:
-    """A short hash of the problems (uid, question, answer, in order)."""
-    digest = hashlib.sha256()
-    for row in rows:
-        digest.update(json.dumps([str(row["uid"]), row["question"], row["answer"]]).encode())
-    return digest.hexdigest()[:16]
-
-
-def guard_run(out: Path, identity: dict) -> None:
-    """Record the run's settings in ``out/run.json``, or check them against a previous run's.
-
-    A previous run that wrote nothing else (it failed on its input) is simply replaced.
-    """
-    path = Path(out) / "run.json"
-    identity = json.loads(json.dumps(identity, default=str))  # the form it takes once written
-    if path.is_file() and any(p.name != path.name for p in Path(out).iterdir()):
-        previous = json.loads(path.read_text())
-        changed = sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k))
-        if changed:
-            raise UsageError(
-                f"{out} holds a run with other settings ({', '.join(changed)} differ); "
-                f"use another output folder or delete it"
-            )
-        return
-    write_json(path, identity)
-
-
-# Stage lines ("seed0/gen-ssd: search") go to stderr unless this process turned them off.
-_stage_lines = True
-
-
-def silence_stage_lines() -> None:
-    """Stop printing stage lines in this process: the demo's worker processes, whose parent
-    shows one progress bar (or one line a finished job) for all of them."""
-    global _stage_lines
-    _stage_lines = False
-
-
-def _log(message: str) -> None:
-    if _stage_lines:
-        print(f"[genssd] {message}", file=sys.stderr, flush=True)
-
-
-# ------------------------------------------------------------------------------------ devices
 
 
 # ----------------------------------------------------------------------------------- search
@@ -382,20 +307,6 @@ def eval_stage(
 # ---------------------------------------------------------------------------------- the pipeline
 
 
-def run_stage(out: Path, name: str, run: Callable[[], dict]) -> dict:
-    """Run a stage unless its marker says it finished; returns its statistics either way."""
-    where = f"{out.parent.name}/{out.name}"
-    info = read_marker(out, name)
-    if info is not None:
-        _log(f"{where}: {name} already done, skipped")
-        return info
-    _log(f"{where}: {name}")
-    started = time.perf_counter()
-    info = {**run(), "stage_seconds": round(time.perf_counter() - started, 2)}
-    write_marker(out, name, info)
-    return info
-
-
 def cold_start_search_config(config: SearchConfig) -> SearchConfig:
     """Standard KD with the main search's sampling settings and seed."""
     shared = ("temperature", "top_p", "max_new_tokens", "batch_size", "seed")
@@ -531,16 +442,10 @@ __all__ = [
     "cold_start_train_config",
     "eval_stage",
     "filter_statistics",
-    "guard_run",
     "pruned_share",
-    "read_marker",
-    "rows_fingerprint",
     "run_pipeline",
-    "run_stage",
     "search_stage",
     "search_statistics",
     "train_stage",
     "training_rows",
-    "write_json",
-    "write_marker",
 ]

@@ -114,8 +114,9 @@ def load_model(
         kwargs["dtype"] = torch_dtype
     if device_map is not None:
         kwargs["device_map"] = device_map
+    source = check_source(model_or_path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(check_source(model_or_path), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot load a causal LM from {model_or_path}: {_first_line(exc)}") from None
     if device_map is None and device is not None:
@@ -129,10 +130,9 @@ def load_tokenizer(tokenizer_or_path, *, trust_remote_code: bool = False):
         return tokenizer_or_path
     from transformers import AutoTokenizer
 
+    source = check_source(tokenizer_or_path)
     try:
-        return AutoTokenizer.from_pretrained(
-            check_source(tokenizer_or_path), trust_remote_code=trust_remote_code
-        )
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot load a tokenizer from {tokenizer_or_path}: {_first_line(exc)}") from None
 

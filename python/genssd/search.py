@@ -671,6 +671,7 @@ class _Progress:
         self.tokens = 0
         self.done = 0
         self.pruned = 0
+        self.cache_bytes = 0
 
     def teacher_tokens(self, count: int) -> None:
         self.tokens += count
@@ -678,13 +679,19 @@ class _Progress:
     def _postfix(self, live: int, pruned: int, done: int) -> dict:
         rate = self.tokens / max(time.perf_counter() - self.start, 1e-9)
         share = pruned / done if done else 0.0
-        return {"live": live, "pruned": f"{share:.0%}", "teacher tok/s": f"{rate:,.0f}"}
+        return {
+            "live": live,
+            "pruned": f"{share:.0%}",
+            "teacher tok/s": f"{rate:,.0f}",
+            "kv": f"{self.cache_bytes / 2**30:.2f} GiB",
+        }
 
     def round(self, *, live: int, states: list[_PromptState], cache_bytes: int) -> None:
+        self.cache_bytes = cache_bytes
         batch_pruned = sum(s.pruned for s in states)
-        postfix = self._postfix(live, self.pruned + batch_pruned, self.done + len(states))
-        postfix["kv"] = f"{cache_bytes / 2**30:.2f} GiB"
-        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.set_postfix(
+            self._postfix(live, self.pruned + batch_pruned, self.done + len(states)), refresh=False
+        )
         self.bar.refresh()
 
     def prompts_done(self, count: int, states: list[_PromptState]) -> None:

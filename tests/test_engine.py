@@ -3,6 +3,8 @@ on both engines, stop strings, banned special tokens and the up-front checks (CP
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from genssd.config import SearchConfig
@@ -215,3 +217,56 @@ def test_prompt_past_the_context_is_refused_before_any_model_runs():
 def test_kv_cache_bytes_from_the_config():
     model = tiny_lm("llama", 300, seed=1)  # 2 layers, 2 KV heads of 8 dims, fp32
     assert kv_cache_bytes(model, 3, 10) == 2 * 2 * 3 * 2 * 10 * 8 * 4
+
+
+@pytest.mark.parametrize("engine", ["static", "hf"])
+def test_a_stop_string_at_the_start_never_wins_and_rows_stay_json(engine):
+    """A candidate cut to nothing has no score (-inf in the selection, null in the row) and is no
+    trajectory; before, its mean over no tokens read 0.0 and beat every real candidate."""
+    tokenizer = letters_tokenizer()
+    teacher = tiny_lm("llama", len(tokenizer), seed=21, hidden=48)
+    student = tiny_lm("qwen2", len(tokenizer), seed=22)
+    config = SearchConfig(num_candidates=4, chunk_tokens=4, max_new_tokens=24, temperature=1.0, margin=0.5,
+                          batch_size=5, seed=3, stop_strings=["e"], engine=engine)  # fmt: skip
+    results = Searcher(teacher, student, tokenizer, config=config).run(PROMPTS)
+    scores = [s for r in results for t in r.trajectories for c in t.chunks for s in c.candidate_scores]
+    assert float("-inf") in scores  # the case happened
+    for result in results:
+        assert all(t.token_ids and t.student_score < 0 for t in result.trajectories)
+        json.dumps(result.to_dict(), allow_nan=False)
+
+
+@pytest.mark.parametrize("engine", ["static", "hf"])
+def test_text_path_scores_a_stopped_trajectory_without_an_eos(engine):
+    teacher_tokenizer, student_tokenizer = letters_tokenizer(), bpe_tokenizer(420)
+    teacher = tiny_lm("llama", len(teacher_tokenizer), seed=21, hidden=48)
+    student = tiny_lm("qwen2", len(student_tokenizer), seed=22)
+    config = SearchConfig(num_candidates=2, chunk_tokens=4, max_new_tokens=24, temperature=1.0, margin=2.0,
+                          batch_size=5, seed=1, stop_strings=["h", "ts"], engine=engine)  # fmt: skip
+    results = Searcher(teacher, student, teacher_tokenizer, student_tokenizer, config=config).run(PROMPTS)
+    stopped = 0
+    for prompt, result in zip(PROMPTS, results):
+        for trajectory in result.trajectories:
+            ended = trajectory.token_ids[-1] == EOS
+            completion = student_tokenizer(trajectory.text, add_special_tokens=False)["input_ids"]
+            completion += [EOS] if ended else []
+            expected = token_logprobs(student, student_tokenizer(prompt)["input_ids"], completion).mean()
+            assert trajectory.student_score == pytest.approx(expected.item(), abs=1e-4)
+            stopped += not ended and len(trajectory.token_ids) < config.max_new_tokens
+    assert stopped > 0
+
+
+def test_ragged_chunks_never_grow_the_static_caches():
+    """Rows advance unevenly with a step delimiter; the caches keep the size planned up front
+    (before, the column bound ran ahead of the rows and doubled them)."""
+    tokenizer = bpe_tokenizer(300)
+    teacher = tiny_lm("llama", len(tokenizer), seed=11, hidden=48)
+    student = tiny_lm("qwen2", len(tokenizer), seed=12)
+    config = SearchConfig(num_candidates=3, beam_width=2, chunk_tokens=16, step_delimiter=" ",
+                          max_new_tokens=120, temperature=1.0, margin=5.0, batch_size=10, seed=5,
+                          engine="static")  # fmt: skip
+    searcher = Searcher(teacher, student, tokenizer, config=config)
+    searcher.run(PROMPTS * 2)
+    planned = max(len(tokenizer(p)["input_ids"]) for p in PROMPTS) + 120 + 16 + 1
+    assert searcher.sampler.runner.cache.capacity == planned
+    assert searcher.tracker.runner.cache.capacity == planned

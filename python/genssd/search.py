@@ -15,6 +15,7 @@ pruning and the index tensors stay there; the host reads the round's results onc
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -54,7 +55,9 @@ class ChunkRecord:
 
     def to_dict(self) -> dict:
         out = {
-            "candidate_scores": self.candidate_scores,
+            # null for a candidate with no token to score (a stop string at its very start):
+            # JSON has no -inf.
+            "candidate_scores": [score if math.isfinite(score) else None for score in self.candidate_scores],
             "chosen": self.chosen,
             "num_candidates": self.num_candidates,
             "num_tokens": self.num_tokens,
@@ -126,6 +129,7 @@ class _Beam:
 @dataclass
 class _PromptState:
     key: int
+    prompt_len: int  # teacher tokens of the prompt
     finished: list[Trajectory] = field(default_factory=list)
     pruned: bool = False
     teacher_tokens: int = 0
@@ -324,9 +328,17 @@ class Searcher:
 
     def _cache_shape(self, prompts: int, longest_prompt: int) -> tuple[int, int]:
         """Rows and columns the caches of a batch of ``prompts`` need at most: every live beam
-        forked K times, and the longest prompt plus the whole answer."""
+        forked K times, and the longest prompt plus the whole answer, plus one chunk of slack.
+
+        The slack: a round reserves the longest live row plus the round's largest chunk budget,
+        and those can belong to different rows (the longest one may have less budget left), so
+        without it a static cache could double in the last rounds.
+        """
         cfg = self.config
-        return prompts * cfg.beam_width * cfg.num_candidates, longest_prompt + cfg.max_new_tokens + 1
+        chunk = (
+            cfg.chunk_tokens if cfg.chunk_tokens is not None and cfg.chunk_tokens < cfg.max_new_tokens else 0
+        )
+        return prompts * cfg.beam_width * cfg.num_candidates, longest_prompt + cfg.max_new_tokens + chunk + 1
 
     def _check_fits(self, teacher_ids: list[list[int]]) -> None:
         """Refuse, before any model runs, prompts past a model's context and caches past free memory."""
@@ -367,7 +379,7 @@ class Searcher:
         rows, columns = self._cache_shape(len(teacher_ids), max(len(ids) for ids in teacher_ids))
         self.sampler.start(teacher_ids, rows=rows, columns=columns)
         self.tracker.start(prompts, teacher_ids, rows=rows, columns=columns)
-        states = [_PromptState(key) for key in keys]
+        states = [_PromptState(key, len(ids)) for key, ids in zip(keys, teacher_ids)]
         beams = [_Beam(p, 0, [], []) for p in range(len(prompts))]
         round_index = 0
         while beams:
@@ -512,7 +524,9 @@ class Searcher:
                 beam = proposal.beams[proposal.parent_rows[c]]
                 ids = beam.ids + host.ids[c]
                 chunks = beam.chunks + [ChunkRecord(scores_h[lo:hi], c - lo, hi - lo, host.lengths[c], texts)]
-                if host.ended[c] or len(ids) >= cfg.max_new_tokens:
+                if host.stopped[c] and not ids:  # a stop string at the very start: nothing to keep
+                    continue
+                if host.ended[c] or host.stopped[c] or len(ids) >= cfg.max_new_tokens:
                     score = total_h[c] / count_h[c] if count_h[c] else 0.0
                     text = self.tokenizer.decode(ids, skip_special_tokens=True)
                     state.finished.append(Trajectory(text, ids, score, len(ids), chunks))
@@ -521,8 +535,10 @@ class Searcher:
                     index.append(c)
                     rank += 1
         index_t = torch.tensor(index, dtype=torch.long, device=self.device)
-        self.sampler.select(index_t)
-        self.tracker.commit(index_t, index)
+        # Every token of a live row went through both models, so the host knows the longest row.
+        longest = max((states[b.prompt].prompt_len + len(b.ids) for b in next_beams), default=0)
+        self.sampler.select(index_t, longest=longest)
+        self.tracker.commit(index_t, index, longest=longest)
         return next_beams
 
     def _select(self, batch: CandidateBatch, offsets: torch.Tensor):
@@ -568,6 +584,8 @@ class _HostChunk:
     def __init__(self, chunk: Chunk):
         self.chunk = chunk
         self._ids: list[list[int]] | None = None
+        # Candidates a stop string ended (not EOS: the student scores no end-of-sequence token).
+        self.stopped = [False] * chunk.ids.shape[0]
 
     def pending(self) -> tuple[torch.Tensor, ...]:
         """The tensors still to read (none once read)."""
@@ -587,17 +605,18 @@ class _HostChunk:
 
     def cut(self, tokenizer, previous: list[list[int]], stop_strings: Sequence[str], pad_id: int) -> Chunk:
         """End candidates whose text now contains a stop string, before the token holding its
-        first character; the chunk with those candidates shortened and marked ended.
+        first character; the chunk with those candidates shortened (``stopped`` marks them).
 
         ``previous`` holds each candidate's completion ids before this chunk (no stop string in
-        their text: it would have ended the trajectory).
+        their text: it would have ended the trajectory). A stop string that begins in
+        ``previous``'s text ends the trajectory at the chunk boundary (committed tokens stay).
         """
         self._read()
         changed = False
         for c, (before, new) in enumerate(zip(previous, self._ids)):
             keep = _stop_prefix(tokenizer, before, new, stop_strings)
             if keep is not None:
-                self._ids[c], self._lengths[c], self._ended[c] = new[:keep], keep, True
+                self._ids[c], self._lengths[c], self.stopped[c] = new[:keep], keep, True
                 changed = True
         if not changed:
             return self.chunk
@@ -608,7 +627,7 @@ class _HostChunk:
             ids=self.chunk.ids.masked_fill(~mask, pad_id),
             mask=mask,
             lengths=lengths,
-            ended=torch.tensor(self._ended, dtype=torch.bool, device=device),
+            ended=self.chunk.ended,
         )
         return self.chunk
 

@@ -294,17 +294,26 @@ class StudentTracker:
             scored=scored,
             plan=feed.plan,
         )
-        trajectory = torch.where(count > 0, total / count.clamp_min(1), 0.0)
+        # A completion with no token yet (a stop string cut its first chunk to nothing) is never
+        # preferred: -inf, where a mean of nothing would read 0.0, the best score there is.
+        trajectory = torch.where(count > 0, total / count.clamp_min(1), float("-inf"))
         chunk_mean = torch.where(new_count > 0, new_sum / new_count.clamp_min(1), trajectory)
         return StudentScores(
             trajectory=trajectory.float(), chunk=chunk_mean.float(), total=total, count=count, fed=fed
         )
 
     @torch.no_grad()
-    def commit(self, index: torch.Tensor, index_list: list[int]) -> None:
-        """Keep pending candidates ``index`` (``[R']`` int64; ``index_list`` the same on the host)."""
+    def commit(self, index: torch.Tensor, index_list: list[int], *, longest: int | None = None) -> None:
+        """Keep pending candidates ``index`` (``[R']`` int64; ``index_list`` the same on the host).
+
+        ``longest``: the teacher tokens of the longest kept row (prompt + completion), which are
+        the student's too when ids pass straight through; on the text path its own rows say.
+        """
         pending, self._pending = self._pending, None
-        self.runner.reindex(index)
+        if self.retokenizer is None:
+            self.runner.reindex(index, longest=longest)
+        else:
+            self.runner.reindex(index)
         self.total = pending.total[index]
         self.count = pending.count[index]
         self.last_hidden = pending.last_hidden[index]
@@ -312,6 +321,7 @@ class StudentTracker:
             logprobs = pending.token_logprobs[index].tolist()
             scored = pending.scored[index].tolist()
             self.retokenizer.commit(pending.plan, index_list, logprobs, scored)
+            self.runner.reindex_bound(max((len(row.tokens) for row in self.retokenizer.rows), default=0))
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

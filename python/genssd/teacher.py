@@ -180,7 +180,8 @@ class TeacherSampler(ChunkSampler):
         mask = mask[:, :used]
         return Chunk(ids=ids[:, :used], mask=mask, lengths=mask.sum(1), ended=ended)
 
-    def select(self, index: torch.Tensor) -> None:
-        """Keep candidates ``index`` (``[R']`` int64) as the next round's live rows."""
+    def select(self, index: torch.Tensor, *, longest: int | None = None) -> None:
+        """Keep candidates ``index`` (``[R']`` int64) as the next round's live rows (``longest``
+        matters to the static engine only)."""
         self.cache.reindex(index)
         self.next_logits = self.next_logits[index]

@@ -121,6 +121,9 @@ class StaticTeacherSampler(ChunkSampler):
     @torch.no_grad()
     def start(self, prompt_ids: list[list[int]], *, rows: int = 0, columns: int = 0) -> None:
         """Encode the prompts: one live row per prompt; the cache is sized for ``rows`` x ``columns``."""
+        # Graphs captured on the previous batch's cache are stale, and they hold memory.
+        for state in self._states.values():
+            state.graphs.clear()
         hidden = self.runner.prefill(prompt_ids, self.pad_id, rows=row_bucket(max(rows, 1)), columns=columns)
         self.next_logits = self.rules.logits(self.decoder.logits(hidden))
 
@@ -160,9 +163,10 @@ class StaticTeacherSampler(ChunkSampler):
             ended=state.ended[:count].clone(),
         )
 
-    def select(self, index: torch.Tensor) -> None:
-        """Keep candidates ``index`` (``[R']`` int64) as the next round's live rows."""
-        self.runner.reindex(index)
+    def select(self, index: torch.Tensor, *, longest: int | None = None) -> None:
+        """Keep candidates ``index`` (``[R']`` int64) as the next round's live rows; ``longest``:
+        the longest kept row (prompt + completion), when known."""
+        self.runner.reindex(index, longest=longest)
         self.next_logits = self.next_logits[index]
 
     def _state(self, rows: int, steps: int) -> _StepState:

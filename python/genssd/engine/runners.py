@@ -80,8 +80,12 @@ class HFRunner:
         """Run ``ids [B, L]`` (``valid [B, L]`` a prefix mask) after rows ``0..B-1``; ``[B, L, d]``."""
         return self.cache.extend(ids, valid).last_hidden_state
 
-    def reindex(self, index: torch.Tensor) -> None:
+    def reindex(self, index: torch.Tensor, *, longest: int | None = None) -> None:
+        """Keep rows ``index`` (``longest``, the longest kept row, matters to the static engine only)."""
         self.cache.reindex(index)
+
+    def reindex_bound(self, longest: int) -> None:
+        """Nothing to do: a ``DynamicCache`` is as wide as its widest row anyway."""
 
     def drop_last(self, counts: torch.Tensor) -> None:
         self.cache.drop_last(counts)
@@ -116,6 +120,7 @@ class StaticRunner:
         """
         ids, lengths = right_pad(prompts, pad_id, self.device)
         batch, width = ids.shape
+        self.cache = None  # the previous batch's buffers go before the new ones are allocated
         self.cache = self.decoder.new_cache(max(batch, rows), max(width, columns))
         self._pending = None
         hidden = self.decoder.forward(ids, self.cache, span=width)
@@ -142,8 +147,19 @@ class StaticRunner:
         self.cache.columns_bound = needed
         return hidden
 
-    def reindex(self, index: torch.Tensor) -> None:
+    def reindex(self, index: torch.Tensor, *, longest: int | None = None) -> None:
+        """Keep rows ``index`` (gathered at the next forward); ``longest``, when the caller knows
+        it, is the kept rows' longest length (see ``reindex_bound``)."""
         self._pending = index if self._pending is None else self._pending[index]
+        if longest is not None:
+            self.reindex_bound(longest)
+
+    def reindex_bound(self, longest: int) -> None:
+        """Tighten the cache's column bound to ``longest``, the longest live row. Without it the
+        bound grows each round by the round's longest chunk, which with ragged chunks (a step
+        delimiter) ran to 277 columns for rows of at most 170 and doubled the cache."""
+        if self.cache is not None:
+            self.cache.columns_bound = min(self.cache.columns_bound, longest)
 
     def drop_last(self, counts: torch.Tensor) -> None:
         self.apply_pending()

@@ -109,3 +109,15 @@ def test_merge_dedups_by_uid_in_input_order(tmp_path):
         merge(a, [a, b])
     with pytest.raises(UsageError, match="not found"):
         merge(out, [tmp_path / "missing.jsonl"])
+
+
+def test_write_jsonl_gives_the_files_the_usual_mode(tmp_path):
+    import os
+    import stat
+
+    from genssd.data import write_jsonl
+
+    path = write_jsonl(tmp_path / "rows.jsonl", [{"uid": "a"}])
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask

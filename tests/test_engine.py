@@ -270,3 +270,13 @@ def test_ragged_chunks_never_grow_the_static_caches():
     planned = max(len(tokenizer(p)["input_ids"]) for p in PROMPTS) + 120 + 16 + 1
     assert searcher.sampler.runner.cache.capacity == planned
     assert searcher.tracker.runner.cache.capacity == planned
+
+
+def test_a_relative_path_under_a_local_folder_is_no_hub_id(tmp_path, monkeypatch):
+    from genssd.models import check_source
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    with pytest.raises(UsageError, match="no such folder: models/student"):
+        check_source("models/student")
+    assert check_source("Qwen/Qwen2.5-0.5B") == "Qwen/Qwen2.5-0.5B"  # could be a Hub id

@@ -101,3 +101,15 @@ def test_unsupported_models_and_heads_are_refused():
     model.lm_head.bias = torch.nn.Parameter(torch.zeros(VOCAB))
     with pytest.raises(UsageError, match="has a bias"):
         apply_genssd_loss(model)
+
+
+def test_a_copy_of_a_patched_model_runs_on_its_own_weights():
+    import copy
+
+    model = apply_genssd_loss(tiny_lm("llama", VOCAB, seed=6))
+    inputs = {k: v[None] for k, v in PromptCompletionRows(count=2)[1].items()}
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        twin.lm_head.weight.mul_(2.0)
+    assert not torch.allclose(twin(**inputs).loss, model(**inputs).loss)
+    assert model(**inputs, return_dict=False)[0] == model(**inputs).loss

@@ -96,3 +96,26 @@ def test_recipe_keys_are_checked(tmp_path):
     flat.write_text("margin: 0.25\nnum_candidates: 2\n")  # SearchConfig keys alone: the search section
     with pytest.raises(UsageError, match="--teacher is required"):
         build_plan(_args("--config", str(flat)))
+
+
+def test_flags_and_set_beat_the_recipe(arith_data, tmp_path):
+    base = [
+        "--config", str(RECIPES / "arith-demo.yaml"), "--data", str(arith_data / "train.jsonl"),
+        "--eval-data", str(arith_data / "test.jsonl"), "--out", str(tmp_path / "run"),
+        "--teacher", str(ROOT / "python/genssd/assets/demo/teacher"),
+        "--student", str(ROOT / "python/genssd/assets/demo/student"),
+    ]  # fmt: skip
+    plan = build_plan(_args(*base, "--set", "seed=7", "--cold-start", "0", "--only-correct"))
+    assert plan.search.seed == 7 and plan.train.seed == 0  # --set reaches the search section only
+    assert plan.cold_start is None and plan.train.only_correct
+
+
+def test_recipe_values_are_type_checked_and_flat_search_files_may_name_the_seed(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("teacher: t\ncold_start: '300'\n")
+    with pytest.raises(UsageError, match="cold_start must be int"):
+        build_plan(_args("--config", str(bad)))
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("margin: 0.25\nseed: 3\n")
+    with pytest.raises(UsageError, match="--teacher is required"):  # read as a search section
+        build_plan(_args("--config", str(flat)))

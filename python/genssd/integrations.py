@@ -13,6 +13,7 @@ trainer passes it (gradient accumulation's normalization). ``remove_genssd_loss`
 from __future__ import annotations
 
 import functools
+import types
 
 import torch
 from torch import nn
@@ -37,30 +38,32 @@ def apply_genssd_loss(model: nn.Module) -> nn.Module:
     if family not in FAMILIES:
         raise UsageError(f"apply_genssd_loss supports {', '.join(FAMILIES)}; got model type {family!r}")
     linear_head_weight(model)
-    if getattr(model, "_genssd_forward", None) is not None:
-        return model
-    original = model.forward
-
-    # wraps: the signature stays the model's, which Trainer reads to keep the batch's columns
-    # and to decide whether to pass num_items_in_batch.
-    @functools.wraps(original)
-    def forward(*args, labels: torch.Tensor | None = None, **kwargs):
-        if labels is None or args:
-            return original(*args, labels=labels, **kwargs)
-        return _fused_loss_forward(model, labels, kwargs)
-
-    model._genssd_forward = original
-    model.forward = forward
+    # A method bound to the model, not a closure over it: a deepcopy (a reference or EMA model)
+    # then runs on the copy's own weights.
+    model.forward = types.MethodType(_patched_forward(type(model)), model)
     return model
 
 
 def remove_genssd_loss(model: nn.Module) -> nn.Module:
     """Undo ``apply_genssd_loss`` (a model never patched is returned as it is)."""
-    original = getattr(model, "_genssd_forward", None)
-    if original is not None:
+    if "forward" in vars(model):
         del model.forward  # the instance attribute; the class's forward shows again
-        model._genssd_forward = None
     return model
+
+
+@functools.cache
+def _patched_forward(cls: type):
+    """The patched forward of a model class (one per class, so ``Trainer`` reads the class's own
+    signature through ``__wrapped__``: it keeps the batch's columns and passes
+    ``num_items_in_batch`` by it)."""
+
+    @functools.wraps(cls.forward)
+    def forward(self, *args, labels: torch.Tensor | None = None, **kwargs):
+        if labels is None or args:
+            return cls.forward(self, *args, labels=labels, **kwargs)
+        return _fused_loss_forward(self, labels, kwargs)
+
+    return forward
 
 
 def _fused_loss_forward(model: nn.Module, labels: torch.Tensor, kwargs: dict):
@@ -71,18 +74,22 @@ def _fused_loss_forward(model: nn.Module, labels: torch.Tensor, kwargs: dict):
     shift_labels = kwargs.pop("shift_labels", None)
     ignore_index = kwargs.pop("ignore_index", -100)
     kwargs.pop("logits_to_keep", None)
-    outputs = model.model(**kwargs)
+    return_dict = kwargs.pop("return_dict", None)
+    outputs = model.model(**kwargs, return_dict=True)
     hidden = outputs.last_hidden_state  # [B, T, d]
     if shift_labels is None:
         shift_labels = nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:]
     targets = shift_labels.reshape(-1).to(hidden.device)
     weight = linear_head_weight(model)
-    flat = hidden.reshape(-1, hidden.shape[-1])
+    # Under autocast the body may run in bf16 over an fp32 head: the kernel takes one dtype.
+    flat = hidden.reshape(-1, hidden.shape[-1]).to(weight.dtype)
     if num_items is None:
         loss = linear_cross_entropy(flat, weight, targets, ignore_index=ignore_index, reduction="mean")
     else:
         loss = linear_cross_entropy(flat, weight, targets, ignore_index=ignore_index, reduction="sum")
         loss = loss / (num_items.to(loss.device) if torch.is_tensor(num_items) else num_items)
+    if return_dict is False:
+        return (loss, None)
     return CausalLMOutputWithPast(
         loss=loss,
         logits=None,

@@ -35,6 +35,8 @@ def check_device(name: str) -> torch.device:
         raise UsageError(f"unknown device {name!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"device {name!r} asked for but CUDA is not available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"device {name!r} asked for but only {torch.cuda.device_count()} GPU(s) are visible")
     return device
 
 
@@ -82,7 +84,11 @@ def check_source(source) -> str:
     """``source`` as a string; a ``UsageError`` ("no such folder") when it is neither an existing
     path nor something that could be a Hub id, instead of a Hub connection error later."""
     text = str(source)
-    if not Path(text).exists() and _HUB_ID.fullmatch(text) is None:
+    path = Path(text)
+    if path.exists():
+        return text
+    # "org/name" is a Hub id unless "org" is a local folder (then "org/name" was meant as a path).
+    if _HUB_ID.fullmatch(text) is None or (len(path.parts) > 1 and Path(path.parts[0]).is_dir()):
         raise UsageError(f"no such folder: {text}")
     return text
 
@@ -186,7 +192,16 @@ def linear_head_weight(model) -> torch.Tensor:
         raise UsageError(f"{type(model).__name__} has no linear LM head (output embedding weight)")
     if getattr(head, "bias", None) is not None:
         raise UsageError(f"{type(model).__name__}'s LM head has a bias; the fused kernels do not support it")
-    for attribute in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"):
+    # Soft-capping, and the logit multipliers of Cohere, Granite, Falcon-H1 and others.
+    scaling = (
+        "final_logit_softcapping",
+        "logit_scale",
+        "output_multiplier_scale",
+        "output_multiplier",
+        "logits_scaling",
+        "lm_head_multiplier",
+    )
+    for attribute in scaling:
         if getattr(model.config, attribute, None) not in (None, 1, 1.0):
             raise UsageError(
                 f"{type(model).__name__} transforms its logits ({attribute}); "

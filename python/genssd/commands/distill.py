@@ -130,7 +130,7 @@ def load_recipe(path) -> dict:
 
     recipe = load_yaml_mapping(path)
     search_keys = {f.name for f in dataclasses.fields(SearchConfig)}
-    if recipe and set(recipe) <= search_keys and not set(recipe) & set(RECIPE_KEYS):
+    if recipe and set(recipe) <= search_keys:  # no section, no key of the run itself
         return {"search": recipe}
     unknown = sorted(set(recipe) - set(RECIPE_KEYS) - set(SECTIONS))
     if unknown:
@@ -139,7 +139,19 @@ def load_recipe(path) -> dict:
             f"config file {path}: unknown key(s) {', '.join(unknown)}{hint}; known: "
             f"{', '.join([*RECIPE_KEYS, *SECTIONS])}"
         )
+    for name, value in recipe.items():
+        kind = _RECIPE_TYPES.get(name)
+        if (
+            kind is not None
+            and value is not None
+            and (not isinstance(value, kind) or isinstance(value, bool))
+        ):
+            raise UsageError(f"config file {path}: {name} must be {kind.__name__}, got {value!r}")
     return recipe
+
+
+# The recipe keys that are numbers (the others are strings, or a bool for only_correct).
+_RECIPE_TYPES = {"cold_start": int, "cold_start_steps": int, "teacher_token_budget": int, "seed": int}
 
 
 def _setting(args, recipe: dict, name: str):
@@ -166,24 +178,27 @@ def build_plan(args):
         raise UsageError(f"train_on must be one of {TRAIN_ON}, cold_start_source one of {COLD_START_SOURCES}")
     method = settings["method"]
     task = get_task(settings["task"])
-    search = search_config_for(method, mapping=recipe.get("search"), overrides=args.set)
+    # The run's seed sits under the sections and --set, so `--set seed=7` still wins.
+    seed = {} if settings["seed"] is None else {"seed": settings["seed"]}
+    search = search_config_for(method, mapping=recipe.get("search"), overrides=args.set, **seed)
     train = build_config(
         TrainConfig,
         mapping=recipe.get("train"),
         overrides=args.train_set,
         save_every=DEFAULT_SAVE_EVERY,
         only_correct=settings["only_correct"],
+        **seed,
     )
-    evaluation = build_config(EvalConfig, mapping=recipe.get("eval"), overrides=args.eval_set)
-    if settings["seed"] is not None:
-        search = dataclasses.replace(search, seed=settings["seed"])
-        train = dataclasses.replace(train, seed=settings["seed"])
-        evaluation = dataclasses.replace(evaluation, seed=settings["seed"])
+    if args.only_correct:  # the flag beats a recipe's train: section
+        train = dataclasses.replace(train, only_correct=True)
+    evaluation = build_config(EvalConfig, mapping=recipe.get("eval"), overrides=args.eval_set, **seed)
     cold_start, cold_steps = settings["cold_start"], settings["cold_start_steps"]
     if cold_start < 0:
         raise UsageError(f"--cold-start must be >= 0, got {cold_start}")
-    if cold_start == 0 and cold_steps is not None:
+    if cold_start == 0 and args.cold_start_steps is not None:
         raise UsageError("--cold-start-steps needs --cold-start N")
+    if cold_start == 0:  # `--cold-start 0` switches a recipe's cold start off, its steps with it
+        cold_steps = None
     cold = ColdStart(cold_start, settings["cold_start_source"], cold_steps) if cold_start else None
     return DistillPlan(
         teacher=settings["teacher"],

@@ -346,15 +346,14 @@ class Searcher:
         models = [("teacher", self.teacher)] + (
             [("student", self.student)] if self.tracker.shared_vocab else []
         )
+        longest = max(range(len(teacher_ids)), key=lambda i: len(teacher_ids[i]))
+        need = len(teacher_ids[longest]) + new
         for role, model in models:
             context = getattr(model.config, "max_position_embeddings", None)
-            longest = max(range(len(teacher_ids)), key=lambda i: len(teacher_ids[i]))
-            need = len(teacher_ids[longest]) + new
             if context is not None and need > context:
                 raise UsageError(
                     f"prompt {longest} has {len(teacher_ids[longest])} tokens; with max_new_tokens={new} "
-                    f"it needs "
-                    f"{need} positions, past the {role}'s context of {context}"
+                    f"it needs {need} positions, past the {role}'s context of {context}"
                 )
         if self.device.type != "cuda":
             return

@@ -107,6 +107,23 @@ class ChunkSampler:
         self.pad_id = self.rules.pad_id
         self.next_logits: torch.Tensor | None = None  # [R, V] fp32
 
+    def _draw(self, logits: torch.Tensor, keys: torch.Tensor, step, active: torch.Tensor) -> torch.Tensor:
+        """``[R]`` this step's tokens (``step`` an int or a device scalar): keyed samples of the
+        active rows, the pad id elsewhere."""
+        token = sample(logits, step_keys(keys, step), temperature=self.temperature, top_p=self.top_p)
+        return torch.where(active, token, self.pad_id)
+
+    def _stop_tests(
+        self, token: torch.Tensor, active: torch.Tensor, at_budget: torch.Tensor, final: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``[R]`` bool each: the rows whose token is an EOS, the rows this token stops (EOS, the
+        step delimiter, the chunk's budget), and the rows whose token goes through the model
+        (all active ones, except an EOS or the last token of the trajectory's budget: no future)."""
+        is_end = active & self.rules.is_eos[token]
+        stops = active & (is_end | self.rules.is_delimiter[token] | at_budget)
+        feed = active & ~is_end & ~(at_budget & final)
+        return is_end, stops, feed
+
 
 class TeacherSampler(ChunkSampler):
     """Batched chunk proposals from the teacher on the hf engine, with forked KV caches
@@ -158,17 +175,12 @@ class TeacherSampler(ChunkSampler):
         used = steps
         for t in range(steps):
             active = ~done
-            token = sample(logits, step_keys(keys, t), temperature=self.temperature, top_p=self.top_p)
-            token = torch.where(active, token, self.pad_id)
+            token = self._draw(logits, keys, t, active)
             ids[:, t] = token
             mask[:, t] = active
-            is_end = active & self.rules.is_eos[token]
+            is_end, stops, feed = self._stop_tests(token, active, budget_t <= t + 1, final_t)
             ended |= is_end
-            at_budget = budget_t <= t + 1
-            done = done | (active & (is_end | self.rules.is_delimiter[token] | at_budget))
-            # Run the token through the model unless its row has no future: it ended, or it
-            # used the last token of the trajectory's budget.
-            feed = active & ~is_end & ~(at_budget & final_t)
+            done = done | stops
             more, need_forward = torch.stack([(~done).any(), feed.any()]).tolist()
             if need_forward:
                 out = self.cache.extend(token[:, None], feed[:, None], logits_to_keep=1)

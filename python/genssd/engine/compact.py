@@ -125,16 +125,6 @@ class CompactDecoder:
             capacity=capacity,
         )
 
-    def cache_bytes(self, rows: int, capacity: int) -> int:
-        return StaticKVCache.bytes_for(
-            layers=len(self.layers),
-            kv_heads=self.kv_heads,
-            head_dim=self.head_dim,
-            dtype=self.dtype,
-            rows=rows,
-            capacity=capacity,
-        )
-
     def forward(self, ids: torch.Tensor, cache: StaticKVCache, span: int) -> torch.Tensor:
         """Run ``ids`` after each row's cached tokens; write their K/V (lengths are not advanced).
 

@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from genssd.engine.runners import SPAN_STEP, StaticRunner
-from genssd.sampling import sample, step_keys
+from genssd.engine.runners import StaticRunner
 from genssd.teacher import Chunk, ChunkSampler
 
 # Steps replayed between two non-blocking "all rows stopped?" polls.
@@ -138,8 +137,7 @@ class StaticTeacherSampler(ChunkSampler):
         self.runner.apply_pending()
         cache = self.runner.cache
         rows = row_bucket(count) if self.graphs else count
-        cache.reserve(rows, cache.columns_bound + steps)
-        span = min(-(-(cache.columns_bound + steps) // SPAN_STEP) * SPAN_STEP, cache.capacity)
+        span = self.runner.make_room(rows, steps)
         state = self._state(rows, steps)
         state.logits[:count] = logits
         state.keys[:count] = keys
@@ -226,20 +224,15 @@ class StaticTeacherSampler(ChunkSampler):
         """One decode step over all ``state.rows`` rows, in place (nothing read back)."""
         rows, cache, rules = state.rows, self.runner.cache, self.rules
         active = ~state.done
-        token = sample(
-            state.logits, step_keys(state.keys, state.step), temperature=self.temperature, top_p=self.top_p
-        )
-        token = torch.where(active, token, self.pad_id)
+        token = self._draw(state.logits, state.keys, state.step, active)
         column = state.step.expand(rows)[:, None]
         state.ids.scatter_(1, column, token[:, None])
         state.mask.scatter_(1, column, active[:, None])
-        is_end = active & rules.is_eos[token]
+        is_end, stops, feed = self._stop_tests(token, active, state.budget <= state.step + 1, state.final)
         state.ended.logical_or_(is_end)
-        at_budget = state.budget <= state.step + 1
-        state.done.logical_or_(active & (is_end | rules.is_delimiter[token] | at_budget))
+        state.done.logical_or_(stops)
         # Every row writes its token's K/V at its length; rows that do not feed keep their
         # length, so the next real token overwrites that column.
-        feed = active & ~is_end & ~(at_budget & state.final)
         hidden = self.decoder.forward(token[:, None], cache, span)[:, 0]
         cache.length[:rows] += feed
         state.logits.copy_(

@@ -57,8 +57,6 @@ class HFRunner:
         device: where its inputs go.
     """
 
-    name = "hf"
-
     def __init__(self, module: torch.nn.Module, device: torch.device):
         self.module = module
         self.device = device
@@ -98,8 +96,6 @@ class StaticRunner:
     the next forward (a round's "select survivors, then fork each K times" is one copy).
     """
 
-    name = "static"
-
     def __init__(self, model):
         self.decoder = CompactDecoder(model)
         self.device = self.decoder.device
@@ -134,17 +130,20 @@ class StaticRunner:
             self.cache.reindex(self._pending)
             self._pending = None
 
+    def make_room(self, rows: int, length: int) -> int:
+        """Room for ``length`` more tokens in each of ``rows`` rows; the attention span to read
+        (the columns needed, rounded up to ``SPAN_STEP``, within the capacity)."""
+        needed = self.cache.columns_bound + length
+        self.cache.reserve(rows, needed)
+        return min(-(-needed // SPAN_STEP) * SPAN_STEP, self.cache.capacity)
+
     def extend(self, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Run ``ids [B, L]`` (``valid [B, L]`` a prefix mask) after rows ``0..B-1``; ``[B, L, d]``."""
         self.apply_pending()
         batch, length = ids.shape
-        needed = self.cache.columns_bound + length
-        self.cache.reserve(batch, needed)
-        hidden = self.decoder.forward(
-            ids, self.cache, span=min(-(-needed // SPAN_STEP) * SPAN_STEP, self.cache.capacity)
-        )
+        hidden = self.decoder.forward(ids, self.cache, span=self.make_room(batch, length))
         self.cache.length[:batch] += valid.sum(1)
-        self.cache.columns_bound = needed
+        self.cache.columns_bound += length
         return hidden
 
     def reindex(self, index: torch.Tensor, *, longest: int | None = None) -> None:

@@ -44,8 +44,9 @@ def search_to_file(
     *,
     budget: int | None = None,
     progress: bool = True,
-) -> int:
-    """Search the problems of ``rows`` not yet in ``path``; the number of rows written.
+) -> tuple[int, int]:
+    """Search the problems of ``rows`` not yet in ``path``; the rows written, and the rows of
+    ``rows`` that were already there.
 
     Args:
         make_searcher: builds the searcher for the final config (called only when there is work,
@@ -58,8 +59,9 @@ def search_to_file(
     done = resume_state(path, hash_)
     spent = sum(int(r["teacher_tokens"]) for r in read_output(path))
     todo = [row for row in rows if str(row["uid"]) not in done]
+    already = len(rows) - len(todo)
     if not todo or (budget is not None and spent >= budget):
-        return 0
+        return 0, already
     searcher = make_searcher(config)
     if progress:
         print(f"engines: {searcher.engine_line}", file=sys.stderr)
@@ -74,7 +76,7 @@ def search_to_file(
             spent += result.teacher_tokens
             if budget is not None and spent >= budget:
                 break
-    return written
+    return written, already
 
 
 __all__ = ["output_row", "search_to_file"]

@@ -14,7 +14,7 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-from genssd.config import METHOD_PRESETS, SearchConfig, config_hash, search_config_for
+from genssd.config import METHOD_PRESETS, SearchConfig, search_config_for
 from genssd.errors import UsageError
 from genssd.tasks import TASK_NAMES
 
@@ -191,15 +191,14 @@ def _load_models(args, device: str, student_device: str, dtype):
 
 
 def run_search(args) -> int:
-    from genssd.data import merge, parse_shard, resume_state
+    from genssd.data import merge, parse_shard
     from genssd.models import inference_dtype
     from genssd.search_file import search_to_file
     from genssd.tasks import get_task
 
     dist = _distributed()
     task = get_task(args.task)
-    config = _search_config(args).for_task(task)
-    hash_ = config_hash(config)
+    config = _search_config(args)
     shard_index, shard_count = parse_shard(args.shard)
     if dist is not None:
         if args.shard is not None:
@@ -211,8 +210,6 @@ def run_search(args) -> int:
         raise UsageError("--teacher-device-map auto needs accelerate (pip install accelerate)")
     rows = _load_rows(task, args, shard_index, shard_count)
     out = _output_path(Path(args.out), dist)
-    done = resume_state(out, hash_)
-    already = sum(str(row["uid"]) in done for row in rows)
 
     def make_searcher(final: SearchConfig):
         from genssd.models import quiet_transformers
@@ -223,7 +220,7 @@ def run_search(args) -> int:
         teacher, student, tokenizer, student_tokenizer = _load_models(args, device, student_device, dtype)
         return Searcher(teacher, student, tokenizer, student_tokenizer, config=final)
 
-    written = search_to_file(out, make_searcher, task, rows, config, progress=not args.no_progress)
+    written, already = search_to_file(out, make_searcher, task, rows, config, progress=not args.no_progress)
     print(f"{written} rows written to {out} ({already} were already there)", file=sys.stderr)
 
     if dist is not None:

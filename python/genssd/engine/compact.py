@@ -11,6 +11,14 @@ columns with a per-row mask, so every decode step has the same shapes and can be
 Grouped-query attention without copying K/V per query head: the ``G`` query heads of a KV head
 are laid out as ``G x L`` query rows of that head, so one SDPA call over ``[B, kv_heads, G*L, D]``
 queries attends to the unexpanded ``[B, kv_heads, S, D]`` cache.
+
+Two backends compute the same layer. ``torch`` calls the modules one by one (~45 kernels a
+layer). ``triton`` (the default on CUDA) keeps the projections as the modules' own matmuls and
+fuses the rest: the residual add with the RMSNorm after it, the rotary embedding with the cache
+writes, attention over each row's own length, and the MLP's SiLU product (8 kernels a layer
+besides the matmuls). The decode step is launch-bound at the batch sizes a search runs (256
+rows): on an H200 the module-by-module step of the 1.1B benchmark model took 7.5 ms against a
+1.4 ms matmul floor.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from genssd.engine.static_cache import StaticKVCache
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+BACKENDS = ("torch", "triton")
 # Masked attention without cuDNN: its SDPA plans anew for every new key length (~2.5 ms of CPU a
 # call in a profile of the search on an H200), which the chunk scoring's growing span would pay.
 _BACKENDS = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
@@ -77,17 +86,47 @@ def attend(
     return out.reshape(batch, q_heads, length, dim)
 
 
+def fused_support(model) -> str | None:
+    """None when the ``triton`` backend can run ``model``'s layers, else why it cannot."""
+    config = model.config
+    if getattr(config, "hidden_act", None) not in ("silu", "swish"):
+        return f"hidden_act {getattr(config, 'hidden_act', None)!r} is not silu"
+    for layer in model.model.layers:
+        for norm in (layer.input_layernorm, layer.post_attention_layernorm):
+            if not hasattr(norm, "variance_epsilon"):
+                return f"{type(norm).__name__} is not an RMSNorm of the Llama kind"
+        if not all(hasattr(layer.mlp, name) for name in ("gate_proj", "up_proj", "down_proj")):
+            return f"{type(layer.mlp).__name__} is not a gated MLP"
+    return None
+
+
+def _default_backend(model, device: torch.device) -> str:
+    if device.type != "cuda" or fused_support(model) is not None:
+        return "torch"
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "torch"
+    return "triton"
+
+
 class CompactDecoder:
     """The forward of a supported causal LM over a ``StaticKVCache`` (module docstring).
 
     Args:
         model: a ``*ForCausalLM`` of a family in ``FAMILIES`` (``static_support`` is None).
+        backend: ``"torch"`` or ``"triton"``; None: triton on CUDA where ``fused_support``
+            allows (and triton imports), torch elsewhere.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, backend: str | None = None):
         reason = static_support(model)
         if reason is not None:
             raise ValueError(f"the static engine cannot run this model: {reason}")
+        if backend not in (None, *BACKENDS):
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)} or None, got {backend!r}")
+        if backend == "triton" and fused_support(model) is not None:
+            raise ValueError(f"the triton backend cannot run this model: {fused_support(model)}")
         self.model = model
         base = model.model
         self.embed, self.layers, self.norm, self.rotary = (
@@ -106,6 +145,12 @@ class CompactDecoder:
         self.windows = [self._window(layer.self_attn, config) for layer in self.layers]
         self.dtype = self.embed.weight.dtype
         self.device = self.embed.weight.device
+        self.backend = backend or _default_backend(model, self.device)
+        if self.backend == "triton":
+            from genssd_kernels.triton import cache_attention, decoder_layer  # triton: optional
+
+            self._fused = decoder_layer
+            self._attention = cache_attention.cache_attention
 
     @staticmethod
     def _window(attention, config) -> int | None:
@@ -137,6 +182,8 @@ class CompactDecoder:
         """
         batch, length = ids.shape
         positions = cache.length[:batch, None] + torch.arange(length, device=ids.device)  # [B, L]
+        if self.backend == "triton":
+            return self._forward_fused(ids, positions, cache, span)
         columns = torch.arange(span, device=ids.device)
         causal = columns[None, None, :] <= positions[:, :, None]  # [B, L, S]
         rows = torch.arange(batch, device=ids.device)[:, None]
@@ -165,6 +212,31 @@ class CompactDecoder:
             hidden = hidden + attention.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
         return self.norm(hidden)
+
+    def _forward_fused(
+        self, ids: torch.Tensor, positions: torch.Tensor, cache: StaticKVCache, span: int
+    ) -> torch.Tensor:
+        """``forward`` on the triton backend (same arguments and result)."""
+        fused, batch, length = self._fused, *ids.shape
+        hidden = self.embed(ids)
+        cos, sin = self.rotary(hidden, positions)  # [B, L, D]
+        residual, update = None, hidden  # the residual stream, and what the next add brings to it
+        for layer, window, keys, values in zip(self.layers, self.windows, cache.keys, cache.values):
+            attention, norm = layer.self_attn, layer.input_layernorm
+            x, residual = fused.rms_norm(update, norm.weight, norm.variance_epsilon, residual)
+            q = attention.q_proj(x).view(batch, length, self.q_heads, self.head_dim)
+            k = attention.k_proj(x).view(batch, length, self.kv_heads, self.head_dim)
+            v = attention.v_proj(x).view(batch, length, self.kv_heads, self.head_dim)
+            if hasattr(attention, "q_norm"):  # Qwen3
+                q = fused.rms_norm(q, attention.q_norm.weight, attention.q_norm.variance_epsilon)[0]
+                k = fused.rms_norm(k, attention.k_norm.weight, attention.k_norm.variance_epsilon)[0]
+            q = fused.rotary_to_cache(q, k, v, cos, sin, keys, values, cache.length)
+            out = self._attention(q, keys, values, cache.length, span=span, scale=self.scale, window=window)
+            update = attention.o_proj(out.view(batch, length, -1))
+            norm, mlp = layer.post_attention_layernorm, layer.mlp
+            x, residual = fused.rms_norm(update, norm.weight, norm.variance_epsilon, residual)
+            update = mlp.down_proj(fused.silu_mul(mlp.gate_proj(x), mlp.up_proj(x)))
+        return fused.rms_norm(update, self.norm.weight, self.norm.variance_epsilon, residual)[0]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[..., V]`` logits of ``[..., d]`` hidden states (in the model's dtype)."""

@@ -40,7 +40,9 @@ class _StepState:
     """The decode step's inputs and outputs, in buffers whose addresses a graph keeps.
 
     Attributes:
-        logits: ``[R, V]`` fp32 next-token logits of each row.
+        logits: ``[R, V]`` next-token logits of each row: fp32 with the token rules applied, or
+            the model's raw logits (its dtype) when the draw is the fused kernel, which applies
+            the rules as it reads them.
         keys: ``[R]`` int64 random keys; budget ``[R]`` int64 tokens allowed this chunk;
             final ``[R]`` bool, reaching the budget ends the trajectory.
         done, ended: ``[R]`` bool, the row stopped / emitted EOS this chunk.
@@ -60,12 +62,12 @@ class _StepState:
     graphs: dict = field(default_factory=dict)
 
     @classmethod
-    def allocate(cls, rows: int, width: int, vocab: int, device) -> _StepState:
+    def allocate(cls, rows: int, width: int, vocab: int, logits_dtype: torch.dtype, device) -> _StepState:
         def zeros(*shape, dtype):
             return torch.zeros(*shape, dtype=dtype, device=device)
 
         return cls(
-            logits=zeros(rows, vocab, dtype=torch.float32),
+            logits=zeros(rows, vocab, dtype=logits_dtype),
             keys=zeros(rows, dtype=torch.long),
             budget=zeros(rows, dtype=torch.long),
             final=zeros(rows, dtype=torch.bool),
@@ -95,15 +97,27 @@ class StaticTeacherSampler(ChunkSampler):
         model: the teacher, of a family the compact forward supports.
         tokenizer: its tokenizer.
         graphs: capture the step as CUDA graphs (None: on CUDA devices).
+        backend: the compact forward's (``CompactDecoder``); None picks triton on CUDA.
         settings: ``ChunkSampler``'s (temperature, top_p, step_delimiter, vocab_limit).
     """
 
-    def __init__(self, model, tokenizer, *, graphs: bool | None = None, **settings):
+    def __init__(
+        self, model, tokenizer, *, graphs: bool | None = None, backend: str | None = None, **settings
+    ):
         super().__init__(model, tokenizer, **settings)
-        self.runner = StaticRunner(model)
+        self.runner = StaticRunner(model, backend)
         self.decoder = self.runner.decoder
         self.graphs = self.device.type == "cuda" if graphs is None else graphs
         self.vocab = model.get_output_embeddings().weight.shape[0]
+        # On the triton backend a draw is one kernel over the raw logits (the hash, the Gumbel
+        # noise, the banned ids and the argmax in registers) instead of ~20 passes over [R, V]
+        # in int64 and fp32; nucleus sampling (top_p < 1) sorts, and stays on the torch path.
+        self.fused_draw = self.decoder.backend == "triton" and self.top_p >= 1.0
+        if self.fused_draw:
+            from genssd_kernels.triton.keyed_sample import keyed_sample  # triton: optional
+
+            self._keyed_sample = keyed_sample
+        self.logits_dtype = self.decoder.dtype if self.fused_draw else torch.float32
         self._states: dict[int, _StepState] = {}
         on_cuda = self.device.type == "cuda"
         self._poll = torch.zeros(1, dtype=torch.bool, pin_memory=True) if on_cuda else None
@@ -124,7 +138,7 @@ class StaticTeacherSampler(ChunkSampler):
         for state in self._states.values():
             state.graphs.clear()
         hidden = self.runner.prefill(prompt_ids, self.pad_id, rows=row_bucket(max(rows, 1)), columns=columns)
-        self.next_logits = self.rules.logits(self.decoder.logits(hidden))
+        self.next_logits = self._kept_logits(self.decoder.logits(hidden))
 
     @torch.no_grad()
     def propose(
@@ -170,7 +184,7 @@ class StaticTeacherSampler(ChunkSampler):
     def _state(self, rows: int, steps: int) -> _StepState:
         state = self._states.get(rows)
         if state is None or state.width < steps:
-            state = _StepState.allocate(rows, steps, self.vocab, self.device)
+            state = _StepState.allocate(rows, steps, self.vocab, self.logits_dtype, self.device)
             self._states[rows] = state
         return state
 
@@ -222,9 +236,15 @@ class StaticTeacherSampler(ChunkSampler):
 
     def _step(self, state: _StepState, span: int) -> None:
         """One decode step over all ``state.rows`` rows, in place (nothing read back)."""
-        rows, cache, rules = state.rows, self.runner.cache, self.rules
+        rows, cache = state.rows, self.runner.cache
         active = ~state.done
-        token = self._draw(state.logits, state.keys, state.step, active)
+        if self.fused_draw:
+            drawn = self._keyed_sample(
+                state.logits, state.keys, state.step, temperature=self.temperature, banned=self.rules.banned
+            )
+            token = torch.where(active, drawn, self.pad_id)
+        else:
+            token = self._draw(state.logits, state.keys, state.step, active)
         column = state.step.expand(rows)[:, None]
         state.ids.scatter_(1, column, token[:, None])
         state.mask.scatter_(1, column, active[:, None])
@@ -235,7 +255,11 @@ class StaticTeacherSampler(ChunkSampler):
         # length, so the next real token overwrites that column.
         hidden = self.decoder.forward(token[:, None], cache, span)[:, 0]
         cache.length[:rows] += feed
-        state.logits.copy_(
-            torch.where(feed[:, None], rules.logits(self.decoder.logits(hidden)), state.logits)
+        torch.where(
+            feed[:, None], self._kept_logits(self.decoder.logits(hidden)), state.logits, out=state.logits
         )
         state.step += 1
+
+    def _kept_logits(self, raw: torch.Tensor) -> torch.Tensor:
+        """What a row keeps of its raw ``[R, V]`` logits for its next draw (``_StepState.logits``)."""
+        return raw if self.fused_draw else self.rules.logits(raw)

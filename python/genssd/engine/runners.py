@@ -90,14 +90,15 @@ class HFRunner:
 
 
 class StaticRunner:
-    """The static engine: ``CompactDecoder`` over a ``StaticKVCache`` (any supported family).
+    """The static engine: ``CompactDecoder`` over a ``StaticKVCache`` (any supported family;
+    ``backend`` as ``CompactDecoder``'s).
 
     Forks and selections are composed on the host side and gathered into the buffers once, at
     the next forward (a round's "select survivors, then fork each K times" is one copy).
     """
 
-    def __init__(self, model):
-        self.decoder = CompactDecoder(model)
+    def __init__(self, model, backend: str | None = None):
+        self.decoder = CompactDecoder(model, backend)
         self.device = self.decoder.device
         self.cache: StaticKVCache | None = None
         self._pending: torch.Tensor | None = None

@@ -113,7 +113,7 @@ else:
         "fp32": TileConfig(64, 64, 32, num_warps=4, num_stages=2, group_rows=8, programs_per_sm=2),
     }
     BACKWARD_CONFIGS = {
-        # H100 (NOTES.md, benchmarks/studies/grad_logits_variants.py): the grad-logits kernel at d=896
+        # H100 (NOTES.md, the grad-logits study): the grad-logits kernel at d=896
         # spent 1.34x the matmul, 1.14x without its [N, V] store. Its epilogue on four 64-column
         # slices of the tile (184 registers instead of 254), TMA loads and 16 row blocks a panel
         # bring it to 1.20 / 1.08 / 1.06x at d = 896 / 2048 / 4096; a persistent launch with a

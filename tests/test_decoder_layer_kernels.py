@@ -11,6 +11,8 @@ from genssd_kernels.testing import assert_within_tolerance
 triton_layer = pytest.importorskip("genssd_kernels.triton.decoder_layer")
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+# The kernels run on CUDA where there is one, else in the interpreter on CPU (conftest).
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _randn(*shape, dtype=torch.float64, seed=0, scale=1.0):
@@ -58,10 +60,15 @@ def test_rms_norm_matches_reference(dtype, shape, with_residual):
     def cast(t):
         return None if t is None else t.to(dtype)
 
-    normed, summed = triton_layer.rms_norm(cast(x64), cast(w64), 1e-6, cast(r64))
+    def on_device(t):
+        return None if t is None else t.to(DEVICE)
+
+    normed, summed = triton_layer.rms_norm(
+        *map(on_device, (cast(x64), cast(w64))), 1e-6, on_device(cast(r64))
+    )
     same_normed, same_summed = reference.rms_norm(cast(x64), cast(w64), 1e-6, cast(r64))
     truth_normed, truth_summed = reference.rms_norm(x64, w64, 1e-6, r64)
-    assert torch.equal(summed, same_summed)
+    assert torch.equal(summed.cpu(), same_summed)
     assert_within_tolerance(normed, same_normed, truth_normed, dtype, "normed")
     assert_within_tolerance(summed, same_summed, truth_summed, dtype, "summed")
 
@@ -70,7 +77,7 @@ def test_rms_norm_matches_reference(dtype, shape, with_residual):
 @pytest.mark.parametrize("shape", [(3, 2, 40), (1, 1, 7), (5, 1100)])
 def test_silu_mul_matches_reference(dtype, shape):
     gate64, up64 = _randn(*shape, seed=1, scale=4.0), _randn(*shape, seed=2)
-    out = triton_layer.silu_mul(gate64.to(dtype), up64.to(dtype))
+    out = triton_layer.silu_mul(gate64.to(DEVICE, dtype), up64.to(DEVICE, dtype))
     same = reference.silu_mul(gate64.to(dtype), up64.to(dtype))
     assert_within_tolerance(out, same, reference.silu_mul(gate64, up64), dtype)
 
@@ -91,12 +98,12 @@ def test_rotary_to_cache_matches_reference(dtype, batch, length, q_heads, kv_hea
     lengths = torch.randint(0, capacity - length + 1, (rows,), generator=torch.Generator().manual_seed(4))
     fill = _randn(rows, kv_heads, capacity, dim, seed=5)
 
-    def run(fn, dt):
-        keys, values = fill.to(dt).clone(), (fill.to(dt) * 2).clone()
-        cast = [t.to(dt) for t in (q64, k64, v64, cos64, sin64)]
-        return fn(*cast, keys, values, lengths), keys, values
+    def run(fn, dt, device="cpu"):
+        keys, values = fill.to(device, dt).clone(), (fill.to(device, dt) * 2).clone()
+        cast = [t.to(device, dt) for t in (q64, k64, v64, cos64, sin64)]
+        return fn(*cast, keys, values, lengths.to(device)), keys, values
 
-    out, keys, values = run(triton_layer.rotary_to_cache, dtype)
+    out, keys, values = (t.cpu() for t in run(triton_layer.rotary_to_cache, dtype, DEVICE))
     same = run(reference.rotary_to_cache, dtype)
     truth = run(reference.rotary_to_cache, torch.float64)
     for name, got, ref, tru in zip(("q", "keys", "values"), (out, keys, values), same, truth):
@@ -105,7 +112,7 @@ def test_rotary_to_cache_matches_reference(dtype, batch, length, q_heads, kv_hea
 
 
 def test_validation_errors():
-    x = torch.randn(3, 8)
+    x = torch.randn(3, 8, device=DEVICE)
     with pytest.raises(ValueError, match="weight must be"):
         triton_layer.rms_norm(x, torch.randn(7), 1e-6)
     with pytest.raises(ValueError, match="float64"):

@@ -20,6 +20,8 @@ FAMILY_SETTINGS = {
     # a window shorter than prompt + new tokens, so the windowed mask matters
     "mistral": {"sliding_window": 5},
 }
+# The triton backend runs on CUDA where there is one, else in the interpreter on CPU (conftest).
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 PROMPTS = [[5, 9, 3, 7, 11, 2, 8], [4, 6], [12, 13, 14, 15]]
 
 
@@ -38,10 +40,11 @@ def _run(decoder: CompactDecoder, steps: list[torch.Tensor]) -> tuple[list[torch
 
 @pytest.mark.parametrize("family", sorted(FAMILY_SETTINGS))
 def test_triton_layer_equals_the_module_layer(family):
-    model = tiny_lm(family, 40, seed=3, hidden=32, layers=2, **FAMILY_SETTINGS[family])
+    model = tiny_lm(family, 40, seed=3, hidden=32, layers=2, **FAMILY_SETTINGS[family]).to(DEVICE)
     assert fused_support(model) is None
     gen = torch.Generator().manual_seed(0)
     steps = [torch.randint(1, 40, (3, 3), generator=gen)] + [torch.randint(1, 40, (3, 1), generator=gen)] * 3
+    steps = [chunk.to(DEVICE) for chunk in steps]
     expected, expected_cache = _run(CompactDecoder(model, backend="torch"), steps)
     actual, actual_cache = _run(CompactDecoder(model, backend="triton"), steps)
     for got, want in zip(actual, expected):
@@ -55,7 +58,7 @@ def test_triton_layer_equals_the_module_layer(family):
 
 def test_backend_choice_and_refusal():
     model = tiny_lm("llama", 40, hidden=16, layers=1)
-    assert CompactDecoder(model).backend == "torch"  # CPU: no fused kernels by default
+    assert CompactDecoder(model).backend == "torch"  # CPU tensors: no fused kernels by default
     with pytest.raises(ValueError, match="backend must be one of"):
         CompactDecoder(model, backend="cuda")
     gelu = tiny_lm("llama", 40, hidden=16, layers=1, hidden_act="gelu")

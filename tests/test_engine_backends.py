@@ -7,7 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 from genssd.engine.compact import CompactDecoder, fused_support
+from genssd.engine.decode import StaticTeacherSampler
 from genssd.engine.runners import right_pad
+from search_fixtures import bpe_tokenizer
 from tiny_models import tiny_lm
 
 pytest.importorskip("triton")
@@ -65,3 +67,33 @@ def test_backend_choice_and_refusal():
     assert "not silu" in fused_support(gelu)
     with pytest.raises(ValueError, match="triton backend cannot run this model: hidden_act 'gelu'"):
         CompactDecoder(gelu, backend="triton")
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_sampler_on_the_triton_backend_draws_the_same_chunks(temperature):
+    """The fused draw (one kernel over the raw logits) and the torch draw give the same tokens."""
+    tokenizer = bpe_tokenizer(120)
+    model = tiny_lm("llama", len(tokenizer), seed=5, hidden=32, layers=2).to(DEVICE)
+    prompts = [tokenizer(text)["input_ids"] for text in ("the cat sat", "a b", "one two three four")]
+    chunks = []
+    for backend in ("torch", "triton"):
+        sampler = StaticTeacherSampler(
+            model,
+            tokenizer,
+            graphs=False,
+            backend=backend,
+            temperature=temperature,
+            top_p=1.0,
+            step_delimiter=None,
+        )
+        assert sampler.fused_draw == (backend == "triton")
+        sampler.start(prompts, rows=6, columns=40)
+        parent = torch.tensor([0, 0, 1, 2, 2, 2], device=DEVICE)
+        keys = torch.arange(6, device=DEVICE) * 7919 + 11
+        first = sampler.propose(parent, keys, [6] * 6, [False] * 6)
+        sampler.select(torch.tensor([1, 3, 5], device=DEVICE))
+        second = sampler.propose(torch.tensor([0, 1, 2], device=DEVICE), keys[:3] + 1, [5] * 3, [True] * 3)
+        chunks.append([first.ids.cpu(), first.mask.cpu(), second.ids.cpu(), second.ended.cpu()])
+    for torch_part, triton_part in zip(*chunks):
+        assert torch.equal(torch_part, triton_part)
+    assert chunks[0][0].unique().numel() > 3  # the draws vary (no constant chunk)

@@ -40,15 +40,16 @@ def _run(decoder: CompactDecoder, steps: list[torch.Tensor]) -> tuple[list[torch
     return outputs, cache
 
 
+@pytest.mark.parametrize("fuse_qkv", [False, True])
 @pytest.mark.parametrize("family", sorted(FAMILY_SETTINGS))
-def test_triton_layer_equals_the_module_layer(family):
+def test_triton_layer_equals_the_module_layer(family, fuse_qkv):
     model = tiny_lm(family, 40, seed=3, hidden=32, layers=2, **FAMILY_SETTINGS[family]).to(DEVICE)
     assert fused_support(model) is None
     gen = torch.Generator().manual_seed(0)
     steps = [torch.randint(1, 40, (3, 3), generator=gen)] + [torch.randint(1, 40, (3, 1), generator=gen)] * 3
     steps = [chunk.to(DEVICE) for chunk in steps]
     expected, expected_cache = _run(CompactDecoder(model, backend="torch"), steps)
-    actual, actual_cache = _run(CompactDecoder(model, backend="triton"), steps)
+    actual, actual_cache = _run(CompactDecoder(model, backend="triton", fuse_qkv=fuse_qkv), steps)
     for got, want in zip(actual, expected):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(actual_cache.length, expected_cache.length, rtol=0, atol=0)

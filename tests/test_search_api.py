@@ -25,9 +25,16 @@ def _texts(results):
     return [[t.text for t in r.trajectories] for r in results]
 
 
-def test_results_do_not_depend_on_the_batch(models):
+@pytest.mark.parametrize("engine", ["hf", "static"])  # static: later batches reuse the first's cache
+def test_results_do_not_depend_on_the_batch(models, engine):
     config = SearchConfig(
-        num_candidates=3, beam_width=2, chunk_tokens=3, max_new_tokens=12, temperature=1.0, seed=3
+        num_candidates=3,
+        beam_width=2,
+        chunk_tokens=3,
+        max_new_tokens=12,
+        temperature=1.0,
+        seed=3,
+        engine=engine,
     )
     one_by_one = Searcher(*models, config=SearchConfig(**{**config.__dict__, "batch_size": 1})).run(PROMPTS)
     together = Searcher(*models, config=SearchConfig(**{**config.__dict__, "batch_size": 5})).run(PROMPTS)

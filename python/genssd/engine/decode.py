@@ -105,7 +105,8 @@ class StaticTeacherSampler(ChunkSampler):
         self, model, tokenizer, *, graphs: bool | None = None, backend: str | None = None, **settings
     ):
         super().__init__(model, tokenizer, **settings)
-        self.runner = StaticRunner(model, backend)
+        # The teacher is never trained during a search: its q/k/v weights can be read once.
+        self.runner = StaticRunner(model, backend, fuse_qkv=True)
         self.decoder = self.runner.decoder
         self.graphs = self.device.type == "cuda" if graphs is None else graphs
         self.vocab = model.get_output_embeddings().weight.shape[0]
@@ -134,10 +135,12 @@ class StaticTeacherSampler(ChunkSampler):
     @torch.no_grad()
     def start(self, prompt_ids: list[list[int]], *, rows: int = 0, columns: int = 0) -> None:
         """Encode the prompts: one live row per prompt; the cache is sized for ``rows`` x ``columns``."""
-        # Graphs captured on the previous batch's cache are stale, and they hold memory.
-        for state in self._states.values():
-            state.graphs.clear()
-        hidden = self.runner.prefill(prompt_ids, self.pad_id, rows=row_bucket(max(rows, 1)), columns=columns)
+        rows = row_bucket(max(rows, 1))
+        if not self.runner.fits(max(rows, len(prompt_ids)), columns):
+            # New buffers: the graphs captured on the old ones are stale, and they hold memory.
+            for state in self._states.values():
+                state.graphs.clear()
+        hidden = self.runner.prefill(prompt_ids, self.pad_id, rows=rows, columns=columns)
         self.next_logits = self._kept_logits(self.decoder.logits(hidden))
 
     @torch.no_grad()

@@ -91,14 +91,14 @@ class HFRunner:
 
 class StaticRunner:
     """The static engine: ``CompactDecoder`` over a ``StaticKVCache`` (any supported family;
-    ``backend`` as ``CompactDecoder``'s).
+    ``backend`` and ``fuse_qkv`` as ``CompactDecoder``'s).
 
     Forks and selections are composed on the host side and gathered into the buffers once, at
     the next forward (a round's "select survivors, then fork each K times" is one copy).
     """
 
-    def __init__(self, model, backend: str | None = None):
-        self.decoder = CompactDecoder(model, backend)
+    def __init__(self, model, backend: str | None = None, *, fuse_qkv: bool = False):
+        self.decoder = CompactDecoder(model, backend, fuse_qkv=fuse_qkv)
         self.device = self.decoder.device
         self.cache: StaticKVCache | None = None
         self._pending: torch.Tensor | None = None
@@ -117,13 +117,23 @@ class StaticRunner:
         """
         ids, lengths = right_pad(prompts, pad_id, self.device)
         batch, width = ids.shape
-        self.cache = None  # the previous batch's buffers go before the new ones are allocated
-        self.cache = self.decoder.new_cache(max(batch, rows), max(width, columns))
+        rows, columns = max(batch, rows), max(width, columns)
+        if self.fits(rows, columns):
+            # A new batch reuses the buffers (rows start empty): graphs captured on them stay
+            # valid, and a search of many batches captures its decode steps once.
+            self.cache.length.zero_()
+        else:
+            self.cache = None  # the previous batch's buffers go before the new ones are allocated
+            self.cache = self.decoder.new_cache(rows, columns)
         self._pending = None
         hidden = self.decoder.forward(ids, self.cache, span=width)
         self.cache.length[:batch] = lengths
         self.cache.columns_bound = width
         return hidden[torch.arange(batch, device=self.device), lengths - 1]
+
+    def fits(self, rows: int, columns: int) -> bool:
+        """Whether the current cache holds ``rows`` rows of ``columns`` columns."""
+        return self.cache is not None and self.cache.rows >= rows and self.cache.capacity >= columns
 
     def apply_pending(self) -> None:
         """Gather the rows that ``reindex`` calls asked for since the last forward."""

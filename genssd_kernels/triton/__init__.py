@@ -2,8 +2,8 @@
 
 The kernels run on CUDA tensors, and on CPU tensors in the Triton interpreter when
 ``TRITON_INTERPRET=1`` was set before triton was imported. This module holds only the few
-helpers the op files share; import the ops from their files
-(``genssd_kernels.triton.logprob_gather``, ``genssd_kernels.triton.branch_prune``).
+helpers the op files share (host-side checks, and the jit helpers ``dot`` and ``round_to``);
+import the ops from their files (``genssd_kernels.triton.logprob_gather``, ...).
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 
 import torch
+import triton
+import triton.language as tl
 
 from genssd_kernels.dispatch import triton_interpreted
 
@@ -35,3 +37,33 @@ def device_guard(tensor: torch.Tensor):
     if tensor.is_cuda:
         return torch.cuda.device(tensor.device)
     return contextlib.nullcontext()
+
+
+# The interpreter has two bf16 gaps that the jit helpers below work around, so that it computes
+# what a GPU computes: it multiplies bf16 tiles as their raw uint16 bits, and its fp32 -> bf16
+# cast truncates instead of rounding to nearest even.
+
+
+@triton.jit
+def dot(a, b, acc, INTERP_BF16: tl.constexpr):
+    """``acc + a @ b`` with fp32 accumulation (``INTERP_BF16``: bf16 tiles under the interpreter)."""
+    if INTERP_BF16:
+        # Products of bf16 values are exact in fp32, so this equals a GPU bf16 dot.
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    if a.dtype == tl.float32:
+        # "ieee": fp32 inputs would otherwise run in tf32 (~1e-3 relative), far outside the fp32
+        # tolerance. 16-bit inputs keep the default (tensor cores, exact products).
+        return tl.dot(a, b, acc, input_precision="ieee")
+    return tl.dot(a, b, acc)
+
+
+@triton.jit
+def round_to(x, dtype: tl.constexpr):
+    """fp32 ``x`` to ``dtype``, rounding to nearest even (bf16 rounded by hand, so the cast that
+    follows drops only zero bits, in the interpreter as on a GPU)."""
+    if dtype == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+        x = bits.to(tl.float32, bitcast=True)
+    return x.to(dtype)

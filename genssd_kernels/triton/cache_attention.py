@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from genssd_kernels.reference.cache_attention import check_cache_attention_args
-from genssd_kernels.triton import INTERPRETED, check_kernel_dtype, device_guard
+from genssd_kernels.triton import INTERPRETED, check_kernel_dtype, device_guard, dot, round_to
 
 LOG2E = 1.0 / math.log(2.0)
 
@@ -46,34 +46,6 @@ else:
     TILES = {"16-bit": (64, 64), "fp32": (32, 32)}
     NUM_STAGES = 2
 MIN_BLOCK = 16
-
-# INTERP_BF16 (bfloat16 inputs under the interpreter): the interpreter multiplies bf16 tiles as
-# their raw uint16 bits, so ``_dot`` multiplies them in fp32 there (products of bf16 values are
-# exact in fp32, so this is what a GPU's bf16 dot computes).
-
-
-@triton.jit
-def _dot(a, b, acc, INTERP_BF16: tl.constexpr):
-    """``acc + a @ b`` with fp32 accumulation."""
-    if INTERP_BF16:
-        a = a.to(tl.float32)
-        b = b.to(tl.float32)
-    if a.dtype == tl.float32:
-        # "ieee": fp32 inputs would otherwise run in tf32 (~1e-3 relative), outside the fp32
-        # tolerance. 16-bit inputs keep the default (tensor cores, exact products).
-        return tl.dot(a, b, acc, input_precision="ieee")
-    return tl.dot(a, b, acc)
-
-
-@triton.jit
-def _round(x, dtype: tl.constexpr):
-    """fp32 ``x`` to ``dtype``, rounding to nearest even. The interpreter's fp32 -> bf16 cast
-    truncates (a GPU's rounds), so bf16 is rounded by hand; the cast then drops only zero bits."""
-    if dtype == tl.bfloat16:
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
-        x = bits.to(tl.float32, bitcast=True)
-    return x.to(dtype)
 
 
 @triton.jit
@@ -150,7 +122,7 @@ def _cache_attention_kernel(
         # times a zero probability would still poison the row.
         load_mask = c_in[:, None] & d_in[None, :]
         k = tl.load(k_base + columns[:, None] * stride_kc + d[None, :] * stride_kd, mask=load_mask, other=0.0)
-        scores = _dot(q, tl.trans(k), tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), INTERP_BF16)
+        scores = dot(q, tl.trans(k), tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), INTERP_BF16)
         visible = (columns[None, :] <= position[:, None]) & c_in[None, :]
         if WINDOWED:
             visible = visible & (columns[None, :] > position[:, None] - window)
@@ -166,14 +138,16 @@ def _cache_attention_kernel(
         if not INTERP_BF16:
             # The 16-bit tensor-core dot, as flash attention does it; fp32 stays fp32.
             p = p.to(v.dtype)
-        acc = _dot(p, v, acc * alpha[:, None], INTERP_BF16)
+        acc = dot(p, v, acc * alpha[:, None], INTERP_BF16)
         run_max = new_max
 
     out = acc / run_sum[:, None]
     # out is [B, L, Hq, D] contiguous: the rows of one query are consecutive heads.
     Hq = tl.num_programs(1) * G
     out_rows = out_ptr + (b * L + query[:, None]) * Hq * D + head[:, None] * D
-    tl.store(out_rows + d[None, :], _round(out, out_ptr.dtype.element_ty), mask=m_in[:, None] & d_in[None, :])
+    tl.store(
+        out_rows + d[None, :], round_to(out, out_ptr.dtype.element_ty), mask=m_in[:, None] & d_in[None, :]
+    )
 
 
 def launch_config(rows: int, dim: int, dtype: torch.dtype) -> dict:
@@ -189,38 +163,13 @@ def launch_config(rows: int, dim: int, dtype: torch.dtype) -> dict:
     )
 
 
-def cache_attention(
-    q: torch.Tensor,
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    lengths: torch.Tensor,
-    *,
-    span: int,
-    scale: float,
-    window: int | None = None,
-) -> torch.Tensor:
+def cache_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor, *,
+                    span: int, scale: float, window: int | None = None) -> torch.Tensor:  # fmt: skip
     """Attention of ``L`` new tokens per row over a static KV cache, grouped-query, in one launch.
 
-    Args:
-        q: ``[B, L, Hq, D]`` fp16/bf16/fp32 queries (rotary embedding applied), any strides (e.g.
-            a transposed view); ``D >= 1``.
-        keys, values: ``[R, Hkv, C, D]``, ``R >= B``, q's dtype, any strides; only rows
-            ``0 .. B-1`` and columns ``0 .. span-1`` are read. Query head ``h`` reads KV head
-            ``h // (Hq // Hkv)`` (transformers' ``repeat_kv`` order).
-        lengths: ``[>= B]`` int64 (or int32); entry ``b`` is the number of tokens row ``b`` held
-            before these ``L``, whose K/V are already at columns ``lengths[b] .. lengths[b]+L-1``.
-            Never read on the host.
-        span: columns ``0 .. span-1`` are the most any row reads (``L <= span <= C``); the caller
-            guarantees ``lengths[b] + L <= span``.
-        scale: softmax scale (e.g. ``D ** -0.5``).
-        window: None, or an int >= 1: the query at position ``p`` then sees only ``s > p - window``.
-    Returns:
-        ``[B, L, Hq, D]`` contiguous, q's dtype (so ``out.view(B, L, Hq * D)`` feeds the output
-        projection): query ``l`` of row ``b``, at position ``p = lengths[b] + l``, attends to the
-        columns ``s <= p``, ``s < span`` (and ``s > p - window``) of its KV head.
-
-    Raises:
-        ValueError: naming the argument, for bad dimensions, dtypes, devices or scalars.
+    The contract, every tensor's shape and the errors: ``reference.cache_attention`` (q
+    ``[B, L, Hq, D]`` fp16/bf16/fp32 with any strides, keys/values ``[R, Hkv, C, D]``, lengths
+    ``[>= B]`` never read on the host; returns ``[B, L, Hq, D]`` contiguous in q's dtype).
     """
     check_cache_attention_args(q, keys, values, lengths, span, scale, window)
     check_kernel_dtype("q", q)

@@ -20,24 +20,12 @@ import torch
 import triton
 import triton.language as tl
 
-from genssd_kernels.triton import check_kernel_dtype, device_guard
+from genssd_kernels.triton import check_kernel_dtype, device_guard, round_to
 
 
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
-
-
-@triton.jit
-def _round(x, dtype: tl.constexpr):
-    """fp32 ``x`` to ``dtype``, rounding to nearest even. The interpreter's fp32 -> bf16 cast
-    truncates (on a GPU it rounds), so bf16 is rounded here by hand; the cast then only drops
-    zero bits, and both give the bits torch gives."""
-    if dtype == tl.bfloat16:
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
-        x = bits.to(tl.float32, bitcast=True)
-    return x.to(dtype)
 
 
 @triton.jit
@@ -59,14 +47,14 @@ def _rms_norm_kernel(
     x = tl.load(x_ptr + row * d + cols, mask=inside, other=0.0)
     if HAS_RESIDUAL:
         residual = tl.load(residual_ptr + row * d + cols, mask=inside, other=0.0)
-        x = _round(x.to(tl.float32) + residual.to(tl.float32), dtype)  # rounded, as ``x + residual``
+        x = round_to(x.to(tl.float32) + residual.to(tl.float32), dtype)  # rounded, as ``x + residual``
         tl.store(summed_ptr + row * d + cols, x, mask=inside)
     h = x.to(tl.float32)
     inverse_rms = 1.0 / tl.sqrt(tl.sum(h * h, axis=0) / d + eps)
-    normed = _round(h * inverse_rms, dtype)  # the module casts back before scaling by the weight
+    normed = round_to(h * inverse_rms, dtype)  # the module casts back before scaling by the weight
     weight = tl.load(weight_ptr + cols, mask=inside, other=0.0)
     tl.store(
-        out_ptr + row * d + cols, _round(normed.to(tl.float32) * weight.to(tl.float32), dtype), mask=inside
+        out_ptr + row * d + cols, round_to(normed.to(tl.float32) * weight.to(tl.float32), dtype), mask=inside
     )
 
 
@@ -120,8 +108,8 @@ def _silu_mul_kernel(gate_ptr, up_ptr, out_ptr, n, BLOCK: tl.constexpr):
     dtype = out_ptr.dtype.element_ty
     gate = tl.load(gate_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
     up = tl.load(up_ptr + offsets, mask=inside, other=0.0)
-    activated = _round(gate / (1.0 + tl.exp(-gate)), dtype)  # ``silu`` rounds before the product
-    tl.store(out_ptr + offsets, _round(activated.to(tl.float32) * up.to(tl.float32), dtype), mask=inside)
+    activated = round_to(gate / (1.0 + tl.exp(-gate)), dtype)  # ``silu`` rounds before the product
+    tl.store(out_ptr + offsets, round_to(activated.to(tl.float32) * up.to(tl.float32), dtype), mask=inside)
 
 
 def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -137,6 +125,18 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         with device_guard(gate):
             _silu_mul_kernel[(triton.cdiv(n, block),)](gate, up, out, n, BLOCK=block)
     return out
+
+
+@triton.jit
+def _rotate_heads(base, d, partner, sign, cos, sin, mask):
+    """``x * cos + rotate_half(x) * sin`` of the ``[H, D]`` heads at ``base + d`` (fp32 result),
+    each product rounded to the model's dtype first, as the module computes it."""
+    dtype = base.dtype.element_ty
+    x = tl.load(base + d[None, :], mask=mask, other=0.0).to(tl.float32)
+    rotated = tl.load(base + partner[None, :], mask=mask, other=0.0).to(tl.float32) * sign[None, :]
+    return round_to(x * cos[None, :], dtype).to(tl.float32) + round_to(rotated * sin[None, :], dtype).to(
+        tl.float32
+    )
 
 
 @triton.jit
@@ -187,40 +187,26 @@ def _rotary_to_cache_kernel(
 
     hq = tl.arange(0, BLOCK_HQ)[:, None]
     q_mask = (hq < q_heads) & in_d[None, :]
-    q_base = q_ptr + b * stride_qb + t * stride_ql + hq * stride_qh
-    q = tl.load(q_base + d[None, :], mask=q_mask, other=0.0).to(tl.float32)
-    q_partner = tl.load(q_base + partner[None, :], mask=q_mask, other=0.0).to(tl.float32) * sign[None, :]
-    q_rot = _round(q * cos[None, :], dtype).to(tl.float32) + _round(q_partner * sin[None, :], dtype).to(
-        tl.float32
+    q_rot = _rotate_heads(
+        q_ptr + b * stride_qb + t * stride_ql + hq * stride_qh, d, partner, sign, cos, sin, q_mask
     )
     q_out = q_out_ptr + ((b * length + t) * q_heads + hq) * dim + d[None, :]
-    tl.store(q_out, _round(q_rot, dtype), mask=q_mask)
+    tl.store(q_out, round_to(q_rot, dtype), mask=q_mask)
 
     hk = tl.arange(0, BLOCK_HKV)[:, None]
     k_mask = (hk < kv_heads) & in_d[None, :]
-    k_base = k_ptr + b * stride_kb + t * stride_kl + hk * stride_kh
-    k = tl.load(k_base + d[None, :], mask=k_mask, other=0.0).to(tl.float32)
-    k_partner = tl.load(k_base + partner[None, :], mask=k_mask, other=0.0).to(tl.float32) * sign[None, :]
-    k_rot = _round(k * cos[None, :], dtype).to(tl.float32) + _round(k_partner * sin[None, :], dtype).to(
-        tl.float32
+    k_rot = _rotate_heads(
+        k_ptr + b * stride_kb + t * stride_kl + hk * stride_kh, d, partner, sign, cos, sin, k_mask
     )
     v = tl.load(v_ptr + b * stride_vb + t * stride_vl + hk * stride_vh + d[None, :], mask=k_mask, other=0.0)
     column = tl.load(lengths_ptr + b) + t
     slot = b * stride_row + hk * stride_head + column * stride_col + d[None, :]
-    tl.store(keys_ptr + slot, _round(k_rot, dtype), mask=k_mask)
+    tl.store(keys_ptr + slot, round_to(k_rot, dtype), mask=k_mask)
     tl.store(values_ptr + slot, v, mask=k_mask)
 
 
-def rotary_to_cache(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    lengths: torch.Tensor,
-) -> torch.Tensor:
+def rotary_to_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                    keys: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor):  # fmt: skip
     """Rotary embedding of q and k, and the K/V cache writes, in one launch.
 
     Contract and shapes: ``reference.decoder_layer.rotary_to_cache`` (q ``[B, L, Hq, D]``, k/v

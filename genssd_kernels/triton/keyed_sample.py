@@ -242,47 +242,15 @@ def _partials_kernel(
     for t in range(t0, full_end):
         col0 = t * BLOCK_V
         tile_key = step_key + (col0 + 1).to(tl.uint64) * GOLDEN
-        best, best_idx = _tile_update(
-            best,
-            best_idx,
-            row_ptr,
-            banned_ptr,
-            stride_b,
-            col0,
-            V,
-            tile_key,
-            lane_offsets,
-            temperature,
-            inv_temperature,
-            GREEDY,
-            HAS_BANNED,
-            RECIPROCAL,
-            FP64_LOG,
-            False,
-            BLOCK_V,
-        )
+        best, best_idx = _tile_update(best, best_idx, row_ptr, banned_ptr, stride_b, col0, V, tile_key,
+                                      lane_offsets, temperature, inv_temperature, GREEDY, HAS_BANNED,
+                                      RECIPROCAL, FP64_LOG, False, BLOCK_V)  # fmt: skip
     if full_end < t1:
         col0 = full_end * BLOCK_V
         tile_key = step_key + (col0 + 1).to(tl.uint64) * GOLDEN
-        best, best_idx = _tile_update(
-            best,
-            best_idx,
-            row_ptr,
-            banned_ptr,
-            stride_b,
-            col0,
-            V,
-            tile_key,
-            lane_offsets,
-            temperature,
-            inv_temperature,
-            GREEDY,
-            HAS_BANNED,
-            RECIPROCAL,
-            FP64_LOG,
-            True,
-            BLOCK_V,
-        )
+        best, best_idx = _tile_update(best, best_idx, row_ptr, banned_ptr, stride_b, col0, V, tile_key,
+                                      lane_offsets, temperature, inv_temperature, GREEDY, HAS_BANNED,
+                                      RECIPROCAL, FP64_LOG, True, BLOCK_V)  # fmt: skip
     val, idx = _argmax_reduce(best, best_idx, 0)
     if DIRECT:
         tl.store(tokens_ptr + row, idx.to(tl.int64))

@@ -40,7 +40,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from genssd_kernels.triton import INTERPRETED, check_kernel_dtype, device_guard
+from genssd_kernels.triton import INTERPRETED, check_kernel_dtype, device_guard, dot
 
 LOG2E = 1.0 / math.log(2.0)
 
@@ -165,20 +165,6 @@ def backward_config(dtype: torch.dtype) -> TileConfig:
 
 
 @triton.jit
-def _dot(a, b, acc, INTERP_BF16: tl.constexpr):
-    """``acc + a @ b`` with fp32 accumulation."""
-    if INTERP_BF16:
-        # Products of bf16 values are exact in fp32, so this equals a GPU bf16 dot.
-        a = a.to(tl.float32)
-        b = b.to(tl.float32)
-    if a.dtype == tl.float32:
-        # "ieee": fp32 inputs would otherwise run in tf32 (~1e-3 relative), far outside the fp32
-        # tolerance. 16-bit inputs keep the default (tensor cores, exact products).
-        return tl.dot(a, b, acc, input_precision="ieee")
-    return tl.dot(a, b, acc)
-
-
-@triton.jit
 def _round_bf16(x, INTERP_BF16: tl.constexpr):
     """fp32 ``x``; under the interpreter with bf16 inputs, rounded to the nearest bf16 value
     (ties to even), so that the truncating cast that follows is exact."""
@@ -190,27 +176,9 @@ def _round_bf16(x, INTERP_BF16: tl.constexpr):
 
 
 @triton.jit
-def _logit_tile(
-    h_ptr,
-    w_ptr,
-    h_desc,
-    w_desc,
-    row0,
-    col0,
-    N,
-    V,
-    D,
-    stride_hn,
-    stride_hd,
-    stride_wv,
-    stride_wd,
-    BLOCK_N: tl.constexpr,
-    BLOCK_V: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    EVEN_D: tl.constexpr,
-    TMA: tl.constexpr,
-    INTERP_BF16: tl.constexpr,
-):
+def _logit_tile(h_ptr, w_ptr, h_desc, w_desc, row0, col0, N, V, D, stride_hn, stride_hd, stride_wv, stride_wd,
+                BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
+                TMA: tl.constexpr, INTERP_BF16: tl.constexpr):  # fmt: skip
     """``[BLOCK_N, BLOCK_V]`` fp32 tile of ``hidden[row0:] @ weight[col0:].T`` (no temperature).
 
     ``row0``/``col0`` are int64. With ``TMA`` the operand tiles come through the tensor
@@ -224,7 +192,7 @@ def _logit_tile(
         for d0 in range(0, D, BLOCK_D):
             h = h_desc.load([row0.to(tl.int32), d0])
             w = w_desc.load([col0.to(tl.int32), d0])
-            acc = _dot(h, tl.trans(w), acc, INTERP_BF16)
+            acc = dot(h, tl.trans(w), acc, INTERP_BF16)
         return acc
     # Scalar int64 bases + int32 in-tile offsets: no 64-bit address math per element.
     r = tl.minimum(tl.arange(0, BLOCK_N), (N - 1 - row0).to(tl.int32))
@@ -240,7 +208,7 @@ def _logit_tile(
             k_mask = k < D - d0
             h = tl.load(h_ptrs, mask=k_mask[None, :], other=0.0)
             w = tl.load(w_ptrs, mask=k_mask[None, :], other=0.0)
-        acc = _dot(h, tl.trans(w), acc, INTERP_BF16)
+        acc = dot(h, tl.trans(w), acc, INTERP_BF16)
         h_ptrs += BLOCK_D * stride_hd
         w_ptrs += BLOCK_D * stride_wd
     return acc
@@ -348,53 +316,17 @@ def _forward_partials_kernel(
     run_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
     run_ent = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for t in tl.range(tile0, full_end, flatten=FLATTEN_TILES):
-        acc = _logit_tile(
-            h_ptr,
-            w_ptr,
-            h_desc,
-            w_desc,
-            row0,
-            tl.cast(t, tl.int64) * BLOCK_V,
-            N,
-            V,
-            D,
-            stride_hn,
-            stride_hd,
-            stride_wv,
-            stride_wd,
-            BLOCK_N,
-            BLOCK_V,
-            BLOCK_D,
-            EVEN_D,
-            TMA,
-            INTERP_BF16,
-        )
+        acc = _logit_tile(h_ptr, w_ptr, h_desc, w_desc, row0, tl.cast(t, tl.int64) * BLOCK_V, N, V, D,
+                          stride_hn, stride_hd, stride_wv, stride_wd, BLOCK_N, BLOCK_V, BLOCK_D,
+                          EVEN_D, TMA, INTERP_BF16)  # fmt: skip
         run_max, run_sum, run_ent = _online_update(
             acc, run_max, run_sum, run_ent, scale, BLOCK_V, RETURN_ENTROPY, False, BLOCK_V
         )
     if full_end < tile_end:  # this strip holds the vocabulary's last, partial tile
         col0 = full_end.to(tl.int64) * BLOCK_V
-        acc = _logit_tile(
-            h_ptr,
-            w_ptr,
-            h_desc,
-            w_desc,
-            row0,
-            col0,
-            N,
-            V,
-            D,
-            stride_hn,
-            stride_hd,
-            stride_wv,
-            stride_wd,
-            BLOCK_N,
-            BLOCK_V,
-            BLOCK_D,
-            EVEN_D,
-            TMA,
-            INTERP_BF16,
-        )
+        acc = _logit_tile(h_ptr, w_ptr, h_desc, w_desc, row0, col0, N, V, D,
+                          stride_hn, stride_hd, stride_wv, stride_wd, BLOCK_N, BLOCK_V, BLOCK_D,
+                          EVEN_D, TMA, INTERP_BF16)  # fmt: skip
         run_max, run_sum, run_ent = _online_update(
             acc, run_max, run_sum, run_ent, scale, V - col0, RETURN_ENTROPY, True, BLOCK_V
         )
@@ -547,44 +479,12 @@ def _store_grad_logits(
     """
     if PARTS > 1:
         left, right = _column_halves(z, BLOCK_N, WIDTH)
-        _store_grad_logits(
-            left,
-            gz_ptr,
-            row0,
-            col0,
-            col_start,
-            width,
-            stride_gz,
-            target,
-            coef,
-            row_max,
-            log2_sum,
-            scale,
-            row_mask,
-            BLOCK_N,
-            WIDTH // 2,
-            PARTS // 2,
-            INTERP_BF16,
-        )
-        _store_grad_logits(
-            right,
-            gz_ptr,
-            row0,
-            col0 + WIDTH // 2,
-            col_start,
-            width,
-            stride_gz,
-            target,
-            coef,
-            row_max,
-            log2_sum,
-            scale,
-            row_mask,
-            BLOCK_N,
-            WIDTH // 2,
-            PARTS // 2,
-            INTERP_BF16,
-        )
+        _store_grad_logits(left, gz_ptr, row0, col0, col_start, width, stride_gz, target, coef,
+                           row_max, log2_sum, scale, row_mask, BLOCK_N, WIDTH // 2, PARTS // 2,
+                           INTERP_BF16)  # fmt: skip
+        _store_grad_logits(right, gz_ptr, row0, col0 + WIDTH // 2, col_start, width, stride_gz, target, coef,
+                           row_max, log2_sum, scale, row_mask, BLOCK_N, WIDTH // 2, PARTS // 2,
+                           INTERP_BF16)  # fmt: skip
     else:
         p = tl.exp2(tl.fma(z, scale, -row_max[:, None]) - log2_sum[:, None])
         # Column indices relative to the slice (int32 per thread, no 64-bit index math): the
@@ -641,27 +541,9 @@ def _grad_logits_tile(tile, h_ptr, w_ptr, h_desc, w_desc, t_ptr, g_ptr, max_ptr,
                       EPILOGUE_PARTS: tl.constexpr, INTERP_BF16: tl.constexpr):  # fmt: skip
     """Output tile number ``tile`` of ``_grad_logits_kernel``."""
     row0, local_col0 = grad_tile_origin(tile, N, width, BLOCK_N, BLOCK_V, GROUP_ROWS)
-    acc = _logit_tile(
-        h_ptr,
-        w_ptr,
-        h_desc,
-        w_desc,
-        row0,
-        col_start + local_col0,
-        N,
-        V,
-        D,
-        stride_hn,
-        stride_hd,
-        stride_wv,
-        stride_wd,
-        BLOCK_N,
-        BLOCK_V,
-        BLOCK_D,
-        EVEN_D,
-        TMA,
-        INTERP_BF16,
-    )
+    acc = _logit_tile(h_ptr, w_ptr, h_desc, w_desc, row0, col_start + local_col0, N, V, D,
+                      stride_hn, stride_hd, stride_wv, stride_wd, BLOCK_N, BLOCK_V, BLOCK_D,
+                      EVEN_D, TMA, INTERP_BF16)  # fmt: skip
     rows = row0 + tl.arange(0, BLOCK_N)
     row_mask, target, coef, row_max, log2_sum = grad_row_terms(
         rows, N, t_ptr, g_ptr, max_ptr, log2sum_ptr, stride_g, inv_temperature, ignore_index
@@ -753,7 +635,7 @@ def _operand_descriptors(hidden: torch.Tensor, weight: torch.Tensor, config: Til
 
 
 def _interp_bf16(hidden: torch.Tensor) -> bool:
-    """Whether the interpreter workarounds for bfloat16 apply (see ``_dot`` and ``_round_bf16``)."""
+    """Whether the interpreter workarounds for bfloat16 apply (see ``dot`` and ``_round_bf16``)."""
     return INTERPRETED and hidden.dtype == torch.bfloat16
 
 

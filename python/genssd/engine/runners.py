@@ -11,6 +11,7 @@ causal LM). Both return final hidden states.
 from __future__ import annotations
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from genssd.cache import BatchedCache
 from genssd.engine.compact import CompactDecoder
@@ -23,17 +24,19 @@ from genssd.engine.static_cache import StaticKVCache
 SPAN_STEP = 128
 
 
+def _padded(sequences: list[list[int]], pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[B, T]`` int64 ids padded on ``side`` and ``[B]`` int64 lengths (on the CPU)."""
+    rows = [torch.tensor(s, dtype=torch.long) for s in sequences]
+    ids = pad_sequence(rows, batch_first=True, padding_value=pad_id, padding_side=side)
+    return ids, torch.tensor([len(s) for s in sequences], dtype=torch.long)
+
+
 def left_pad(
     sequences: list[list[int]], pad_id: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``[B, T]`` int64 ids and ``[B, T]`` bool validity of left-padded sequences."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    valid = torch.zeros(len(sequences), width, dtype=torch.bool)
-    for row, seq in enumerate(sequences):
-        if seq:
-            ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-            valid[row, width - len(seq) :] = True
+    ids, lengths = _padded(sequences, pad_id, "left")
+    valid = torch.arange(ids.shape[1]) >= ids.shape[1] - lengths[:, None]
     return ids.to(device), valid.to(device)
 
 
@@ -41,11 +44,7 @@ def right_pad(
     sequences: list[list[int]], pad_id: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``[B, T]`` int64 ids and ``[B]`` int64 lengths of right-padded sequences."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
+    ids, lengths = _padded(sequences, pad_id, "right")
     return ids.to(device), lengths.to(device)
 
 

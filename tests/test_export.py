@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from genssd.cli import main
 from genssd.export import export_records
 from genssd.tasks import get_task
@@ -74,3 +75,41 @@ def test_cli_bad_input_exits_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert [line.split(": error: ")[1].split(" ")[0] for line in err] == ["data", "--out", "--top-m"]
     assert not (tmp_path / "out").exists()
+
+
+def test_sft_trainer_trains_on_the_export(tmp_path):
+    """TRL's SFTTrainer reads the exported prompt-completion rows and trains on the completions
+    only (one step, a tiny Llama): the interchange format is what TRL expects."""
+    datasets = pytest.importorskip("datasets")
+    trl = pytest.importorskip("trl")
+    from search_fixtures import bpe_tokenizer
+    from tiny_models import tiny_lm
+
+    search = tmp_path / "search.jsonl"
+    search.write_text("".join(json.dumps(r) + "\n" for r in _search_rows()))
+    out = tmp_path / "exported"
+    assert (
+        main(["export", "--data", str(search), "--task", "arith", "--out", str(out), "--only-correct"]) == 0
+    )
+    dataset = datasets.load_dataset("json", data_files=str(out / "train.jsonl"), split="train")
+    tokenizer = bpe_tokenizer(300)
+    model = tiny_lm("llama", len(tokenizer), seed=7)
+    before = [p.detach().clone() for p in model.parameters()]
+    args = trl.SFTConfig(
+        output_dir=str(tmp_path / "sft"),
+        max_steps=1,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        completion_only_loss=True,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        logging_steps=1,
+    )
+    trainer = trl.SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    first = trainer.train_dataset[0]
+    trained = [label != -100 for label in first["labels"]]
+    assert 0 < sum(trained) < len(first["input_ids"]) and not trained[0]  # the prompt is masked out
+    result = trainer.train()
+    assert result.global_step == 1 and result.training_loss > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))

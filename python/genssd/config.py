@@ -15,10 +15,31 @@ from typing import Any
 import yaml
 
 from genssd.errors import UsageError
+from genssd.prompts import PromptFormat
 
 
 @dataclass
-class SearchConfig:
+class PromptSettings:
+    """How every config renders prompts (``genssd.prompts.PromptFormat``): ``chat_template``
+    ``"auto"`` (a model's chat template when its tokenizer has one) or ``"none"`` (the task's raw
+    prompt), an optional ``system_prompt``, and ``chat_template_kwargs`` passed to the template
+    (e.g. ``{enable_thinking: false}`` for Qwen3)."""
+
+    chat_template: str = "auto"
+    system_prompt: str | None = None
+    chat_template_kwargs: dict | None = None
+
+    @property
+    def prompt_format(self) -> PromptFormat:
+        return PromptFormat(self.chat_template, self.system_prompt, self.chat_template_kwargs)
+
+    def check_prompt_settings(self) -> None:
+        """Raise ``UsageError`` for bad prompt settings (``PromptFormat`` checks them)."""
+        self.prompt_format  # noqa: B018
+
+
+@dataclass
+class SearchConfig(PromptSettings):
     """Gen-SSD search settings (docs/design.md §3). ``method`` names the preset these came from.
 
     ``chunk_tokens=None`` makes one chunk the whole answer (up to ``max_new_tokens``).
@@ -97,6 +118,7 @@ class SearchConfig:
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
+        self.check_prompt_settings()
 
     def for_task(self, task) -> SearchConfig:
         """This config with the task's stop strings where it names none (before hashing)."""
@@ -134,7 +156,7 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(PromptSettings):
     """Supervised fine-tuning of the student on trajectories (docs/design.md §4)."""
 
     lr: float = 5e-5
@@ -175,10 +197,11 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
+        self.check_prompt_settings()
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(PromptSettings):
     """Accuracy of a model on a task split.
 
     ``engine``: ``static`` generates through the search's decode engine (greedy output equals
@@ -215,6 +238,7 @@ class EvalConfig:
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
+        self.check_prompt_settings()
 
 
 def _coerce(value: str, current: Any, name: str) -> Any:

@@ -32,10 +32,18 @@ def _until_eos(ids: list[int], eos_ids: set[int]) -> list[int]:
 
 @torch.no_grad()
 def generate(
-    model, tokenizer, prompts: Sequence[str], config: EvalConfig, *, progress: bool = False
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    config: EvalConfig,
+    *,
+    messages: Sequence[str] | None = None,
+    progress: bool = False,
 ) -> list[list[str]]:
     """``config.num_samples`` completions of each prompt (greedy when ``temperature == 0``).
 
+    A model whose tokenizer has a chat template is prompted with the user turn ``messages[i]``
+    (default: the prompt) under it, unless ``config.chat_template == "none"`` (``genssd.prompts``).
     Prompts are batched ``config.batch_size`` at a time, longest first so a batch holds similar
     lengths. Returns, per prompt in the given order, the decoded texts of the new tokens up to
     (not including) the first EOS. ``config.engine`` picks how (see ``EvalConfig``).
@@ -44,7 +52,8 @@ def generate(
     if not eos_ids:
         raise UsageError("the tokenizer has no EOS token; set eos_token in its tokenizer_config.json")
     engine, _ = resolve_engine(model, config.engine, "model")
-    encoded = [tokenizer(p)["input_ids"] for p in prompts]
+    messages = prompts if messages is None else messages
+    encoded = [config.prompt_format.encode(tokenizer, p, m) for p, m in zip(prompts, messages)]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     batches = [order[start : start + config.batch_size] for start in range(0, len(order), config.batch_size)]
     results: list[list[str]] = [[] for _ in prompts]
@@ -177,7 +186,8 @@ def evaluate(
     config = config or EvalConfig()
     if not rows:
         raise UsageError("no problems to evaluate")
-    texts = generate(model, tokenizer, [task.prompt(row) for row in rows], config, progress=progress)
+    prompts, messages = [task.prompt(row) for row in rows], [task.user_message(row) for row in rows]
+    texts = generate(model, tokenizer, prompts, config, messages=messages, progress=progress)
     return score_predictions(task, rows, texts)
 
 

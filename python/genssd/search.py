@@ -289,42 +289,65 @@ class Searcher:
         return "; ".join(self.engine_lines)
 
     def run(
-        self, prompts: Sequence[str], *, uids: Sequence[str] | None = None, progress: bool = False
+        self,
+        prompts: Sequence[str],
+        *,
+        uids: Sequence[str] | None = None,
+        messages: Sequence[str] | None = None,
+        progress: bool = False,
     ) -> list[SearchResult]:
         """Search every prompt; one ``SearchResult`` per prompt, in order.
 
         ``uids`` (one per prompt) key the random draws; without them the prompt text does. Either
-        way a prompt's result does not depend on the batch it ran in.
+        way a prompt's result does not depend on the batch it ran in. A model whose tokenizer has
+        a chat template (and ``config.chat_template="auto"``) is prompted with the user turn
+        ``messages[i]`` (default: the prompt itself) under its template; the others with the
+        prompt text (``genssd.prompts``). Teacher and student are prompted each their own way.
         """
-        return list(self.iter_results(prompts, uids=uids, progress=progress))
+        return list(self.iter_results(prompts, uids=uids, messages=messages, progress=progress))
 
     def iter_results(
-        self, prompts: Sequence[str], *, uids: Sequence[str] | None = None, progress: bool = False
+        self,
+        prompts: Sequence[str],
+        *,
+        uids: Sequence[str] | None = None,
+        messages: Sequence[str] | None = None,
+        progress: bool = False,
     ) -> Iterator[SearchResult]:
         """Like ``run``, yielding results in order as each batch of prompts finishes."""
         prompts = list(prompts)
+        messages = prompts if messages is None else list(messages)
         for i, prompt in enumerate(prompts):
             if not isinstance(prompt, str) or not prompt.strip():
                 raise UsageError(f"prompt {i} is empty or not a string")
         if uids is not None and len(uids) != len(prompts):
             raise UsageError(f"got {len(uids)} uids for {len(prompts)} prompts")
+        if len(messages) != len(prompts):
+            raise UsageError(f"got {len(messages)} messages for {len(prompts)} prompts")
         names = [str(u) for u in uids] if uids is not None else prompts
         keys = [combine(self.config.seed, text_key(name)) for name in names]
-        teacher_ids = [self.tokenizer(p)["input_ids"] for p in prompts]
-        for prompt, ids in zip(prompts, teacher_ids):
-            if not ids:
-                raise UsageError(f"prompt {prompt[:40]!r} encodes to no tokens")
-        self._check_fits(teacher_ids)
+        teacher_ids = self._encode(self.tokenizer, prompts, messages, "")
+        student_ids = self._encode(self.student_tokenizer, prompts, messages, "student ")
+        self._check_fits(teacher_ids, student_ids)
         meter = _Progress(len(prompts), enabled=progress)
         size = self.config.batch_size
         try:
             for start in range(0, len(prompts), size):
-                end = start + size
+                batch = slice(start, start + size)
                 yield from self._search_batch(
-                    prompts[start:end], teacher_ids[start:end], keys[start:end], meter
+                    prompts[batch], teacher_ids[batch], student_ids[batch], keys[batch], meter
                 )
         finally:
             meter.close()
+
+    def _encode(self, tokenizer, prompts: list[str], messages: list[str], whose: str) -> list[list[int]]:
+        """Each prompt's ids for ``tokenizer``'s model (its chat template or the raw prompt)."""
+        fmt = self.config.prompt_format
+        encoded = [fmt.encode(tokenizer, p, m) for p, m in zip(prompts, messages)]
+        for prompt, ids in zip(prompts, encoded):
+            if not ids:
+                raise UsageError(f"prompt {prompt[:40]!r} encodes to no {whose}tokens")
+        return encoded
 
     def _cache_shape(self, prompts: int, longest_prompt: int) -> tuple[int, int]:
         """Rows and columns the caches of a batch of ``prompts`` need at most: every live beam
@@ -340,25 +363,26 @@ class Searcher:
         )
         return prompts * cfg.beam_width * cfg.num_candidates, longest_prompt + cfg.max_new_tokens + chunk + 1
 
-    def _check_fits(self, teacher_ids: list[list[int]]) -> None:
+    def _check_fits(self, teacher_ids: list[list[int]], student_ids: list[list[int]]) -> None:
         """Refuse, before any model runs, prompts past a model's context and caches past free memory."""
         new = self.config.max_new_tokens
-        models = [("teacher", self.teacher)] + (
-            [("student", self.student)] if self.tracker.shared_vocab else []
+        models = [("teacher", self.teacher, teacher_ids)] + (
+            [("student", self.student, student_ids)] if self.tracker.shared_vocab else []
         )
-        longest = max(range(len(teacher_ids)), key=lambda i: len(teacher_ids[i]))
-        need = len(teacher_ids[longest]) + new
-        for role, model in models:
+        for role, model, ids in models:
+            longest = max(range(len(ids)), key=lambda i: len(ids[i]))
+            need = len(ids[longest]) + new
             context = getattr(model.config, "max_position_embeddings", None)
             if context is not None and need > context:
                 raise UsageError(
-                    f"prompt {longest} has {len(teacher_ids[longest])} tokens; with max_new_tokens={new} "
+                    f"prompt {longest} has {len(ids[longest])} tokens; with max_new_tokens={new} "
                     f"it needs {need} positions, past the {role}'s context of {context}"
                 )
         if self.device.type != "cuda":
             return
         batch = min(self.config.batch_size, len(teacher_ids))
-        rows, columns = self._cache_shape(batch, max(len(ids) for ids in teacher_ids))
+        longest = max(len(ids) for ids in teacher_ids + student_ids)
+        rows, columns = self._cache_shape(batch, longest)
         need = kv_cache_bytes(self.teacher, row_bucket(rows), columns) + kv_cache_bytes(
             self.student, rows, columns
         )
@@ -373,11 +397,18 @@ class Searcher:
 
     @torch.no_grad()
     def _search_batch(
-        self, prompts: list[str], teacher_ids: list[list[int]], keys: list[int], meter: _Progress
+        self,
+        prompts: list[str],
+        teacher_ids: list[list[int]],
+        student_ids: list[list[int]],
+        keys: list[int],
+        meter: _Progress,
     ) -> list[SearchResult]:
-        rows, columns = self._cache_shape(len(teacher_ids), max(len(ids) for ids in teacher_ids))
+        rows, columns = self._cache_shape(
+            len(teacher_ids), max(len(ids) for ids in teacher_ids + student_ids)
+        )
         self.sampler.start(teacher_ids, rows=rows, columns=columns)
-        self.tracker.start(prompts, teacher_ids, rows=rows, columns=columns)
+        self.tracker.start(student_ids, rows=rows, columns=columns)
         states = [_PromptState(key, len(ids)) for key, ids in zip(keys, teacher_ids)]
         beams = [_Beam(p, 0, [], []) for p in range(len(prompts))]
         round_index = 0

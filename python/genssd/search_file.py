@@ -66,7 +66,10 @@ def search_to_file(
     if progress:
         print(f"engines: {searcher.engine_line}", file=sys.stderr)
     results = searcher.iter_results(
-        [task.prompt(row) for row in todo], uids=[str(row["uid"]) for row in todo], progress=progress
+        [task.prompt(row) for row in todo],
+        uids=[str(row["uid"]) for row in todo],
+        messages=[task.user_message(row) for row in todo],
+        progress=progress,
     )
     written = 0
     with RowWriter(path) as writer:

@@ -129,15 +129,12 @@ class _Retokenizer:
                 f"only {self.vocab} rows; use the tokenizer the student was trained with"
             )
 
-    def start(self, prompts: list[str]) -> list[list[int]]:
-        """The student's ids of each prompt (one row each)."""
-        ids = [self.tokenizer(p)["input_ids"] for p in prompts]
-        for prompt, seq in zip(prompts, ids):
-            if not seq:
-                raise UsageError(f"prompt {prompt[:40]!r} encodes to no student tokens")
+    def start(self, prompt_ids: list[list[int]]) -> list[list[int]]:
+        """Start one row per prompt from the student's ids of it; returns them."""
+        for seq in prompt_ids:
             self.check_vocab(seq)
-        self.rows = [_TextState(list(seq), len(seq), []) for seq in ids]
-        return ids
+        self.rows = [_TextState(list(seq), len(seq), []) for seq in prompt_ids]
+        return prompt_ids
 
     def feed(
         self, parent_rows: list[int], texts: list[str], ended: list[bool], device
@@ -226,11 +223,10 @@ class StudentTracker:
         return self.runner.nbytes
 
     @torch.no_grad()
-    def start(
-        self, prompts: list[str], teacher_prompt_ids: list[list[int]], *, rows: int = 0, columns: int = 0
-    ) -> None:
-        """Encode the prompts: one live row per prompt (``rows`` x ``columns`` sizes a static cache)."""
-        ids = teacher_prompt_ids if self.retokenizer is None else self.retokenizer.start(prompts)
+    def start(self, prompt_ids: list[list[int]], *, rows: int = 0, columns: int = 0) -> None:
+        """Encode the prompts (the student's own ids of each): one live row per prompt (``rows`` x
+        ``columns`` sizes a static cache)."""
+        ids = prompt_ids if self.retokenizer is None else self.retokenizer.start(prompt_ids)
         self.last_hidden = self.runner.prefill(ids, self.pad_id, rows=rows, columns=columns)
         self.total = torch.zeros(len(ids), dtype=torch.float64, device=self.device)
         self.count = torch.zeros(len(ids), dtype=torch.long, device=self.device)

@@ -1,7 +1,8 @@
 """Thin SFT loop: fine-tune the student on trajectories with a completion-only loss.
 
 Each training row becomes ``prompt + completion + EOS``: the prompt is the task's prompt (or the
-bare question without a task), the completion is the first trajectory of a ``genssd search`` row
+bare question without a task), or the question under the model's chat template when its
+tokenizer has one (``TrainConfig.chat_template``, ``genssd.prompts``), the completion is the first trajectory of a ``genssd search`` row
 or the ``answer`` of a plain question/answer row. Only completion tokens (EOS included) are
 trained. The loss goes through ``genssd_kernels.linear_cross_entropy`` on the model's final
 hidden states and its LM-head weight, so the ``[tokens, vocab]`` logits never exist.
@@ -35,6 +36,7 @@ from torch import nn
 from genssd.config import TrainConfig
 from genssd.errors import UsageError
 from genssd.models import linear_head_weight
+from genssd.prompts import PromptFormat
 from genssd_kernels import linear_cross_entropy
 
 IGNORE_INDEX = -100
@@ -125,7 +127,9 @@ def select_rows(rows: Sequence[dict], *, only_correct: bool = False, task=None) 
     return kept
 
 
-def build_examples(rows: Sequence[dict], tokenizer, max_length: int, *, task=None) -> list[Example]:
+def build_examples(
+    rows: Sequence[dict], tokenizer, max_length: int, *, task=None, prompt_format: PromptFormat | None = None
+) -> list[Example]:
     """Tokenize rows into ``prompt ids + completion ids + [eos]``, cut to ``max_length``.
 
     Prompt and completion are tokenized separately, so the boundary is exact and matches how a
@@ -139,7 +143,9 @@ def build_examples(rows: Sequence[dict], tokenizer, max_length: int, *, task=Non
     examples, truncated = [], 0
     for i, row in enumerate(rows):
         where = _where(row, i)
-        prompt_ids = tokenizer(prompt_text(row, task, where))["input_ids"]
+        raw = prompt_text(row, task, where)
+        message = task.user_message(row) if task is not None else raw
+        prompt_ids = (prompt_format or PromptFormat()).encode(tokenizer, raw, message)
         completion_ids = tokenizer(completion_text(row, where), add_special_tokens=False)["input_ids"] + [eos]
         if not prompt_ids:
             # The first completion token needs a position before it to be predicted from.
@@ -172,6 +178,7 @@ def prepare_examples(rows: Sequence[dict], tokenizer, config: TrainConfig, *, ta
         tokenizer,
         config.max_length,
         task=task,
+        prompt_format=config.prompt_format,
     )
 
 

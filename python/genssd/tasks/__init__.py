@@ -128,6 +128,10 @@ class Task:
         """The text the model continues; the solution starts on the line after it."""
         return f"Question: {row['question']}\nAnswer:\n"
 
+    def user_message(self, row: dict) -> str:
+        """The user's turn when the model is prompted through its chat template (``genssd.prompts``)."""
+        return row["question"]
+
     def extract_answer(self, text: str) -> str | None:
         raise NotImplementedError
 

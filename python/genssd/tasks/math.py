@@ -83,6 +83,9 @@ class MathTask(Task):
     def prompt(self, row: dict) -> str:
         return f"Problem: {row['question']}\nGive the final answer in \\boxed{{}}.\nSolution:\n"
 
+    def user_message(self, row: dict) -> str:
+        return f"{row['question']}\nGive the final answer in \\boxed{{}}."
+
     def extract_answer(self, text: str) -> str | None:
         return last_boxed(text)
 

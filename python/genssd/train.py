@@ -4,8 +4,9 @@ Each training row becomes ``prompt + completion + EOS``: the prompt is the task'
 bare question without a task), or the question under the model's chat template when its
 tokenizer has one (``TrainConfig.chat_template``, ``genssd.prompts``); the completion is the
 first trajectory of a ``genssd search`` row or the ``answer`` of a plain question/answer row.
-Only completion tokens (EOS included) are trained. The loss goes through ``genssd_kernels.linear_cross_entropy`` on the model's final
-hidden states and its LM-head weight, so the ``[tokens, vocab]`` logits never exist.
+Only completion tokens (EOS included) are trained. The loss goes through
+``genssd_kernels.linear_cross_entropy`` on the model's final hidden states and its LM-head
+weight, so the ``[tokens, vocab]`` logits never exist.
 
 The loss of an optimizer step is the sum over its completion tokens divided by their number,
 counted over every micro-batch of the step on every rank before the first backward pass, so

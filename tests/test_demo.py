@@ -7,6 +7,7 @@ over seeds, the printed table and the plot, a rerun that recomputes nothing, and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import statistics
@@ -17,7 +18,8 @@ import pytest
 import torch
 from arith_models import arith_models
 from genssd.cli import main
-from genssd.demo import PRESETS, Preset, demo_problems, leap_share, run_demo
+from genssd.demo import PRESETS, Method, Preset, demo_problems, leap_share, methods, run_demo
+from genssd.errors import UsageError
 from genssd.tasks import get_task
 from genssd.tasks.arith import generate_problems, render_solution, write_problems
 
@@ -205,9 +207,28 @@ def test_leap_share_counts_the_lines_of_the_data_a_method_trains_on(tmp_path):
     write_problems(tmp_path / "search.jsonl", rows)
     assert leap_share(tmp_path / "search.jsonl") == pytest.approx(1 / 2)
     # Every correct trajectory: 10 leap lines among 10 x (2 + 3) lines.
-    assert leap_share(tmp_path / "search.jsonl", "all", only_correct=True) == pytest.approx(10 / 50)
+    every_correct = Method("all", "all", "standard", train_on="all", only_correct=True)
+    assert leap_share(tmp_path / "search.jsonl", every_correct) == pytest.approx(10 / 50)
     # Without the filter the wrong answers count too.
-    assert leap_share(tmp_path / "search.jsonl", "all") == pytest.approx(20 / 60)
+    assert leap_share(
+        tmp_path / "search.jsonl", Method("all", "all", "standard", train_on="all")
+    ) == pytest.approx(20 / 60)
+    # The equal-data rule at m = 1 keeps the likeliest correct one: the leap solution (1 of 2 lines).
+    likeliest = Method("m1", "m1", "standard", train_on="likeliest-correct")
+    assert leap_share(tmp_path / "search.jsonl", likeliest) == pytest.approx(1 / 2)
+
+
+def test_equal_data_methods_keep_m_correct_answers_each():
+    preset = dataclasses.replace(PRESETS["quick"], equal_data=2)
+    rows = {m.key: m for m in methods(preset)}
+    assert set(rows) == {"standard-correct", "rejection-m2", "post-hoc-m2", "gen-ssd-m2"}
+    assert rows["rejection-m2"].train_on == "random-correct" and rows["rejection-m2"].per_problem == 2
+    assert rows["post-hoc-m2"].train_on == rows["gen-ssd-m2"].train_on == "likeliest-correct"
+    assert (
+        rows["gen-ssd-m2"].overrides["beam_width"] == 2 and rows["rejection-m2"].overrides["beam_width"] == 4
+    )
+    with pytest.raises(UsageError, match="equal_data"):
+        dataclasses.replace(PRESETS["quick"], equal_data=5)
 
 
 def test_presets_are_well_formed():
@@ -237,3 +258,19 @@ def test_an_unknown_preset_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["demo", "--preset", "huge"])
     assert exit_info.value.code == 2
+
+
+@pytest.mark.slow
+def test_equal_data_run_trains_each_method_on_at_most_m_correct_answers(models, tmp_path):
+    preset = dataclasses.replace(TINY, seeds=1)
+    results = run_demo(
+        tmp_path / "run", preset=preset, device="cpu", models=models, progress=False, equal_data=1
+    )
+    assert [r["method"] for r in results["methods"]] == [
+        "base", "coldstart", "standard-correct", "rejection-m1", "post-hoc-m1", "gen-ssd-m1",
+    ]  # fmt: skip
+    for key in ("rejection-m1", "post-hoc-m1", "gen-ssd-m1"):
+        summary = json.loads((tmp_path / "run" / "seed0" / key / "summary.json").read_text())
+        search = read_jsonl(tmp_path / "run" / "seed0" / key / "search.jsonl")
+        correct_problems = sum(any(TASK.is_correct(t["text"], r) for t in r["trajectories"]) for r in search)
+        assert summary["train"]["examples"] == correct_problems  # one right answer per problem that has one

@@ -275,6 +275,38 @@ def test_training_rows_expand_every_trajectory_with_its_own_verdict():
     assert training_rows([row], TASK, "best") == [row]
 
 
+@pytest.mark.parametrize("m", [1, 2, 5])
+def test_equal_data_rules_keep_m_correct_trajectories(m):
+    """The equal-data keep rules against a plain statement: per problem, the correct trajectories
+    in the row's order (likeliest first) or in a (seed, uid)-seeded random order, the first m."""
+    rng = random.Random(m)
+    rows = generate_problems(30, 12)
+    for row in rows:
+        gold = int(TASK.gold_answer(row))
+        row["trajectories"] = [
+            {"text": f"line {i}\n#### {gold if rng.random() < 0.5 else gold + 1}"} for i in range(4)
+        ]
+    for rule in ("likeliest-correct", "random-correct"):
+        kept = training_rows(rows, TASK, rule, per_problem=m, seed=3)
+        assert all(r["correct"] for r in kept)
+        by_problem: dict[str, list[str]] = {}
+        for r in kept:
+            by_problem.setdefault(r["uid"].rsplit("/", 1)[0], []).append(r["trajectories"][0]["text"])
+        for row in rows:
+            correct = [t["text"] for t in row["trajectories"] if TASK.is_correct(t["text"], row)]
+            got = by_problem.get(str(row["uid"]), [])
+            assert len(got) == min(m, len(correct)) and set(got) <= set(correct)
+            if rule == "likeliest-correct":
+                assert got == correct[:m]
+        # Seeded: the same draw again; another seed draws other subsets somewhere.
+        assert training_rows(rows, TASK, rule, per_problem=m, seed=3) == kept
+    if m == 1:
+        other = training_rows(rows, TASK, "random-correct", per_problem=1, seed=4)
+        assert [r["uid"] for r in other] != [
+            r["uid"] for r in training_rows(rows, TASK, "random-correct", seed=3)
+        ]
+
+
 def test_branch_statistics_match_a_count_from_scratch():
     rng = random.Random(4)
     config = search_config_for("gen-ssd", margin=0.4, max_ppl=8.0)

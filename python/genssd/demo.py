@@ -67,6 +67,8 @@ class Preset:
         search_batch_size, eval_batch_size: prompts per batch (speed only).
         seeds: runs with seeds ``seed, seed + 1, ...`` (mean and spread in the results).
         equal_budget: add Standard KD with Gen-SSD's teacher-token budget.
+        equal_data: m of the equal-data protocol (None: off): instead of the usual methods,
+            each trains on at most m correct trajectories per problem (``equal_data_methods``).
     """
 
     name: str
@@ -84,6 +86,7 @@ class Preset:
     eval_batch_size: int
     seeds: int = 1
     equal_budget: bool = False
+    equal_data: int | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.cold_start_problems <= self.train_problems:
@@ -101,6 +104,8 @@ class Preset:
             raise UsageError(
                 "a preset needs at least one held-out problem, candidate, seed and training step"
             )
+        if self.equal_data is not None and not 1 <= self.equal_data <= self.num_candidates:
+            raise UsageError(f"equal_data (m) must be in 1..{self.num_candidates} (n), got {self.equal_data}")
 
 
 PRESETS = {
@@ -155,10 +160,13 @@ class Method:
     overrides: dict = field(default_factory=dict)
     train_on: str = "best"
     only_correct: bool = False
+    per_problem: int = 1
 
 
 def methods(preset: Preset) -> list[Method]:
     """The compared methods (docs/design.md §3's table), in table order."""
+    if preset.equal_data is not None:
+        return equal_data_methods(preset.num_candidates, preset.equal_data)
     n = preset.num_candidates
     # The arith solution's lines are its reasoning steps; a line is one chunk.
     search = {"num_candidates": n, "step_delimiter": "\n"}
@@ -181,6 +189,25 @@ def methods(preset: Preset) -> list[Method]:
     if preset.equal_budget:
         rows.append(Method("standard-budget", "standard KD, Gen-SSD's budget", "standard"))
     return rows
+
+
+def equal_data_methods(n: int, m: int) -> list[Method]:
+    """The equal-data protocol: every method keeps at most ``m`` trajectories with a correct
+    answer per problem, so the comparison is of *which* right answers are trained on. Rejection
+    sampling keeps m of its n samples' correct ones at random, post-hoc selection the m the
+    student finds likeliest, Gen-SSD its m best correct beams (``beam_width = m``)."""
+    samples = {"num_candidates": n, "beam_width": n}
+    search = {"num_candidates": n, "step_delimiter": "\n", "beam_width": m}
+    keep = {"per_problem": m}
+    return [
+        Method("standard-correct", "standard KD, correct only", "standard", train_on="likeliest-correct"),
+        Method(f"rejection-m{m}", f"rejection sampling ({m} of n={n}, random)", "standard", samples,
+               train_on="random-correct", **keep),
+        Method(f"post-hoc-m{m}", f"post-hoc student selection ({m} of n={n})", "standard", samples,
+               train_on="likeliest-correct", **keep),
+        Method(f"gen-ssd-m{m}", f"Gen-SSD ({m} best beams)", "gen-ssd", search,
+               train_on="likeliest-correct", **keep),
+    ]  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------- the data
@@ -233,14 +260,19 @@ def _eval_config(preset: Preset) -> EvalConfig:
     return EvalConfig(batch_size=preset.eval_batch_size, max_new_tokens=preset.max_new_tokens)
 
 
-def leap_share(search_path: Path, train_on: str = "best", only_correct: bool = False) -> float:
-    """The share of solution lines in a method's training data that carry out two or more
-    operations at once (leaps, which the small student cannot learn; docs/design.md §5)."""
+def leap_share(search_path: Path, method: Method | None = None, seed: int = 0) -> float:
+    """The share of solution lines in ``method``'s training data (None: each problem's first
+    trajectory) that carry out two or more operations at once (leaps, which the small student
+    cannot learn; docs/design.md §5)."""
 
     task = get_task(TASK)
-    rows = select_rows(
-        training_rows(read_output(search_path), task, train_on), only_correct=only_correct, task=task
+    method = method or Method("first", "first trajectories", "standard")
+    kept = training_rows(
+        read_output(search_path), task, method.train_on, per_problem=method.per_problem, seed=seed
     )
+    if not kept:
+        return 0.0
+    rows = select_rows(kept, only_correct=method.only_correct, task=task)
     counts = [n for row in rows for n in line_operation_counts(completion_text(row), len(row["ops"]))]
     return sum(n >= 2 for n in counts) / len(counts) if counts else 0.0
 
@@ -342,6 +374,7 @@ def run_method(
             evaluation=_eval_config(preset),
             eval_rows=setup.heldout,
             train_on=method.train_on,
+            per_problem=method.per_problem,
             teacher_token_budget=budget,
             device=device,
             progress=progress,
@@ -349,7 +382,7 @@ def run_method(
     )
     # Every fine-tuned student's data includes the shared cold start's.
     summary["teacher_tokens_total"] = summary["teacher_tokens"] + setup.cold_tokens
-    leaps = leap_share(setup.root / method.key / "search.jsonl", method.train_on, method.only_correct)
+    leaps = leap_share(setup.root / method.key / "search.jsonl", method, setup.seed)
     return _row(method.key, method.label, summary, leaps), summary["teacher_tokens"]
 
 
@@ -504,16 +537,20 @@ def run_demo(
     models: str | Path = ASSETS,
     progress: bool = True,
     jobs: int = 1,
+    equal_data: int | None = None,
 ) -> dict:
     """Run (or finish) the demo in ``out``; print the table; return ``results.json``'s content.
 
     ``jobs`` > 1 runs up to that many jobs (a seed's set-up, a method) at a time, each in its own
-    process, with a line per finished job instead of progress bars.
+    process, with a line per finished job instead of progress bars. ``equal_data`` (m) runs the
+    equal-data protocol instead of the usual methods (``Preset.equal_data``).
     """
     if isinstance(preset, str):
         if preset not in PRESETS:
             raise UsageError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
         preset = PRESETS[preset]
+    if equal_data is not None:
+        preset = dataclasses.replace(preset, equal_data=equal_data, equal_budget=False)
     if jobs < 1:
         raise UsageError(f"jobs must be >= 1, got {jobs}")
     models, out = Path(models), Path(out)

@@ -24,6 +24,7 @@ refused rather than mixing two runs.
 from __future__ import annotations
 
 import dataclasses
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,13 +38,14 @@ from genssd.errors import UsageError
 from genssd.evaluate import evaluate, write_records
 from genssd.models import inference_dtype, load_model, load_tokenizer, resolve_device
 from genssd.runs import guard_run, rows_fingerprint, run_stage, write_json
+from genssd.sampling import combine, text_key
 from genssd.search import Searcher
 from genssd.search_file import search_to_file
 from genssd.tasks import get_task
 from genssd.train import RESUMABLE_CHANGES, prepare_examples, train
 
 COLD_START_SOURCES = ("teacher", "gold")
-TRAIN_ON = ("best", "all")
+TRAIN_ON = ("best", "all", "likeliest-correct", "random-correct")
 # Checkpoint often enough that a killed training loses little; small models save in milliseconds.
 DEFAULT_SAVE_EVERY = 100
 
@@ -87,7 +89,10 @@ class DistillPlan:
         eval_rows: held-out problems (None: no evaluation stage).
         cold_start: the cold start (None: search with the student as given).
         train_on: ``"best"``: each problem's first trajectory; ``"all"``: every trajectory of a
-            problem (n samples per problem, as rejection sampling uses them).
+            problem (n samples per problem, as rejection sampling uses them);
+            ``"likeliest-correct"`` / ``"random-correct"``: up to ``per_problem`` correct ones
+            (the equal-data protocol; ``training_rows``).
+        per_problem: m of the ``*-correct`` rules.
         teacher_token_budget: stop the search once its teacher tokens reach this many
             (problems are searched in order; None: search them all).
         device: ``cpu``, ``cuda`` or ``cuda:K`` (None: CUDA when available).
@@ -104,6 +109,7 @@ class DistillPlan:
     eval_rows: list[dict] | None = None
     cold_start: ColdStart | None = None
     train_on: str = "best"
+    per_problem: int = 1
     teacher_token_budget: int | None = None
     device: str | None = None
     trust_remote_code: bool = False
@@ -112,6 +118,8 @@ class DistillPlan:
     def __post_init__(self) -> None:
         if self.train_on not in TRAIN_ON:
             raise UsageError(f"train_on must be one of {', '.join(TRAIN_ON)}, got {self.train_on!r}")
+        if not isinstance(self.per_problem, int) or self.per_problem < 1:
+            raise UsageError(f"per_problem must be an int >= 1, got {self.per_problem!r}")
         if not self.rows:
             raise UsageError("no training problems")
         if self.teacher_token_budget is not None and self.teacher_token_budget < 1:
@@ -220,23 +228,41 @@ def search_statistics(rows: Sequence[dict], config: SearchConfig) -> dict:
 # ------------------------------------------------------------------------------------ training
 
 
-def training_rows(rows: Sequence[dict], task, train_on: str) -> list[dict]:
-    """The rows SFT reads: each problem's first trajectory (``"best"``), or one row per
-    trajectory (``"all"``), each with the ``correct`` verdict of its own answer."""
+def training_rows(
+    rows: Sequence[dict], task, train_on: str, *, per_problem: int = 1, seed: int = 0
+) -> list[dict]:
+    """The rows SFT reads, one per trajectory trained on.
+
+    - ``"best"``: each problem's row as it is (SFT reads its first trajectory);
+    - ``"all"``: one row per trajectory;
+    - ``"likeliest-correct"``: the first ``per_problem`` trajectories with a correct answer in
+      the row's order, which is the student's preference (a search lists them best first);
+    - ``"random-correct"``: ``per_problem`` correct ones drawn at random, seeded by ``(seed,
+      uid)`` (rejection sampling's "m of the correct answers", whatever the student thinks).
+
+    The last two are the equal-data protocol: every method trains on the same number of right
+    answers per problem. Expanded rows carry the ``correct`` verdict of their own answer.
+    """
     if train_on == "best":
         return list(rows)
     expanded = []
     for row in rows:
-        for i, trajectory in enumerate(row.get("trajectories") or []):
-            expanded.append(
-                {
-                    **row,
-                    "uid": f"{row['uid']}/{i}",
-                    "trajectories": [trajectory],
-                    "predicted_answer": task.extract_answer(trajectory["text"]),
-                    "correct": bool(task.is_correct(trajectory["text"], row)),
-                }
-            )
+        own = [
+            {
+                **row,
+                "uid": f"{row['uid']}/{i}",
+                "trajectories": [trajectory],
+                "predicted_answer": task.extract_answer(trajectory["text"]),
+                "correct": bool(task.is_correct(trajectory["text"], row)),
+            }
+            for i, trajectory in enumerate(row.get("trajectories") or [])
+        ]
+        if train_on != "all":
+            own = [r for r in own if r["correct"]]
+            if train_on == "random-correct":
+                random.Random(combine(seed, text_key(str(row["uid"])))).shuffle(own)
+            own = own[:per_problem]
+        expanded.extend(own)
     return expanded
 
 
@@ -333,6 +359,7 @@ def _identity(plan: DistillPlan) -> dict:
         "evaluation": dataclasses.asdict(plan.evaluation),
         "cold_start": dataclasses.asdict(plan.cold_start) if plan.cold_start is not None else None,
         "train_on": plan.train_on,
+        "per_problem": plan.per_problem,
         "teacher_token_budget": plan.teacher_token_budget,
     }
 
@@ -399,7 +426,13 @@ def run_pipeline(plan: DistillPlan) -> dict:
 
     def run_train() -> dict:
 
-        rows = training_rows(read_output(out / "search.jsonl"), task, plan.train_on)
+        rows = training_rows(
+            read_output(out / "search.jsonl"),
+            task,
+            plan.train_on,
+            per_problem=plan.per_problem,
+            seed=plan.search.seed,
+        )
         candidates, rejected = filter_statistics(rows, plan.train)
         stats = train_stage(out / "student", student, task, rows, plan.train, **common)
         return {**stats, "filter_candidates": candidates, "filter_rejected": rejected}

@@ -47,6 +47,12 @@ def register(subparsers) -> None:
         f"usable CPU cores, at most {MAX_DEFAULT_JOBS}; 1 runs everything in this process with its "
         "progress bars; on a GPU the tiny models leave room for about one job per CPU core)",
     )
+    parser.add_argument(
+        "--equal-data",
+        type=int,
+        metavar="M",
+        help="the equal-data protocol: every method trains on at most M correct trajectories per problem",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
@@ -67,5 +73,6 @@ def run(args) -> int:
         models=args.models or ASSETS,
         progress=not args.no_progress,
         jobs=args.jobs,
+        equal_data=args.equal_data,
     )
     return 0

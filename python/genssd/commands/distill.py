@@ -76,8 +76,10 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--train-on",
         choices=TRAIN_ON,
-        help="best: each problem's first trajectory (default); all: every trajectory",
+        help="best: each problem's first trajectory (default); all: every trajectory; "
+        "likeliest-correct / random-correct: --per-problem correct ones (the equal-data protocol)",
     )
+    parser.add_argument("--per-problem", type=int, help="m of the *-correct rules (default 1)")
     parser.add_argument(
         "--teacher-token-budget",
         type=int,
@@ -114,6 +116,7 @@ RECIPE_KEYS = {
     "cold_start_steps": None,
     "only_correct": False,
     "train_on": "best",
+    "per_problem": 1,
     "teacher_token_budget": None,
     "eval_data": None,
     "device": None,
@@ -212,6 +215,7 @@ def build_plan(args):
         eval_rows=task.load(settings["eval_data"]) if settings["eval_data"] else None,
         cold_start=cold,
         train_on=settings["train_on"],
+        per_problem=settings["per_problem"],
         teacher_token_budget=settings["teacher_token_budget"],
         device=settings["device"],
         trust_remote_code=args.trust_remote_code,

@@ -226,6 +226,57 @@ def test_an_interrupted_search_and_training_resume_to_the_uninterrupted_results(
     assert read_jsonl(out / "eval.jsonl") == read_jsonl(finished / "eval.jsonl")
 
 
+@pytest.mark.slow
+def test_rounds_search_with_the_last_rounds_student_and_resume_between_rounds(work, monkeypatch):
+    """Iterative Gen-SSD: round 1 searches its own problems scoring with the student round 0
+    trained and starts its training from it; a run killed between the rounds resumes to the
+    uninterrupted result (round 0 is not redone)."""
+    whole, out = work / "rounds-whole", work / "rounds-killed"
+    assert main(command(work, work / "rounds-budget", "--rounds", "2", "--teacher-token-budget", "100")) == 2
+
+    class Killed(BaseException):
+        """Stands for a kill between the rounds."""
+
+    searched, stage = [], genssd.distill.search_stage
+
+    def record_search(path, teacher, student, task, rows, *args, **kwargs):
+        searched.append((path.parent.name, Path(student), [r["uid"] for r in rows]))
+        return stage(path, teacher, student, task, rows, *args, **kwargs)
+
+    monkeypatch.setattr(genssd.distill, "search_stage", record_search)
+    assert main(command(work, whole, "--rounds", "2")) == 0
+    (cold, _, _), (round0, student0, uids0), (round1, student1, uids1) = searched
+    assert cold == "coldstart" and (round0, round1) == ("round0", "round1")
+    assert student0 == whole / "coldstart" / "student" and student1 == whole / "round0" / "student"
+    assert len(uids0) == len(uids1) == NUM_TRAIN // 2 and not set(uids0) & set(uids1)
+    summary = json.loads((whole / "summary.json").read_text())
+    assert [r["search"]["problems"] for r in summary["rounds"]] == [NUM_TRAIN // 2] * 2
+    assert summary["teacher_tokens"] == sum(r["search"]["teacher_tokens"] for r in summary["rounds"])
+
+    train_stage = genssd.distill.train_stage
+
+    def train_then_die(out_dir, *args, **kwargs):
+        if out_dir.parent.name == "round1":
+            raise Killed
+        return train_stage(out_dir, *args, **kwargs)
+
+    monkeypatch.setattr(genssd.distill, "train_stage", train_then_die)
+    with pytest.raises(Killed):
+        main(command(work, out, "--rounds", "2"))
+    assert (out / "round0" / "train.done").is_file() and (out / "round1" / "search.done").is_file()
+    assert not (out / "round1" / "train.done").exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(genssd.distill, "search_stage", record_search)
+    searched.clear()
+    assert main(command(work, out, "--rounds", "2")) == 0
+    assert searched == []  # every search was done before the kill
+    for name in ("round0/search.jsonl", "round1/search.jsonl", "eval.jsonl"):
+        assert rounded(read_jsonl(out / name)) == rounded(read_jsonl(whole / name))
+    resumed = load_file(out / "round1" / "student" / "model.safetensors")
+    for key, value in load_file(whole / "round1" / "student" / "model.safetensors").items():
+        torch.testing.assert_close(resumed[key], value, atol=1e-6, rtol=0)
+
+
 def test_rejection_filter_trains_on_every_correct_sample(work):
     out = work / "rejection"
     args = command(
@@ -350,6 +401,8 @@ def test_changed_settings_in_the_same_folder_are_refused(work, finished, capsys)
         (("--train-set", "lr=-1"), "lr must be > 0"),
         (("--eval-data", "missing.jsonl"), "not found"),
         (("--device", "tpu"), "device"),
+        (("--rounds", "0"), "rounds must be an int in 1..24"),
+        (("--per-problem", "0"), "per_problem must be an int >= 1"),
     ],
 )
 def test_bad_input_exits_2_before_writing_anything(work, tmp_path, capsys, change, message):

@@ -93,6 +93,10 @@ class DistillPlan:
             ``"likeliest-correct"`` / ``"random-correct"``: up to ``per_problem`` correct ones
             (the equal-data protocol; ``training_rows``).
         per_problem: m of the ``*-correct`` rules.
+        rounds: iterative Gen-SSD: the problems split into this many consecutive blocks; round
+            ``r`` (folder ``round{r}``) searches its block scoring with the student the previous
+            round trained, then fine-tunes that student on what it found, so the selection
+            follows the student as it learns. 1: one search and one training (no round folders).
         teacher_token_budget: stop the search once its teacher tokens reach this many
             (problems are searched in order; None: search them all).
         device: ``cpu``, ``cuda`` or ``cuda:K`` (None: CUDA when available).
@@ -110,6 +114,7 @@ class DistillPlan:
     cold_start: ColdStart | None = None
     train_on: str = "best"
     per_problem: int = 1
+    rounds: int = 1
     teacher_token_budget: int | None = None
     device: str | None = None
     trust_remote_code: bool = False
@@ -120,6 +125,12 @@ class DistillPlan:
             raise UsageError(f"train_on must be one of {', '.join(TRAIN_ON)}, got {self.train_on!r}")
         if not isinstance(self.per_problem, int) or self.per_problem < 1:
             raise UsageError(f"per_problem must be an int >= 1, got {self.per_problem!r}")
+        if not isinstance(self.rounds, int) or not 1 <= self.rounds <= len(self.rows):
+            raise UsageError(
+                f"rounds must be an int in 1..{len(self.rows)} (the problems), got {self.rounds!r}"
+            )
+        if self.rounds > 1 and self.teacher_token_budget is not None:
+            raise UsageError("a teacher token budget is not supported with rounds > 1")
         if not self.rows:
             raise UsageError("no training problems")
         if self.teacher_token_budget is not None and self.teacher_token_budget < 1:
@@ -360,6 +371,7 @@ def _identity(plan: DistillPlan) -> dict:
         "cold_start": dataclasses.asdict(plan.cold_start) if plan.cold_start is not None else None,
         "train_on": plan.train_on,
         "per_problem": plan.per_problem,
+        "rounds": plan.rounds,
         "teacher_token_budget": plan.teacher_token_budget,
     }
 
@@ -409,43 +421,22 @@ def run_pipeline(plan: DistillPlan) -> dict:
         student = cold_dir / "student"
         cold_tokens = summary["cold_start"]["search"]["teacher_tokens"]
 
-    def run_search() -> dict:
-        rows = search_stage(
-            out / "search.jsonl",
-            plan.teacher,
-            student,
-            task,
-            plan.rows,
-            plan.search,
-            budget=plan.teacher_token_budget,
-            **common,
-        )
-        return search_statistics(rows, plan.search)
-
-    summary["search"] = run_stage(out, "search", run_search)
-
-    def run_train() -> dict:
-
-        rows = training_rows(
-            read_output(out / "search.jsonl"),
-            task,
-            plan.train_on,
-            per_problem=plan.per_problem,
-            seed=plan.search.seed,
-        )
-        candidates, rejected = filter_statistics(rows, plan.train)
-        stats = train_stage(out / "student", student, task, rows, plan.train, **common)
-        return {**stats, "filter_candidates": candidates, "filter_rejected": rejected}
-
-    summary["train"] = run_stage(out, "train", run_train)
+    per_round = []
+    for index, rows in enumerate(_round_blocks(plan.rows, plan.rounds)):
+        folder = out if plan.rounds == 1 else out / f"round{index}"
+        folder.mkdir(exist_ok=True)
+        per_round.append(_search_and_train(plan, task, folder, student, rows, common))
+        student = folder / "student"
+    summary["search"] = _summed([r["search"] for r in per_round])
+    summary["train"] = _summed([r["train"] for r in per_round])
+    if plan.rounds > 1:
+        summary["rounds"] = per_round
 
     if plan.eval_rows is not None:
         summary["eval"] = run_stage(
             out,
             "eval",
-            lambda: eval_stage(
-                out / "eval.jsonl", out / "student", task, plan.eval_rows, plan.evaluation, **common
-            ),
+            lambda: eval_stage(out / "eval.jsonl", student, task, plan.eval_rows, plan.evaluation, **common),
         )
     search = summary["search"]
     summary["teacher_tokens"] = search["teacher_tokens"]
@@ -453,6 +444,53 @@ def run_pipeline(plan: DistillPlan) -> dict:
     summary["pruned_share"] = pruned_share(search, summary["train"])
     write_json(out / "summary.json", summary)
     return summary
+
+
+def _round_blocks(rows: list[dict], rounds: int) -> list[list[dict]]:
+    """``rows`` in ``rounds`` consecutive blocks of (nearly) equal size."""
+    bounds = [len(rows) * r // rounds for r in range(rounds + 1)]
+    return [rows[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def _search_and_train(plan: DistillPlan, task, folder: Path, student, rows: list[dict], common: dict) -> dict:
+    """One round in ``folder``: search ``rows`` scoring with ``student``, then fine-tune
+    ``student`` on what was found into ``folder/student``; each stage resumable on its own."""
+
+    def run_search() -> dict:
+        searched = search_stage(
+            folder / "search.jsonl",
+            plan.teacher,
+            student,
+            task,
+            rows,
+            plan.search,
+            budget=plan.teacher_token_budget,
+            **common,
+        )
+        return search_statistics(searched, plan.search)
+
+    def run_train() -> dict:
+        kept = training_rows(
+            read_output(folder / "search.jsonl"),
+            task,
+            plan.train_on,
+            per_problem=plan.per_problem,
+            seed=plan.search.seed,
+        )
+        candidates, rejected = filter_statistics(kept, plan.train)
+        stats = train_stage(folder / "student", student, task, kept, plan.train, **common)
+        return {**stats, "filter_candidates": candidates, "filter_rejected": rejected}
+
+    return {"search": run_stage(folder, "search", run_search), "train": run_stage(folder, "train", run_train)}
+
+
+def _summed(stats: list[dict]) -> dict:
+    """Rounds' statistics together: counts (ints) added up, anything else the last round's."""
+    out = dict(stats[-1])
+    for key, value in out.items():
+        if isinstance(value, int) and not isinstance(value, bool):
+            out[key] = sum(s[key] for s in stats)
+    return out
 
 
 def pruned_share(search: dict, train: dict) -> float | None:

@@ -81,6 +81,12 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--per-problem", type=int, help="m of the *-correct rules (default 1)")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        help="iterative Gen-SSD: search and fine-tune in this many rounds on consecutive blocks of the "
+        "problems, each round's search scoring with the student the last one trained (default 1)",
+    )
+    parser.add_argument(
         "--teacher-token-budget",
         type=int,
         metavar="T",
@@ -117,6 +123,7 @@ RECIPE_KEYS = {
     "only_correct": False,
     "train_on": "best",
     "per_problem": 1,
+    "rounds": 1,
     "teacher_token_budget": None,
     "eval_data": None,
     "device": None,
@@ -216,6 +223,7 @@ def build_plan(args):
         cold_start=cold,
         train_on=settings["train_on"],
         per_problem=settings["per_problem"],
+        rounds=settings["rounds"],
         teacher_token_budget=settings["teacher_token_budget"],
         device=settings["device"],
         trust_remote_code=args.trust_remote_code,

@@ -221,7 +221,7 @@ def test_leap_share_counts_the_lines_of_the_data_a_method_trains_on(tmp_path):
 def test_equal_data_methods_keep_m_correct_answers_each():
     preset = dataclasses.replace(PRESETS["quick"], equal_data=2)
     rows = {m.key: m for m in methods(preset)}
-    assert set(rows) == {"standard-correct", "rejection-m2", "post-hoc-m2", "gen-ssd-m2"}
+    assert set(rows) == {"standard-correct", "rejection-m2", "post-hoc-m2", "gen-ssd-m2", "morsd-m2"}
     assert rows["rejection-m2"].train_on == "random-correct" and rows["rejection-m2"].per_problem == 2
     assert rows["post-hoc-m2"].train_on == rows["gen-ssd-m2"].train_on == "likeliest-correct"
     assert (
@@ -267,9 +267,9 @@ def test_equal_data_run_trains_each_method_on_at_most_m_correct_answers(models, 
         tmp_path / "run", preset=preset, device="cpu", models=models, progress=False, equal_data=1
     )
     assert [r["method"] for r in results["methods"]] == [
-        "base", "coldstart", "standard-correct", "rejection-m1", "post-hoc-m1", "gen-ssd-m1",
+        "base", "coldstart", "standard-correct", "rejection-m1", "post-hoc-m1", "gen-ssd-m1", "morsd-m1",
     ]  # fmt: skip
-    for key in ("rejection-m1", "post-hoc-m1", "gen-ssd-m1"):
+    for key in ("rejection-m1", "post-hoc-m1", "gen-ssd-m1", "morsd-m1"):
         summary = json.loads((tmp_path / "run" / "seed0" / key / "summary.json").read_text())
         search = read_jsonl(tmp_path / "run" / "seed0" / key / "search.jsonl")
         correct_problems = sum(any(TASK.is_correct(t["text"], r) for t in r["trajectories"]) for r in search)

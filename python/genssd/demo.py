@@ -195,7 +195,8 @@ def equal_data_methods(n: int, m: int) -> list[Method]:
     """The equal-data protocol: every method keeps at most ``m`` trajectories with a correct
     answer per problem, so the comparison is of *which* right answers are trained on. Rejection
     sampling keeps m of its n samples' correct ones at random, post-hoc selection the m the
-    student finds likeliest, Gen-SSD its m best correct beams (``beam_width = m``)."""
+    student finds likeliest, Gen-SSD its m best correct beams (``beam_width = m``), MoRSD the m
+    the student follows to the answer best (``genssd.morsd``)."""
     samples = {"num_candidates": n, "beam_width": n}
     search = {"num_candidates": n, "step_delimiter": "\n", "beam_width": m}
     keep = {"per_problem": m}
@@ -205,8 +206,9 @@ def equal_data_methods(n: int, m: int) -> list[Method]:
                train_on="random-correct", **keep),
         Method(f"post-hoc-m{m}", f"post-hoc student selection ({m} of n={n})", "standard", samples,
                train_on="likeliest-correct", **keep),
-        Method(f"gen-ssd-m{m}", f"Gen-SSD ({m} best beams)", "gen-ssd", search,
+        Method(f"gen-ssd-m{m}", f"Gen-SSD ({m} best beam{'s' * (m > 1)})", "gen-ssd", search,
                train_on="likeliest-correct", **keep),
+        Method(f"morsd-m{m}", f"MoRSD ({m} of n={n})", "standard", samples, train_on="morsd", **keep),
     ]  # fmt: skip
 
 
@@ -267,9 +269,12 @@ def leap_share(search_path: Path, method: Method | None = None, seed: int = 0) -
 
     task = get_task(TASK)
     method = method or Method("first", "first trajectories", "standard")
-    kept = training_rows(
-        read_output(search_path), task, method.train_on, per_problem=method.per_problem, seed=seed
-    )
+    if method.train_on == "morsd":  # chosen with the student's scores, kept beside the search
+        kept = read_output(search_path.parent / "selected.jsonl")
+    else:
+        kept = training_rows(
+            read_output(search_path), task, method.train_on, per_problem=method.per_problem, seed=seed
+        )
     if not kept:
         return 0.0
     rows = select_rows(kept, only_correct=method.only_correct, task=task)

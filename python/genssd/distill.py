@@ -37,6 +37,7 @@ from genssd.data import read_output
 from genssd.errors import UsageError
 from genssd.evaluate import evaluate, write_records
 from genssd.models import inference_dtype, load_model, load_tokenizer, resolve_device
+from genssd.morsd import morsd_rows
 from genssd.runs import guard_run, rows_fingerprint, run_stage, write_json
 from genssd.sampling import combine, text_key
 from genssd.search import Searcher
@@ -45,7 +46,7 @@ from genssd.tasks import get_task
 from genssd.train import RESUMABLE_CHANGES, prepare_examples, train
 
 COLD_START_SOURCES = ("teacher", "gold")
-TRAIN_ON = ("best", "all", "likeliest-correct", "random-correct")
+TRAIN_ON = ("best", "all", "likeliest-correct", "random-correct", "morsd")
 # Checkpoint often enough that a killed training loses little; small models save in milliseconds.
 DEFAULT_SAVE_EVERY = 100
 
@@ -91,7 +92,9 @@ class DistillPlan:
         train_on: ``"best"``: each problem's first trajectory; ``"all"``: every trajectory of a
             problem (n samples per problem, as rejection sampling uses them);
             ``"likeliest-correct"`` / ``"random-correct"``: up to ``per_problem`` correct ones
-            (the equal-data protocol; ``training_rows``).
+            (the equal-data protocol; ``training_rows``); ``"morsd"``: up to ``per_problem``
+            correct ones the student follows best, near-duplicates skipped (``genssd.morsd``;
+            the kept rows are written to ``selected.jsonl``).
         per_problem: m of the ``*-correct`` rules.
         rounds: iterative Gen-SSD: the problems split into this many consecutive blocks; round
             ``r`` (folder ``round{r}``) searches its block scoring with the student the previous
@@ -256,6 +259,8 @@ def training_rows(
     """
     if train_on == "best":
         return list(rows)
+    if train_on == "morsd":
+        raise UsageError("the morsd rule needs the student's scores: see genssd.morsd.morsd_rows")
     expanded = []
     for row in rows:
         own = [
@@ -470,18 +475,31 @@ def _search_and_train(plan: DistillPlan, task, folder: Path, student, rows: list
         return search_statistics(searched, plan.search)
 
     def run_train() -> dict:
-        kept = training_rows(
-            read_output(folder / "search.jsonl"),
-            task,
-            plan.train_on,
-            per_problem=plan.per_problem,
-            seed=plan.search.seed,
-        )
+        searched = read_output(folder / "search.jsonl")
+        if plan.train_on == "morsd":
+            kept = morsd_stage(folder / "selected.jsonl", student, task, searched, plan, common)
+        else:
+            kept = training_rows(
+                searched, task, plan.train_on, per_problem=plan.per_problem, seed=plan.search.seed
+            )
         candidates, rejected = filter_statistics(kept, plan.train)
         stats = train_stage(folder / "student", student, task, kept, plan.train, **common)
         return {**stats, "filter_candidates": candidates, "filter_rejected": rejected}
 
     return {"search": run_stage(folder, "search", run_search), "train": run_stage(folder, "train", run_train)}
+
+
+def morsd_stage(path: Path, student, task, rows: list[dict], plan: DistillPlan, common: dict) -> list[dict]:
+    """The rows MoRSD keeps (``genssd.morsd``), scored by ``student`` and written to ``path``."""
+    device = common["device"]
+    tokenizer = load_tokenizer(student, trust_remote_code=common["trust_remote_code"])
+    model = load_model(
+        student, device=device, dtype=inference_dtype(device), trust_remote_code=common["trust_remote_code"]
+    )
+    kept = morsd_rows(rows, task, model, tokenizer, plan.train.prompt_format, plan.per_problem)
+    del model
+    write_records(path, kept)
+    return kept
 
 
 def _summed(stats: list[dict]) -> dict:

@@ -77,9 +77,10 @@ def register(subparsers) -> None:
         "--train-on",
         choices=TRAIN_ON,
         help="best: each problem's first trajectory (default); all: every trajectory; "
-        "likeliest-correct / random-correct: --per-problem correct ones (the equal-data protocol)",
+        "likeliest-correct / random-correct / morsd: --per-problem correct ones (the equal-data "
+        "protocol; morsd: those the student follows to the answer best, distinct ones)",
     )
-    parser.add_argument("--per-problem", type=int, help="m of the *-correct rules (default 1)")
+    parser.add_argument("--per-problem", type=int, metavar="M", help="m of those rules (default 1)")
     parser.add_argument(
         "--rounds",
         type=int,

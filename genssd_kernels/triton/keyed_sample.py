@@ -129,25 +129,10 @@ def _gumbel(top24, FP64_LOG: tl.constexpr):
 
 
 @triton.jit
-def _tile_update(
-    best,
-    best_idx,
-    row_ptr,
-    banned_ptr,
-    stride_b,
-    col0,
-    V,
-    tile_key,
-    lane_offsets,
-    temperature,
-    inv_temperature,
-    GREEDY: tl.constexpr,
-    HAS_BANNED: tl.constexpr,
-    RECIPROCAL: tl.constexpr,
-    FP64_LOG: tl.constexpr,
-    MASKED: tl.constexpr,
-    BLOCK_V: tl.constexpr,
-):
+def _tile_update(best, best_idx, row_ptr, banned_ptr, stride_b, col0, V, tile_key, lane_offsets,
+                 temperature, inv_temperature, GREEDY: tl.constexpr, HAS_BANNED: tl.constexpr,
+                 RECIPROCAL: tl.constexpr, FP64_LOG: tl.constexpr, MASKED: tl.constexpr,
+                 BLOCK_V: tl.constexpr):  # fmt: skip
     """Fold the tile of columns ``col0 .. col0 + BLOCK_V - 1`` into the per-lane running arg-max.
 
     ``tile_key`` is ``step_key + (col0 + 1) * GOLDEN`` and ``lane_offsets`` ``lane * GOLDEN``

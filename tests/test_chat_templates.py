@@ -123,3 +123,33 @@ def test_eval_generates_after_the_templated_prompt(engine):
 
 def _until_eos(ids: list[int]) -> list[int]:
     return ids[: ids.index(EOS)] if EOS in ids else ids
+
+
+def test_prompt_flags_of_every_command(tmp_path):
+    """``--chat-template`` / ``--system-prompt`` set the prompt keys, over ``--set``; distill's
+    hold for all three stages."""
+    from genssd.cli import build_parser
+    from genssd.commands import with_prompt_flags
+    from genssd.commands.distill import build_plan
+    from genssd.tasks.arith import generate_problems, write_problems
+
+    parser = build_parser()
+    flags = ["--chat-template", "none", "--system-prompt", "Answer: briefly"]
+    args = parser.parse_args(["eval", "--task", "arith", "--data", "x", "--model", "m", *flags])
+    config = with_prompt_flags(EvalConfig(chat_template="auto"), args)
+    assert (config.chat_template, config.system_prompt) == ("none", "Answer: briefly")
+    plain = parser.parse_args(["train", "--model", "m", "--data", "x", "--out", "o"])
+    assert with_prompt_flags(TrainConfig(system_prompt="kept"), plain).system_prompt == "kept"
+    write_problems(tmp_path / "train.jsonl", generate_problems(4, 1))
+    for name in ("teacher", "student"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+    plan = build_plan(
+        parser.parse_args(
+            ["distill", "--teacher", str(tmp_path / "teacher"), "--student", str(tmp_path / "student"),
+             "--task", "arith", "--data", str(tmp_path / "train.jsonl"), "--out", str(tmp_path / "run"),
+             "--set", "chat_template=auto", *flags]
+        )
+    )  # fmt: skip
+    for stage in (plan.search, plan.train, plan.evaluation):
+        assert (stage.chat_template, stage.system_prompt) == ("none", "Answer: briefly")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from genssd.commands import add_prompt_flags, with_prompt_flags
 from genssd.config import METHOD_PRESETS
 
 
@@ -106,6 +107,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--trust-remote-code", action="store_true", help="allow model code from the checkpoints"
     )
+    add_prompt_flags(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
@@ -203,6 +205,8 @@ def build_plan(args):
     if args.only_correct:  # the flag beats a recipe's train: section
         train = dataclasses.replace(train, only_correct=True)
     evaluation = build_config(EvalConfig, mapping=recipe.get("eval"), overrides=args.eval_set, **seed)
+    # The prompt flags hold for every stage: the search, the training and the evaluation.
+    search, train, evaluation = (with_prompt_flags(c, args) for c in (search, train, evaluation))
     cold_start, cold_steps = settings["cold_start"], settings["cold_start_steps"]
     if cold_start < 0:
         raise UsageError(f"--cold-start must be >= 0, got {cold_start}")

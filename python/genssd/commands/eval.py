@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from genssd.commands import add_prompt_flags, with_prompt_flags
 from genssd.errors import UsageError
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -74,6 +75,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--trust-remote-code", action="store_true", help="allow the model folder's own Python code"
     )
+    add_prompt_flags(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run)
 
@@ -86,7 +88,9 @@ def run(args) -> int:
 
     aliases = ("batch_size", "max_new_tokens", "num_samples", "temperature", "top_p", "seed", "engine")
     given = [f"{name}={getattr(args, name)}" for name in aliases if getattr(args, name) is not None]
-    config = build_config(EvalConfig, yaml_path=args.config, overrides=[*given, *args.set])
+    config = with_prompt_flags(
+        build_config(EvalConfig, yaml_path=args.config, overrides=[*given, *args.set]), args
+    )
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit must be >= 1, got {args.limit}")
     if args.out:

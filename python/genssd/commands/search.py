@@ -14,6 +14,7 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
+from genssd.commands import add_prompt_flags, with_prompt_flags
 from genssd.config import METHOD_PRESETS, SearchConfig, search_config_for
 from genssd.errors import UsageError
 from genssd.tasks import TASK_NAMES
@@ -74,6 +75,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--trust-remote-code", action="store_true", help="allow model code from the checkpoints"
     )
+    add_prompt_flags(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run_search)
 
@@ -105,7 +107,7 @@ def _search_config(args) -> SearchConfig:
         config = dataclasses.replace(config, seed=args.seed)
     if args.engine is not None:
         config = dataclasses.replace(config, engine=args.engine)
-    return config
+    return with_prompt_flags(config, args)
 
 
 def _devices(args, dist) -> tuple[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from genssd.commands import add_prompt_flags, with_prompt_flags
 from genssd.errors import UsageError
 
 
@@ -35,6 +36,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--trust-remote-code", action="store_true", help="allow the model folder's own Python code"
     )
+    add_prompt_flags(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run)
 
@@ -48,7 +50,7 @@ def run(args) -> int:
     from genssd.tasks import get_task, read_rows
     from genssd.train import dist_info, prepare_examples, setup_distributed, train
 
-    config = build_config(TrainConfig, yaml_path=args.config, overrides=args.set)
+    config = with_prompt_flags(build_config(TrainConfig, yaml_path=args.config, overrides=args.set), args)
     check_writable(args.out, folder=True)
     task = get_task(args.task) if args.task else None
     if args.no_progress:

@@ -33,8 +33,12 @@ class PromptSettings:
     def prompt_format(self) -> PromptFormat:
         return PromptFormat(self.chat_template, self.system_prompt, self.chat_template_kwargs)
 
-    def check_prompt_settings(self) -> None:
-        """Raise ``UsageError`` for bad prompt settings (``PromptFormat`` checks them)."""
+    def raise_first_failed(self, checks: list[tuple[bool, str]]) -> None:
+        """Raise ``UsageError`` with the message of the first failed ``(ok, message)`` check, then
+        for bad prompt settings (``PromptFormat`` checks them): every config's validation."""
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
         self.prompt_format  # noqa: B018
 
 
@@ -115,10 +119,7 @@ class SearchConfig(PromptSettings):
                 f"engine must be auto, static or hf, got {self.engine!r}",
             ),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise UsageError(message)
-        self.check_prompt_settings()
+        self.raise_first_failed(checks)
 
     def for_task(self, task) -> SearchConfig:
         """This config with the task's stop strings where it names none (before hashing)."""
@@ -194,10 +195,7 @@ class TrainConfig(PromptSettings):
             (self.max_grad_norm >= 0, f"max_grad_norm must be >= 0, got {self.max_grad_norm}"),
             (self.keep_checkpoints >= 0, f"keep_checkpoints must be >= 0, got {self.keep_checkpoints}"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise UsageError(message)
-        self.check_prompt_settings()
+        self.raise_first_failed(checks)
 
 
 @dataclass
@@ -235,10 +233,7 @@ class EvalConfig(PromptSettings):
                 f"num_samples={self.num_samples} needs temperature > 0 (greedy decoding gives one answer)",
             ),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise UsageError(message)
-        self.check_prompt_settings()
+        self.raise_first_failed(checks)
 
 
 def _coerce(value: str, current: Any, name: str) -> Any:

@@ -13,6 +13,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
+from tiny_models import single_thread  # noqa: E402
 
 from genssd_kernels import available_backends  # noqa: E402
 
@@ -45,12 +46,8 @@ def one_thread():
     """One torch thread for the test: tiny models gain nothing from threads, and two threads on a
     busy 2-core machine thrash. Modules of tiny-model tests use it for every test
     (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with single_thread():
         yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def pytest_collection_modifyitems(config, items):

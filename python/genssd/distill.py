@@ -43,7 +43,7 @@ from genssd.sampling import combine, text_key
 from genssd.search import Searcher
 from genssd.search_file import search_to_file
 from genssd.tasks import get_task
-from genssd.train import RESUMABLE_CHANGES, prepare_examples, train
+from genssd.train import RESUMABLE_CHANGES, prepare_examples, train, trajectory_row
 
 COLD_START_SOURCES = ("teacher", "gold")
 TRAIN_ON = ("best", "all", "likeliest-correct", "random-correct", "morsd")
@@ -263,16 +263,7 @@ def training_rows(
         raise UsageError("the morsd rule needs the student's scores: see genssd.morsd.morsd_rows")
     expanded = []
     for row in rows:
-        own = [
-            {
-                **row,
-                "uid": f"{row['uid']}/{i}",
-                "trajectories": [trajectory],
-                "predicted_answer": task.extract_answer(trajectory["text"]),
-                "correct": bool(task.is_correct(trajectory["text"], row)),
-            }
-            for i, trajectory in enumerate(row.get("trajectories") or [])
-        ]
+        own = [trajectory_row(row, i, task) for i in range(len(row.get("trajectories") or []))]
         if train_on != "all":
             own = [r for r in own if r["correct"]]
             if train_on == "random-correct":

@@ -24,6 +24,7 @@ import torch
 
 from genssd.models import decoder_and_head, input_device
 from genssd.prompts import PromptFormat
+from genssd.train import trajectory_row
 from genssd_kernels import logprob_gather
 
 # Two rationales sharing this share of their lines are the same rationale for the diversity rule.
@@ -131,15 +132,6 @@ def morsd_rows(
         mine = by_problem.get(id(row), [])
         chosen = select([(scores[c], split_answer(candidates[c][2])[0]) for c in mine], per_problem)
         for k in chosen:
-            _, i, text = candidates[mine[k]]
-            kept_rows.append(
-                {
-                    **row,
-                    "uid": f"{row['uid']}/{i}",
-                    "trajectories": [row["trajectories"][i]],
-                    "predicted_answer": task.extract_answer(text),
-                    "correct": True,
-                    "rationale_score": scores[mine[k]],
-                }
-            )
+            _, i, _ = candidates[mine[k]]
+            kept_rows.append({**trajectory_row(row, i, task), "rationale_score": scores[mine[k]]})
     return kept_rows

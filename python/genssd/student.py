@@ -129,12 +129,11 @@ class _Retokenizer:
                 f"only {self.vocab} rows; use the tokenizer the student was trained with"
             )
 
-    def start(self, prompt_ids: list[list[int]]) -> list[list[int]]:
-        """Start one row per prompt from the student's ids of it; returns them."""
+    def start(self, prompt_ids: list[list[int]]) -> None:
+        """Start one row per prompt from the student's ids of it."""
         for seq in prompt_ids:
             self.check_vocab(seq)
         self.rows = [_TextState(list(seq), len(seq), []) for seq in prompt_ids]
-        return prompt_ids
 
     def feed(
         self, parent_rows: list[int], texts: list[str], ended: list[bool], device
@@ -226,10 +225,11 @@ class StudentTracker:
     def start(self, prompt_ids: list[list[int]], *, rows: int = 0, columns: int = 0) -> None:
         """Encode the prompts (the student's own ids of each): one live row per prompt (``rows`` x
         ``columns`` sizes a static cache)."""
-        ids = prompt_ids if self.retokenizer is None else self.retokenizer.start(prompt_ids)
-        self.last_hidden = self.runner.prefill(ids, self.pad_id, rows=rows, columns=columns)
-        self.total = torch.zeros(len(ids), dtype=torch.float64, device=self.device)
-        self.count = torch.zeros(len(ids), dtype=torch.long, device=self.device)
+        if self.retokenizer is not None:
+            self.retokenizer.start(prompt_ids)
+        self.last_hidden = self.runner.prefill(prompt_ids, self.pad_id, rows=rows, columns=columns)
+        self.total = torch.zeros(len(prompt_ids), dtype=torch.float64, device=self.device)
+        self.count = torch.zeros(len(prompt_ids), dtype=torch.long, device=self.device)
 
     @torch.no_grad()
     def score(

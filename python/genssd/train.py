@@ -84,6 +84,19 @@ def completion_text(row: dict, where: str = "row") -> str:
     return answer
 
 
+def trajectory_row(row: dict, index: int, task) -> dict:
+    """Search row ``row`` narrowed to its trajectory ``index`` (uid ``<uid>/<index>``), with that
+    trajectory's own extracted answer and ``correct`` verdict: one training example's row."""
+    text = row["trajectories"][index]["text"]
+    return {
+        **row,
+        "uid": f"{row['uid']}/{index}",
+        "trajectories": [row["trajectories"][index]],
+        "predicted_answer": task.extract_answer(text),
+        "correct": bool(task.is_correct(text, row)),
+    }
+
+
 def prompt_text(row: dict, task=None, where: str = "row") -> str:
     """The task's prompt for the row, or its bare question when no task is given."""
     question = row.get("question")

@@ -12,6 +12,11 @@ import dataclasses
 from genssd.prompts import CHAT_TEMPLATES
 
 
+def add_overrides_flag(parser, flag: str, help: str) -> None:
+    """A repeatable ``KEY=VALUE`` flag (``--set`` and the like) collecting config overrides."""
+    parser.add_argument(flag, action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
 def add_prompt_flags(parser) -> None:
     """``--chat-template`` and ``--system-prompt``: the prompt settings every config holds
     (``genssd.prompts``), as flags; given ones beat ``--config`` and ``--set``."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from genssd.commands import add_prompt_flags, with_prompt_flags
+from genssd.commands import add_overrides_flag, add_prompt_flags, with_prompt_flags
 from genssd.config import METHOD_PRESETS
 
 
@@ -38,13 +38,7 @@ def register(subparsers) -> None:
         "search:/train:/eval: sections of SearchConfig/TrainConfig/EvalConfig keys; flags and --set "
         "override it (a YAML of SearchConfig keys alone is read as the search section)",
     )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a SearchConfig key (repeatable)",
-    )
+    add_overrides_flag(parser, "--set", "override a SearchConfig key (repeatable)")
     parser.add_argument(
         "--cold-start",
         type=int,
@@ -61,12 +55,10 @@ def register(subparsers) -> None:
         type=int,
         help="optimizer steps of the cold start (default: the training epochs)",
     )
-    parser.add_argument(
+    add_overrides_flag(
+        parser,
         "--train-set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help=f"override a TrainConfig key (repeatable; save_every defaults to {DEFAULT_SAVE_EVERY})",
+        f"override a TrainConfig key (repeatable; save_every defaults to {DEFAULT_SAVE_EVERY})",
     )
     parser.add_argument(
         "--only-correct",
@@ -95,13 +87,7 @@ def register(subparsers) -> None:
         help="stop the search once it has spent T teacher tokens",
     )
     parser.add_argument("--eval-data", help="JSONL of held-out problems (default: no evaluation stage)")
-    parser.add_argument(
-        "--eval-set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override an EvalConfig key (repeatable)",
-    )
+    add_overrides_flag(parser, "--eval-set", "override an EvalConfig key (repeatable)")
     parser.add_argument("--device", help="cpu, cuda or cuda:K (default: cuda when available)")
     parser.add_argument("--seed", type=int, help="seed of the search, the training and the evaluation")
     parser.add_argument(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from genssd.commands import add_prompt_flags, with_prompt_flags
+from genssd.commands import add_overrides_flag, add_prompt_flags, with_prompt_flags
 from genssd.errors import UsageError
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -48,13 +48,7 @@ def register(subparsers) -> None:
     parser.add_argument("--limit", type=int, help="evaluate the first N problems only")
     parser.add_argument("--out", help="write per-problem predictions here (JSONL)")
     parser.add_argument("--config", help="YAML file of EvalConfig keys")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override an EvalConfig key (repeatable)",
-    )
+    add_overrides_flag(parser, "--set", "override an EvalConfig key (repeatable)")
     # The flags people type most, as aliases of --set KEY=VALUE (given ones beat the --config file).
     parser.add_argument("--batch-size", type=int, help=f"(default {defaults.batch_size})")
     parser.add_argument("--max-new-tokens", type=int, help=f"(default {defaults.max_new_tokens})")

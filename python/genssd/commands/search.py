@@ -14,7 +14,7 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-from genssd.commands import add_prompt_flags, with_prompt_flags
+from genssd.commands import add_overrides_flag, add_prompt_flags, with_prompt_flags
 from genssd.config import METHOD_PRESETS, SearchConfig, search_config_for
 from genssd.errors import UsageError
 from genssd.tasks import TASK_NAMES
@@ -41,13 +41,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--config", help="YAML file of SearchConfig keys (applied on top of the method preset)"
     )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one SearchConfig key (repeatable)",
-    )
+    add_overrides_flag(parser, "--set", "override one SearchConfig key (repeatable)")
     parser.add_argument("--limit", type=int, help="only the first N problems of the data file")
     parser.add_argument("--shard", help="i/N: search only the i-th of N contiguous blocks of problems")
     parser.add_argument("--device", help="cpu, cuda or cuda:K (default: cuda when available)")

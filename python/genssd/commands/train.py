@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from genssd.commands import add_prompt_flags, with_prompt_flags
+from genssd.commands import add_overrides_flag, add_prompt_flags, with_prompt_flags
 from genssd.errors import UsageError
 
 
@@ -26,9 +26,7 @@ def register(subparsers) -> None:
         "--task", choices=TASK_NAMES, help="format prompts as this task does (default: the bare question)"
     )
     parser.add_argument("--config", help="YAML file of TrainConfig keys")
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a TrainConfig key"
-    )
+    add_overrides_flag(parser, "--set", "override a TrainConfig key")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     parser.add_argument(
         "--device", help="cpu or cuda (default: cuda when available; torchrun: this rank's GPU)"

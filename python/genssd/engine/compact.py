@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from genssd.engine.static_cache import StaticKVCache
+from genssd_kernels.dispatch import unavailable_reason
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 BACKENDS = ("torch", "triton")
@@ -101,13 +102,8 @@ def fused_support(model) -> str | None:
 
 
 def _default_backend(model, device: torch.device) -> str:
-    if device.type != "cuda" or fused_support(model) is not None:
-        return "torch"
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return "torch"
-    return "triton"
+    fused = device.type == "cuda" and fused_support(model) is None
+    return "triton" if fused and unavailable_reason("triton", device) is None else "torch"
 
 
 class CompactDecoder:

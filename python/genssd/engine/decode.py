@@ -136,7 +136,7 @@ class StaticTeacherSampler(ChunkSampler):
     def start(self, prompt_ids: list[list[int]], *, rows: int = 0, columns: int = 0) -> None:
         """Encode the prompts: one live row per prompt; the cache is sized for ``rows`` x ``columns``."""
         rows = row_bucket(max(rows, 1))
-        if not self.runner.fits(max(rows, len(prompt_ids)), columns):
+        if not self.runner.fits(*self.runner.prefill_shape(prompt_ids, rows, columns)):
             # New buffers: the graphs captured on the old ones are stale, and they hold memory.
             for state in self._states.values():
                 state.graphs.clear()

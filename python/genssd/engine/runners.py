@@ -116,7 +116,7 @@ class StaticRunner:
         """
         ids, lengths = right_pad(prompts, pad_id, self.device)
         batch, width = ids.shape
-        rows, columns = max(batch, rows), max(width, columns)
+        rows, columns = self.prefill_shape(prompts, rows, columns)
         if self.fits(rows, columns):
             # A new batch reuses the buffers (rows start empty): graphs captured on them stay
             # valid, and a search of many batches captures its decode steps once.
@@ -129,6 +129,11 @@ class StaticRunner:
         self.cache.length[:batch] = lengths
         self.cache.columns_bound = width
         return hidden[torch.arange(batch, device=self.device), lengths - 1]
+
+    @staticmethod
+    def prefill_shape(prompts: list[list[int]], rows: int, columns: int) -> tuple[int, int]:
+        """The rows and columns ``prefill`` needs for ``prompts`` with the asked-for room."""
+        return max(len(prompts), rows), max(max(map(len, prompts)), columns)
 
     def fits(self, rows: int, columns: int) -> bool:
         """Whether the current cache holds ``rows`` rows of ``columns`` columns."""

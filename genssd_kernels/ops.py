@@ -14,6 +14,7 @@ import torch
 
 from genssd_kernels import reference
 from genssd_kernels.dispatch import resolve_backend
+from genssd_kernels.fused_loss import FusedLinearCrossEntropy
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 INDEX_DTYPES = (torch.int32, torch.int64)
@@ -146,19 +147,47 @@ def linear_cross_entropy(
     reduction: str = "mean",
     backend: str | None = None,
     check_values: bool = True,
+    recompute: bool = False,
 ) -> torch.Tensor:
     """Cross-entropy of ``hidden @ weight.T`` against ``targets`` without materializing the logits.
+
+    Two gradient paths:
+
+    - **gradient in the forward** (the default for ``reduction="mean"|"sum"`` when autograd
+      will need a gradient, on the ``triton`` and ``cpp`` backends): the forward walks the rows
+      in chunks, computes each chunk's ``[R, V]`` logits, its losses and ``d loss / d logits``,
+      and both gradients (three matmuls in all); the backward scales them by the upstream
+      scalar. Extra memory: one ``[R, V]`` chunk (<= 1 GiB on CUDA) plus the gradients, held
+      from the forward to the backward (``genssd_kernels.fused_loss``).
+    - **recompute** (``reduction="none"``, ``recompute=True``, or no gradient needed): the fused
+      ``logprob_gather`` forward, whose backward recomputes the logits by vocabulary chunks
+      (four matmul-sized passes). It holds nothing between forward and backward beyond the
+      inputs and two floats a row: choose it when memory is tighter than speed.
+
+    The first path takes the softmax of the logits rounded to the input dtype (as
+    ``F.cross_entropy(hidden @ weight.T)`` does); the second keeps them in float32. The
+    ``reference`` backend always differentiates the materialized logits with autograd.
 
     Args:
         hidden: ``[N, d]``; weight: ``[V, d]``; targets: ``[N]`` int64 (``ignore_index`` rows skipped).
         reduction: ``"mean"`` over non-ignored rows (0 when there are none), ``"sum"``, or
             ``"none"`` for the ``[N]`` per-row losses (0 on ignored rows).
+        recompute: take the recomputing path even for a scalar loss.
     Returns:
-        a scalar fp32 loss, or ``[N]`` fp32 for ``reduction="none"``.
+        a scalar fp32 loss, or ``[N]`` fp32 for ``reduction="none"`` (fp64 for fp64 inputs).
     """
     _check(
         reduction in ("mean", "sum", "none"), f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}"
     )
+    _check(isinstance(recompute, bool), f"recompute must be a bool, got {recompute!r}")
+    needs_grad = torch.is_grad_enabled() and any(
+        isinstance(t, torch.Tensor) and t.requires_grad for t in (hidden, weight)
+    )
+    if reduction != "none" and needs_grad and not recompute:
+        _validate_gather(hidden, weight, targets, None, 1.0, ignore_index, check_values)
+        chosen = resolve_backend(backend, hidden.device, op="linear_cross_entropy")
+        if chosen != "reference":
+            return _fused_cross_entropy(hidden, weight, targets, ignore_index, reduction, chosen)
     token_logprobs, _, _ = logprob_gather(
         hidden, weight, targets, ignore_index=ignore_index, backend=backend, check_values=check_values
     )
@@ -169,6 +198,22 @@ def linear_cross_entropy(
     if reduction == "sum":
         return total
     return total / (targets != ignore_index).sum().clamp_min(1)
+
+
+def _fused_cross_entropy(hidden, weight, targets, ignore_index, reduction, backend):
+    """The gradient-in-forward path of :func:`linear_cross_entropy` (arguments validated)."""
+    if backend == "triton":
+        from genssd_kernels.triton import check_kernel_dtype, device_guard
+        from genssd_kernels.triton.cross_entropy_rows import cross_entropy_rows_
+
+        check_kernel_dtype("hidden", hidden)
+        with device_guard(hidden):
+            return FusedLinearCrossEntropy.apply(
+                hidden, weight, targets, int(ignore_index), reduction, cross_entropy_rows_
+            )
+    return FusedLinearCrossEntropy.apply(
+        hidden, weight, targets, int(ignore_index), reduction, reference.cross_entropy_rows_
+    )
 
 
 def _validate_prune(scores, group_offsets, margin, k, min_score, check_values):

@@ -1,0 +1,140 @@
+"""``linear_cross_entropy`` with the gradient computed during the forward (scalar losses).
+
+When the loss is a scalar (``reduction="mean"`` or ``"sum"``, the training case), its gradient
+needs only one number from upstream, so the forward computes it right away: for each chunk of
+``R`` rows,
+
+1. ``logits = hidden[rows] @ weight.T`` (``[R, V]`` in the input dtype, one matmul);
+2. the row step (``cross_entropy_rows_``: Triton on CUDA, PyTorch on CPU) takes each row's
+   softmax statistics, writes its loss, and overwrites the logits with
+   ``scale * (softmax - onehot)``, ``scale`` being ``1 / count`` for the mean (a device tensor:
+   no host sync) and 1 for the sum;
+3. ``grad_hidden[rows] = grad_logits @ weight`` (complete per chunk, one rounding) and
+   ``grad_weight += grad_logits.T @ hidden[rows]``.
+
+Training then costs three matmuls and the row step, against four matmul-sized passes for the
+recomputing backward of ``logprob_gather`` (forward, recomputed logits, two gradient products).
+The backward only multiplies the saved gradients by the upstream scalar, out of place, so a
+retained graph can be backpropagated again.
+
+Memory: the ``[R, V]`` chunk (at most ``CHUNK_BYTES``) and, while the forward runs, the
+gradients themselves (``[N, d]`` and ``[V, d]``, which a backward would allocate anyway); plus
+an fp32 ``grad_weight`` accumulator for 16-bit inputs when the chunks are several and it is
+small (``FP32_ACCUMULATOR_BYTES``). Otherwise 16-bit ``grad_weight`` is accumulated across the
+chunks in the input dtype (cuBLAS accumulates each product in fp32 and rounds the running sum
+once per chunk; ``N / R`` chunks, 8 at N = 32768, V = 152064).
+
+Deterministic: chunks run in a fixed order, no atomics.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from genssd_kernels.reference.logprob_gather import stat_dtype
+
+# The [R, V] logits chunk: 1 GiB on CUDA (4 chunks at N=16384, V=151936 in bf16; fewer chunks
+# mean fewer read-modify-writes of grad_weight, 2 x 2 bytes of [V, d] each). On CPU 16 MiB keeps
+# the chunk near the caches that the row step streams through (the CPU demo's N is small).
+CHUNK_BYTES = {"cuda": 2**30, "cpu": 16 * 2**20}
+# fp32 grad_weight accumulator for 16-bit inputs when several chunks are needed and it fits
+# here (V x d x 4 bytes: 519 MiB at V=151936, d=896; not at d=2048 or 4096).
+FP32_ACCUMULATOR_BYTES = 640 * 2**20
+
+
+def chunk_rows(n: int, v: int, element_size: int, device: torch.device) -> int:
+    """Rows per chunk: ``[rows, v]`` logits of ``element_size`` bytes within the device's budget."""
+    budget = CHUNK_BYTES["cuda" if device.type == "cuda" else "cpu"]
+    return max(1, min(n, budget // (v * element_size)))
+
+
+def accumulate_product(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``acc += a @ b`` with ``acc`` fp32 or of the operands' dtype, in a fixed order."""
+    if a.dtype == acc.dtype:
+        acc.addmm_(a, b)
+    elif acc.is_cuda:
+        # 16-bit operands, fp32 accumulate in cuBLAS's epilogue (torch >= 2.8): no 16-bit rounding
+        # of each chunk's partial product and no temporary.
+        torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+    else:
+        # CPU has no mixed-dtype GEMM.
+        acc.add_(torch.mm(a, b).to(acc.dtype))
+
+
+def loss_and_grads(hidden, weight, targets, *, ignore_index, reduction, rows_step, need_hidden, need_weight):
+    """The loss and its gradients in one pass (see the module docstring).
+
+    Args:
+        hidden: ``[N, d]``; weight: ``[V, d]`` (same dtype, any strides); targets: ``[N]`` int64.
+        rows_step: the row step, ``(logits [R, V], targets [R], scale [], ignore_index) -> losses [R]``.
+        need_hidden / need_weight: which gradients to compute.
+    Returns:
+        ``loss []`` (float32; float64 for float64 inputs), ``grad_hidden [N, d] | None``,
+        ``grad_weight [V, d] | None`` in the input dtype, for an upstream gradient of 1.
+    """
+    (n, d), v = hidden.shape, weight.shape[0]
+    dtype, device = hidden.dtype, hidden.device
+    stat = stat_dtype(dtype)
+    targets = targets.contiguous()
+    count = (targets != ignore_index).sum()
+    scale = (
+        1.0 / count.clamp_min(1).to(stat)
+        if reduction == "mean"
+        else torch.ones((), dtype=stat, device=device)
+    )
+    losses = torch.empty(n, dtype=stat, device=device)
+    grad_hidden = torch.empty(n, d, dtype=dtype, device=device) if need_hidden else None
+    grad_weight = None
+    if need_weight:
+        grad_weight = torch.empty(v, d, dtype=dtype, device=device) if n else weight.new_zeros(v, d)
+    rows = chunk_rows(n, v, hidden.element_size(), device)
+    accumulator = grad_weight
+    if need_weight and dtype in (torch.float16, torch.bfloat16) and rows < n:
+        if v * d * 4 <= FP32_ACCUMULATOR_BYTES:
+            accumulator = torch.zeros(v, d, dtype=torch.float32, device=device)
+    buffer = torch.empty(min(rows, n), v, dtype=dtype, device=device)
+    for r0 in range(0, n, rows):
+        r1 = min(n, r0 + rows)
+        chunk_hidden = hidden[r0:r1]
+        logits = buffer[: r1 - r0]
+        torch.mm(chunk_hidden, weight.T, out=logits)
+        losses[r0:r1] = rows_step(logits, targets[r0:r1], scale, ignore_index)
+        if need_hidden:
+            torch.mm(logits, weight, out=grad_hidden[r0:r1])
+        if need_weight:
+            if r0 == 0 and accumulator is grad_weight:
+                torch.mm(logits.T, chunk_hidden, out=grad_weight)
+            else:
+                accumulate_product(accumulator, logits.T, chunk_hidden)
+    del buffer
+    if accumulator is not grad_weight:
+        grad_weight.copy_(accumulator)
+    return losses.sum() * scale, grad_hidden, grad_weight
+
+
+class FusedLinearCrossEntropy(torch.autograd.Function):
+    """The scalar loss; its gradients are computed in the forward and scaled in the backward."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, ignore_index, reduction, rows_step):
+        loss, grad_hidden, grad_weight = loss_and_grads(
+            hidden,
+            weight,
+            targets,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            rows_step=rows_step,
+            need_hidden=ctx.needs_input_grad[0],
+            need_weight=ctx.needs_input_grad[1],
+        )
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        # Out of place, so the saved gradients stay valid for a second backward of a retained
+        # graph. A 0-dim float32 factor keeps the 16-bit dtype of the gradients.
+        grad_hidden = None if grad_hidden is None else grad_hidden * grad_loss
+        grad_weight = None if grad_weight is None else grad_weight * grad_loss
+        return grad_hidden, grad_weight, None, None, None, None

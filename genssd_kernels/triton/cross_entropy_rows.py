@@ -1,0 +1,94 @@
+"""Triton cross-entropy row step: each row's loss, and the logits overwritten with their gradient.
+
+One program per row of the ``[R, V]`` logits chunk, two passes over the row:
+
+1. an online max / sum of ``exp2`` in base 2 over ``BLOCK``-column slices (fp32 statistics);
+2. ``scale * (softmax - onehot)`` written over the logits, in the logits' dtype.
+
+The second pass walks the row backwards, so it starts on the slices the first pass read last,
+which are the likeliest to still be in L2 (a 151936-column bf16 row is 297 KiB; the card's L2
+holds the tails of the rows in flight). The target logit is read before the row is overwritten.
+See ``genssd_kernels.reference.cross_entropy_rows`` for the contract.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from genssd_kernels.triton import INTERPRETED, check_kernel_dtype, device_guard, round_to
+
+LOG2E = 1.0 / math.log(2.0)
+LN2 = math.log(2.0)
+# 4096 columns a slice: 8 KiB of bf16 per load at 8 warps (16 bytes a thread), enough bytes in
+# flight per SM to stream at full bandwidth with a few programs resident. The interpreter
+# wants small slices so that the tests cover several of them and a ragged last one.
+BLOCK = 64 if INTERPRETED else 4096
+NUM_WARPS = 8
+
+
+@triton.jit
+def _cross_entropy_rows_kernel(z_ptr, t_ptr, scale_ptr, loss_ptr, V, stride_z, ignore_index,
+                               BLOCK: tl.constexpr):  # fmt: skip
+    row = tl.program_id(0).to(tl.int64)
+    base = z_ptr + row * stride_z
+    target = tl.load(t_ptr + row)
+    valid = target != ignore_index
+    cols = tl.arange(0, BLOCK)
+    if valid:
+        target_logit = tl.load(base + target).to(tl.float32)
+        run_max = tl.full((BLOCK,), float("-inf"), dtype=tl.float32)
+        run_sum = tl.zeros((BLOCK,), dtype=tl.float32)
+        # Per-lane running statistics, folded across lanes once at the end: no reduction per slice.
+        for c0 in range(0, V, BLOCK):
+            mask = c0 + cols < V
+            u = tl.load(base + c0 + cols, mask=mask, other=float("-inf")).to(tl.float32) * 1.4426950408889634
+            new_max = tl.maximum(run_max, u)
+            # Lanes that have seen only padding keep max -inf: exp2(-inf - -inf) would be NaN.
+            safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)
+            run_sum = run_sum * tl.exp2(run_max - safe_max) + tl.exp2(u - safe_max)
+            run_max = new_max
+        row_max = tl.max(run_max, axis=0)
+        total = tl.sum(run_sum * tl.exp2(run_max - row_max), axis=0)
+        log2_norm = row_max + tl.log2(total)  # log2 of sum(exp(z))
+        tl.store(loss_ptr + row, log2_norm * 0.6931471805599453 - target_logit)
+        scale = tl.load(scale_ptr)
+        n_slices = tl.cdiv(V, BLOCK)
+        for i in range(0, n_slices):
+            c0 = (n_slices - 1 - i) * BLOCK
+            mask = c0 + cols < V
+            z = tl.load(base + c0 + cols, mask=mask, other=0.0).to(tl.float32)
+            p = tl.exp2(z * 1.4426950408889634 - log2_norm)
+            grad = (p - tl.where(c0 + cols == target, 1.0, 0.0)) * scale
+            tl.store(base + c0 + cols, round_to(grad, z_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.store(loss_ptr + row, 0.0)
+        zero = tl.zeros((BLOCK,), dtype=z_ptr.dtype.element_ty)
+        for c0 in range(0, V, BLOCK):
+            tl.store(base + c0 + cols, zero, mask=c0 + cols < V)
+
+
+def cross_entropy_rows_(
+    logits: torch.Tensor, targets: torch.Tensor, scale: torch.Tensor, ignore_index: int
+) -> torch.Tensor:
+    """See :func:`genssd_kernels.reference.cross_entropy_rows.cross_entropy_rows_`.
+
+    Args:
+        logits: ``[R, V]`` fp16/bf16/fp32 with a unit inner stride (overwritten);
+        targets: ``[R]`` int64, contiguous; scale: ``[]`` fp32 on the logits' device.
+    Returns:
+        ``losses [R]`` float32.
+    """
+    check_kernel_dtype("logits", logits)
+    rows, vocab = logits.shape
+    losses = torch.empty(rows, dtype=torch.float32, device=logits.device)
+    if rows:
+        with device_guard(logits):
+            _cross_entropy_rows_kernel[(rows,)](
+                logits, targets, scale, losses, vocab, logits.stride(0), ignore_index,
+                BLOCK=BLOCK, num_warps=NUM_WARPS,
+            )  # fmt: skip
+    return losses

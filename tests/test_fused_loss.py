@@ -1,0 +1,197 @@
+"""``linear_cross_entropy``'s gradient-in-forward path against autograd through the reference.
+
+The fused path (``genssd_kernels.fused_loss``) runs for scalar losses on the ``triton`` and
+``cpp`` backends; the tolerance rule of docs/design.md §2.3 compares its loss and both gradients
+with the float64 truth, the bound set by ``F.cross_entropy`` on explicit logits in the input
+dtype. Small ``CHUNK_BYTES`` force several row chunks (and both ``grad_weight`` accumulators).
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import DEVICES, backends_on
+
+from genssd_kernels import fused_loss, linear_cross_entropy, reference, testing
+
+IGNORE = -100
+FUSED = [
+    pytest.param(device, backend, id=f"{device}-{backend}")
+    for device in DEVICES
+    for backend in backends_on(device, "linear_cross_entropy")
+    if backend != "reference"
+]
+DTYPES = [pytest.param(dtype, id=str(dtype).removeprefix("torch.")) for dtype in testing.ERROR_FLOOR]
+
+
+def _explicit(hidden, weight, targets, reduction):
+    logits = hidden @ weight.T
+    logits = logits.double() if logits.dtype == torch.float64 else logits.float()
+    return F.cross_entropy(logits, targets, ignore_index=IGNORE, reduction=reduction)
+
+
+def _loss_and_grads(loss_fn, hidden, weight, upstream=1.0):
+    hidden = hidden.detach().clone().requires_grad_(True)
+    weight = weight.detach().clone().requires_grad_(True)
+    loss = loss_fn(hidden, weight)
+    (loss * upstream).backward()
+    return loss.detach(), hidden.grad, weight.grad
+
+
+def _check(backend, hidden, weight, targets, reduction="mean", upstream=1.0, what=""):
+    dtype = hidden.dtype
+
+    def fused(h, w):
+        return linear_cross_entropy(h, w, targets, ignore_index=IGNORE, reduction=reduction, backend=backend)
+
+    actual = _loss_and_grads(fused, hidden, weight, upstream)
+    same_dtype = _loss_and_grads(lambda h, w: _explicit(h, w, targets, reduction), hidden, weight, upstream)
+    truth = _loss_and_grads(
+        lambda h, w: _explicit(h, w, targets, reduction), hidden.double(), weight.double(), upstream
+    )
+    assert actual[1].dtype == dtype and actual[2].dtype == dtype
+    count = max(1, int((targets != IGNORE).sum())) if reduction == "sum" else 1
+    for name, a, r, t in zip(("loss", "grad hidden", "grad weight"), actual, same_dtype, truth):
+        # A sum of n losses is only good to ~n ulps of one: compare the per-row scale.
+        a, r, t = (x / count for x in (a, r, t)) if name == "loss" else (a, r, t)
+        testing.assert_within_tolerance(a, r, t, dtype, what=f"{backend} {what} {name}")
+    return actual
+
+
+@pytest.fixture(params=["one chunk", "chunks, fp32 accumulator", "chunks, input-dtype accumulator"])
+def chunking(request, monkeypatch):
+    """Run a test with the default chunk budget, and again with chunks of a few rows, with each
+    of the two ``grad_weight`` accumulators of 16-bit inputs (fp32, or the input dtype when an
+    fp32 one would not fit)."""
+    if request.param != "one chunk":
+        monkeypatch.setattr(fused_loss, "CHUNK_BYTES", {"cuda": 20_000, "cpu": 20_000})
+    if request.param == "chunks, input-dtype accumulator":
+        monkeypatch.setattr(fused_loss, "FP32_ACCUMULATOR_BYTES", 0)
+    return request.param
+
+
+@pytest.mark.parametrize("device,backend", FUSED)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(97, 40, 300), (1, 16, 33), (33, 70, 517)], ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_fused_matches_reference(device, backend, dtype, shape, reduction, chunking):
+    if backend == "triton" and dtype == torch.float64:
+        pytest.skip("the triton backend takes fp16/bf16/fp32")
+    hidden, weight, targets = testing.random_gather_inputs(
+        *shape, dtype, device=device, seed=sum(shape), ignore_fraction=0.2
+    )
+    _check(backend, hidden, weight, targets, reduction, what=f"{chunking} {shape}")
+
+
+@pytest.mark.parametrize("device,backend", FUSED)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_all_rows_ignored(device, backend, reduction):
+    hidden, weight, _ = testing.random_gather_inputs(9, 16, 70, torch.float32, device=device, seed=3)
+    targets = torch.full((9,), IGNORE, device=device)
+    loss, grad_hidden, grad_weight = _loss_and_grads(
+        lambda h, w: linear_cross_entropy(h, w, targets, reduction=reduction, backend=backend), hidden, weight
+    )
+    assert loss.item() == 0.0
+    assert torch.all(grad_hidden == 0) and torch.all(grad_weight == 0)
+
+
+@pytest.mark.parametrize("device,backend", FUSED)
+def test_upstream_scale_and_retained_graph(device, backend):
+    """A non-unit upstream gradient scales both gradients; a retained graph backpropagates twice."""
+    hidden, weight, targets = testing.random_gather_inputs(
+        40, 24, 300, torch.float32, device=device, seed=5, ignore_fraction=0.2
+    )
+    _check(backend, hidden, weight, targets, upstream=-2.5, what="upstream -2.5")
+    h = hidden.clone().requires_grad_(True)
+    w = weight.clone().requires_grad_(True)
+    loss = linear_cross_entropy(h, w, targets, backend=backend)
+    (3.0 * loss).backward(retain_graph=True)
+    first = h.grad.clone(), w.grad.clone()
+    (0.5 * loss).backward()
+    assert torch.allclose(h.grad, first[0] * (3.5 / 3.0), rtol=1e-6, atol=1e-9)
+    assert torch.allclose(w.grad, first[1] * (3.5 / 3.0), rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("device,backend", FUSED)
+def test_gradient_accumulation_over_micro_batches(device, backend, chunking):
+    """Means of micro-batches, each scaled by 1 / micro-batches, against the explicit loss's."""
+    hidden, weight, targets = testing.random_gather_inputs(
+        64, 24, 200, torch.float32, device=device, seed=8, ignore_fraction=0.2
+    )
+
+    def accumulate(loss_fn):
+        h = hidden.clone().requires_grad_(True)
+        w = weight.clone().requires_grad_(True)
+        for rows in torch.arange(64).chunk(4):
+            (loss_fn(h[rows], w, targets[rows]) / 4).backward()
+        return h.grad, w.grad
+
+    actual = accumulate(lambda h, w, t: linear_cross_entropy(h, w, t, backend=backend))
+    expected = accumulate(lambda h, w, t: _explicit(h, w, t, "mean"))
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("device,backend", FUSED)
+def test_only_one_input_needs_grad(device, backend):
+    """A frozen head (or frozen hidden states) skips that gradient's matmul, not the other."""
+    hidden, weight, targets = testing.random_gather_inputs(30, 16, 90, torch.float32, device=device, seed=2)
+    h = hidden.clone().requires_grad_(True)
+    linear_cross_entropy(h, weight, targets, backend=backend).backward()
+    w = weight.clone().requires_grad_(True)
+    linear_cross_entropy(hidden, w, targets, backend=backend).backward()
+    _, grad_hidden, grad_weight = _loss_and_grads(
+        lambda a, b: _explicit(a, b, targets, "mean"), hidden, weight
+    )
+    torch.testing.assert_close(h.grad, grad_hidden, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(w.grad, grad_weight, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("device,backend", FUSED)
+def test_recompute_path_is_the_gather_backward(device, backend):
+    """``recompute=True`` and ``reduction="none"`` keep the logprob_gather path; same loss."""
+    hidden, weight, targets = testing.random_gather_inputs(
+        25, 16, 130, torch.float32, device=device, seed=4, ignore_fraction=0.2
+    )
+    fused = _check(backend, hidden, weight, targets)
+    recomputed = _loss_and_grads(
+        lambda h, w: linear_cross_entropy(h, w, targets, backend=backend, recompute=True), hidden, weight
+    )
+    for a, b in zip(fused, recomputed):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("vocab", [1, 63, 64, 200])
+def test_triton_row_step_matches_reference(device, dtype, vocab):
+    """The Triton row step: losses and the overwritten gradient rows against the PyTorch one
+    (several slices and a ragged last one; ignored rows zeroed)."""
+    if "triton" not in backends_on(device, "linear_cross_entropy"):
+        pytest.skip("triton cannot run here")
+    from genssd_kernels.triton.cross_entropy_rows import cross_entropy_rows_
+
+    gen = torch.Generator().manual_seed(vocab)
+    logits = (torch.randn(11, vocab, generator=gen) * 4).to(device=device, dtype=dtype)
+    targets = torch.randint(0, vocab, (11,), generator=gen).to(device)
+    targets[[2, 7]] = IGNORE
+    scale = torch.tensor(0.3, device=device)
+    actual, expected = logits.clone(), logits.clone()
+    losses = cross_entropy_rows_(actual, targets, scale, IGNORE)
+    expected_losses = reference.cross_entropy_rows_(expected, targets, scale, IGNORE)
+    torch.testing.assert_close(losses, expected_losses, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(actual.float(), expected.float(), rtol=1e-2, atol=1e-5)
+    assert torch.all(actual[[2, 7]] == 0) and torch.all(losses[[2, 7]] == 0)
+
+
+def test_reference_row_step_is_the_softmax_gradient():
+    """The PyTorch row step against autograd of F.cross_entropy in float64."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 40, generator=gen, dtype=torch.float64) * 3
+    targets = torch.tensor([3, IGNORE, 0, 39, 7, IGNORE])
+    leaf = logits.clone().requires_grad_(True)
+    F.cross_entropy(leaf, targets, ignore_index=IGNORE, reduction="sum").backward()
+    scale = torch.tensor(1.0)
+    losses = reference.cross_entropy_rows_(logits, targets, scale, IGNORE)
+    expected = F.cross_entropy(leaf.detach(), targets, ignore_index=IGNORE, reduction="none")
+    torch.testing.assert_close(losses, expected)
+    torch.testing.assert_close(logits, leaf.grad)

@@ -101,6 +101,11 @@ def train_providers():
             lambda: linear_cross_entropy(h, w, t, backend="triton", check_values=False), h, w
         )
 
+    def genssd_recompute(h, w, t, cu):
+        return _with_backward(
+            lambda: linear_cross_entropy(h, w, t, backend="triton", check_values=False, recompute=True), h, w
+        )
+
     def compiled(h, w, t, cu):
         fn = _compiled_fn(naive_loss)
         return _with_backward(lambda: fn(h, w, t), h, w)
@@ -120,7 +125,14 @@ def train_providers():
             return None
         return _with_backward(lambda: cce_loss(h, w, t, reduction="mean"), h, w)
 
-    return {"matmul": matmul, "genssd": genssd_triton, "torch.compile": compiled, "liger": liger, "cce": cce}
+    return {
+        "matmul": matmul,
+        "genssd": genssd_triton,
+        "genssd (recompute)": genssd_recompute,
+        "torch.compile": compiled,
+        "liger": liger,
+        "cce": cce,
+    }
 
 
 def prune_providers():
@@ -134,12 +146,21 @@ def prune_providers():
         top = masked.topk(k, dim=1)
         return top.indices, top.values > float("-inf")
 
+    # "default call": the arguments a user writes, value checks on (on the device, no host sync);
+    # the check_values=False rows are the same kernels without the check.
     return {
         "genssd-triton": lambda s, o, k, m: (
             lambda: branch_prune(s, o, margin=m, k=k, backend="triton", check_values=False)
         ),
+        "genssd-triton default call": lambda s, o, k, m: (
+            lambda: branch_prune(s, o, margin=m, k=k, backend="triton")
+        ),
         "genssd-cuda-cpp": lambda s, o, k, m: (
             lambda: branch_prune(s, o, margin=m, k=k, backend="cpp", check_values=False)
         ),
+        "genssd-cuda-cpp default call": lambda s, o, k, m: (
+            lambda: branch_prune(s, o, margin=m, k=k, backend="cpp")
+        ),
+        "genssd default call": lambda s, o, k, m: lambda: branch_prune(s, o, margin=m, k=k),
         "torch-chain": lambda s, o, k, m: lambda: torch_chain(s, o, k, m),
     }

@@ -22,10 +22,16 @@ TORCH_LIBRARY(genssd, m) {
   m.def(
       "logprob_gather_bwd(Tensor grad_logprobs, Tensor hidden, Tensor weight, Tensor targets, Tensor lse, "
       "float temperature, int ignore_index) -> (Tensor, Tensor)");
+  // linear_cross_entropy's row step: losses [R] (float32; float64 for float64 logits) of the rows
+  // of logits [R, V], which are overwritten with scale * (softmax - onehot(target)); zero rows
+  // (and loss 0) where the target is ignore_index. scale: a one-element float tensor.
+  m.def("cross_entropy_rows_(Tensor(a!) logits, Tensor targets, Tensor scale, int ignore_index) -> Tensor");
   // Returns (keep_mask [C] bool, kept_idx [P, k] int64, kept_count [P] int32, group_mean [P] float32).
+  // check_values: the CUDA kernel asserts on the device that group_offsets is valid (no host
+  // sync); the CPU kernel checks them always, on the host.
   m.def(
-      "branch_prune(Tensor scores, Tensor group_offsets, float margin, int k, float min_score) "
-      "-> (Tensor, Tensor, Tensor, Tensor)");
+      "branch_prune(Tensor scores, Tensor group_offsets, float margin, int k, float min_score, "
+      "bool check_values=True) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 namespace {

@@ -37,7 +37,11 @@ def _fake_logprob_gather_bwd(grad_logprobs, hidden, weight, targets, lse, temper
     return hidden.new_empty(hidden.shape), weight.new_empty(weight.shape)
 
 
-def _fake_branch_prune(scores, group_offsets, margin, k, min_score):
+def _fake_cross_entropy_rows_(logits, targets, scale, ignore_index):
+    return logits.new_empty(logits.shape[0], dtype=stat_dtype(logits.dtype))
+
+
+def _fake_branch_prune(scores, group_offsets, margin, k, min_score, check_values=True):
     groups = group_offsets.shape[0] - 1
     return (
         scores.new_empty(scores.shape[0], dtype=torch.bool),
@@ -71,6 +75,7 @@ if _LOAD_ERROR is None:
     torch.library.register_fake("genssd::logprob_gather_fwd")(_fake_logprob_gather_fwd)
     torch.library.register_fake("genssd::logprob_gather_bwd")(_fake_logprob_gather_bwd)
     torch.library.register_fake("genssd::branch_prune")(_fake_branch_prune)
+    torch.library.register_fake("genssd::cross_entropy_rows_")(_fake_cross_entropy_rows_)
     torch.library.register_autograd(
         "genssd::logprob_gather_fwd", _gather_backward, setup_context=_setup_gather_context
     )
@@ -93,9 +98,21 @@ def logprob_gather(hidden, weight, targets, cu_seqlens, temperature, ignore_inde
     return token_logprobs, entropy, segment_mean if cu_seqlens is not None else None
 
 
-def branch_prune(scores, group_offsets, margin, k, min_score):
+def cross_entropy_rows_(logits, targets, scale, ignore_index):
+    """The row step of ``linear_cross_entropy``'s gradient-in-forward path, compiled (CPU).
+
+    See :func:`genssd_kernels.reference.cross_entropy_rows.cross_entropy_rows_`: ``logits [R, V]``
+    (unit inner stride) are overwritten with their scaled gradient; returns ``losses [R]``.
+    """
+    return _ops().cross_entropy_rows_(logits, targets, scale, ignore_index)
+
+
+def branch_prune(scores, group_offsets, margin, k, min_score, check_values=False):
     """See :func:`genssd_kernels.ops.branch_prune`; arguments are already validated.
+
+    ``check_values``: the CUDA kernel asserts on the device that ``group_offsets`` is valid (no
+    host sync); the CPU kernel always checks them on the host (it indexes with them unclamped).
 
     Returns ``keep_mask [C] bool, kept_idx [P, k] int64, kept_count [P] int32, group_mean [P] fp32``.
     """
-    return tuple(_ops().branch_prune(scores, group_offsets, margin, k, min_score))
+    return tuple(_ops().branch_prune(scores, group_offsets, margin, k, min_score, check_values))

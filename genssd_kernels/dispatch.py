@@ -35,7 +35,11 @@ def triton_interpreted() -> bool:
 # The compiled operators behind each public op of the cpp backend.
 CPP_OPERATORS = {
     "logprob_gather": ("genssd::logprob_gather_fwd", "genssd::logprob_gather_bwd"),
-    "linear_cross_entropy": ("genssd::logprob_gather_fwd", "genssd::logprob_gather_bwd"),
+    "linear_cross_entropy": (
+        "genssd::logprob_gather_fwd",
+        "genssd::logprob_gather_bwd",
+        "genssd::cross_entropy_rows_",
+    ),
     "branch_prune": ("genssd::branch_prune",),
 }
 _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}

@@ -34,9 +34,10 @@ import torch
 from genssd_kernels.reference.logprob_gather import stat_dtype
 
 # The [R, V] logits chunk: 1 GiB on CUDA (4 chunks at N=16384, V=151936 in bf16; fewer chunks
-# mean fewer read-modify-writes of grad_weight, 2 x 2 bytes of [V, d] each). On CPU 16 MiB keeps
-# the chunk near the caches that the row step streams through (the CPU demo's N is small).
-CHUNK_BYTES = {"cuda": 2**30, "cpu": 16 * 2**20}
+# mean fewer read-modify-writes of grad_weight, 2 x 2 bytes of [V, d] each). On CPU 64 MiB: at
+# N=512, d=256, V=32000 on 2 cores, 4 MiB chunks took 2-3x the time of one 64 MiB chunk (the
+# matmuls of a few rows run far below the BLAS's speed), 16 MiB still 1.1-1.8x.
+CHUNK_BYTES = {"cuda": 2**30, "cpu": 64 * 2**20}
 # fp32 grad_weight accumulator for 16-bit inputs when several chunks are needed and it fits
 # here (V x d x 4 bytes: 519 MiB at V=151936, d=896; not at d=2048 or 4096).
 FP32_ACCUMULATOR_BYTES = 640 * 2**20

@@ -1,9 +1,16 @@
 """Public ops: docstring with shapes -> validation -> dispatch.
 
-Every check here runs before any kernel launch and raises ``ValueError`` naming the argument.
-Checks that read tensor *values* (target range, offset monotonicity) cost a host
-synchronization on CUDA; they run unless ``check_values=False`` or a CUDA graph is being
-captured, so a hot loop whose inputs are valid by construction can skip them.
+Shapes, dtypes, devices and scalars are checked on the host before any kernel launch; a bad
+one raises ``ValueError`` naming the argument. Checks of tensor *values* (target range, offsets
+from 0 to the row count, non-decreasing) run unless ``check_values=False``:
+
+- CPU tensors: on the host, before any launch, raising ``ValueError`` naming the argument.
+- CUDA tensors: on the device, without waiting (reading values back would be a host sync):
+  Triton check kernels (``genssd_kernels/triton/value_checks.py``; ``branch_prune`` checks inside
+  its own kernel on the triton and cpp backends) end in a device-side assert whose message names
+  the op and the argument. It is printed on stderr, and the error surfaces at the next
+  synchronizing point as a CUDA error (the process cannot go on using the GPU). So the default
+  call launches without a host sync and can be captured in a CUDA graph (the checks replay too).
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import math
 import torch
 
 from genssd_kernels import reference
-from genssd_kernels.dispatch import resolve_backend
+from genssd_kernels.dispatch import resolve_backend, unavailable_reason
 from genssd_kernels.fused_loss import FusedLinearCrossEntropy
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -25,22 +32,48 @@ def _check(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
-def _values_checkable(*tensors: torch.Tensor) -> bool:
-    on_cuda = any(t.is_cuda for t in tensors)
-    return not (on_cuda and torch.cuda.is_current_stream_capturing())
+# The device-side message of a bad target: one for both ops, since linear_cross_entropy
+# validates through _validate_gather too.
+GATHER_OP = "logprob_gather / linear_cross_entropy"
+
+
+def _check_on_device(op: str, **checks) -> None:
+    """Launch the value checks of CUDA tensors without waiting (``value_checks.check_values``'s
+    keywords). Where triton is missing, ``torch._assert_async`` checks the same conditions."""
+    targets, offsets = checks.get("targets"), checks.get("offsets")
+    device = (targets if targets is not None else offsets).device
+    if unavailable_reason("triton", device) is None:
+        from genssd_kernels.triton import value_checks
+
+        value_checks.check_values(op, **checks)
+        return
+    if targets is not None and targets.numel():
+        in_range = (targets >= 0) & (targets < checks["vocab"]) | (targets == checks["ignore_index"])
+        torch._assert_async(
+            in_range.all(), f"genssd_kernels.{op}: targets must lie in [0, V) or equal ignore_index"
+        )
+    if offsets is not None:
+        valid = (offsets[0] == 0) & (offsets[-1] == checks["total"]) & (offsets[1:] >= offsets[:-1]).all()
+        name, total = checks["offsets_name"], checks.get("total_name", "the row count")
+        torch._assert_async(
+            valid, f"genssd_kernels.{op}: {name} must start at 0, end at {total} and be non-decreasing"
+        )
 
 
 def _check_offsets(
     name: str, offsets: torch.Tensor, total: int, device: torch.device, check_values: bool
 ) -> None:
-    _check(isinstance(offsets, torch.Tensor), f"{name} must be a tensor")
-    _check(
-        offsets.dim() == 1 and offsets.numel() >= 1,
-        f"{name} must be 1-D with at least one entry, got shape {tuple(offsets.shape)}",
-    )
-    _check(offsets.dtype in INDEX_DTYPES, f"{name} must be int32 or int64, got {offsets.dtype}")
-    _check(offsets.device == device, f"{name} is on {offsets.device} but the data is on {device}")
-    if check_values and _values_checkable(offsets):
+    # Messages are formatted only on failure: branch_prune validates on every call of a hot loop.
+    if not isinstance(offsets, torch.Tensor):
+        raise ValueError(f"{name} must be a tensor")
+    if offsets.dim() != 1 or offsets.numel() < 1:
+        raise ValueError(f"{name} must be 1-D with at least one entry, got shape {tuple(offsets.shape)}")
+    if offsets.dtype not in INDEX_DTYPES:
+        raise ValueError(f"{name} must be int32 or int64, got {offsets.dtype}")
+    if offsets.device != device:
+        raise ValueError(f"{name} is on {offsets.device} but the data is on {device}")
+    # CUDA offsets are checked on the device by the caller (see the module docstring).
+    if check_values and not offsets.is_cuda:
         first, last = offsets[0].item(), offsets[-1].item()
         _check(first == 0, f"{name} must start at 0, got {first}")
         _check(last == total, f"{name} must end at {total} (the number of rows), got {last}")
@@ -82,7 +115,7 @@ def _validate_gather(hidden, weight, targets, cu_seqlens, temperature, ignore_in
         f"temperature must be a finite number > 0, got {temperature!r}",
     )
     _check(isinstance(ignore_index, int), f"ignore_index must be an int, got {ignore_index!r}")
-    if check_values and targets.numel() and _values_checkable(targets):
+    if check_values and targets.numel() and not targets.is_cuda:
         valid = targets[targets != ignore_index]
         if valid.numel():
             low, high = valid.min().item(), valid.max().item()
@@ -93,6 +126,18 @@ def _validate_gather(hidden, weight, targets, cu_seqlens, temperature, ignore_in
             )
     if cu_seqlens is not None:
         _check_offsets("cu_seqlens", cu_seqlens, hidden.shape[0], hidden.device, check_values)
+    if check_values and hidden.is_cuda:
+        # CUDA values: one check launch for both, no host sync (see the module docstring).
+        _check_on_device(
+            GATHER_OP,
+            targets=targets,
+            vocab=weight.shape[0],
+            ignore_index=ignore_index,
+            offsets=cu_seqlens,
+            offsets_name="cu_seqlens",
+            total=hidden.shape[0],
+            total_name="N (the number of rows)",
+        )
 
 
 def logprob_gather(
@@ -118,7 +163,9 @@ def logprob_gather(
         ignore_index: rows with this target give exactly 0 and are left out of the segment means.
         return_entropy: also return each row's softmax entropy.
         backend: ``"reference"``, ``"cpp"`` or ``"triton"``; None picks one (see ``dispatch``).
-        check_values: validate target range and offsets (a host sync on CUDA).
+        check_values: validate the targets' range and ``cu_seqlens``' values: on CPU on the host
+            (``ValueError`` at the call), on CUDA on the device without a host sync (a device-side
+            assert naming the op and argument, raised at the next synchronizing point).
 
     Returns:
         ``token_logprobs [N]`` fp32 (fp64 for fp64 inputs), differentiable in ``hidden`` and
@@ -211,24 +258,27 @@ def _fused_cross_entropy(hidden, weight, targets, ignore_index, reduction, backe
             return FusedLinearCrossEntropy.apply(
                 hidden, weight, targets, int(ignore_index), reduction, cross_entropy_rows_
             )
+    from genssd_kernels import cpp
+
     return FusedLinearCrossEntropy.apply(
-        hidden, weight, targets, int(ignore_index), reduction, reference.cross_entropy_rows_
+        hidden, weight, targets, int(ignore_index), reduction, cpp.cross_entropy_rows_
     )
 
 
 def _validate_prune(scores, group_offsets, margin, k, min_score, check_values):
-    _check(isinstance(scores, torch.Tensor), f"scores must be a tensor, got {type(scores).__name__}")
-    _check(scores.dim() == 1, f"scores must be 1-D [C], got shape {tuple(scores.shape)}")
-    _check(scores.dtype == torch.float32, f"scores must be float32, got {scores.dtype}")
-    _check(isinstance(k, int) and not isinstance(k, bool) and k >= 1, f"k must be an int >= 1, got {k!r}")
-    _check(
-        isinstance(margin, (int, float)) and not math.isnan(margin) and margin >= 0,
-        f"margin must be a number >= 0 (inf allowed), got {margin!r}",
-    )
-    _check(
-        isinstance(min_score, (int, float)) and not math.isnan(min_score),
-        f"min_score must be a number, got {min_score!r}",
-    )
+    # Messages are formatted only on failure: this runs on every call of the search's hot loop.
+    if not isinstance(scores, torch.Tensor):
+        raise ValueError(f"scores must be a tensor, got {type(scores).__name__}")
+    if scores.dim() != 1:
+        raise ValueError(f"scores must be 1-D [C], got shape {tuple(scores.shape)}")
+    if scores.dtype != torch.float32:
+        raise ValueError(f"scores must be float32, got {scores.dtype}")
+    if not (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    if not (isinstance(margin, (int, float)) and not math.isnan(margin) and margin >= 0):
+        raise ValueError(f"margin must be a number >= 0 (inf allowed), got {margin!r}")
+    if not (isinstance(min_score, (int, float)) and not math.isnan(min_score)):
+        raise ValueError(f"min_score must be a number, got {min_score!r}")
     _check_offsets("group_offsets", group_offsets, scores.shape[0], scores.device, check_values)
 
 
@@ -257,7 +307,10 @@ def branch_prune(
         margin: >= 0, in the units of ``scores``.
         k: >= 1, the most candidates kept per group.
         min_score: absolute floor.
-        check_values: validate the offsets' values (a host sync on CUDA).
+        check_values: validate ``group_offsets``' values: on CPU on the host (``ValueError`` at the
+            call); on CUDA on the device without a host sync, inside the op's one kernel on the
+            triton and cpp backends (a device-side assert naming the op and argument, raised at
+            the next synchronizing point; CUDA-graph capturable).
 
     Returns:
         ``keep_mask [C] bool``, ``kept_idx [P, k] int64`` (global indices, -1 padded),
@@ -266,12 +319,23 @@ def branch_prune(
     _validate_prune(scores, group_offsets, margin, k, min_score, check_values)
     chosen = resolve_backend(backend, scores.device, op="branch_prune")
     args = (scores, group_offsets, float(margin), int(k), float(min_score))
+    on_device = check_values and scores.is_cuda
+    if on_device and (chosen == "reference" or group_offsets.numel() == 1):
+        # The triton and cpp kernels check their offsets themselves, but launch no program
+        # without groups; the reference has no kernel of its own.
+        _check_on_device(
+            "branch_prune",
+            offsets=group_offsets,
+            offsets_name="group_offsets",
+            total=scores.shape[0],
+            total_name="C (the number of scores)",
+        )
     if chosen == "reference":
         return reference.branch_prune(*args)
     if chosen == "cpp":
         from genssd_kernels import cpp
 
-        return cpp.branch_prune(*args)
+        return cpp.branch_prune(*args, check_values=on_device)
     from genssd_kernels.triton import branch_prune as triton_prune
 
-    return triton_prune.branch_prune(*args)
+    return triton_prune.branch_prune(*args, check_values=on_device)

@@ -24,6 +24,7 @@
 #include <limits>
 #include <optional>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "../checks.h"
@@ -384,6 +385,66 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad_logprobs
   return {same_dtype ? grad_hidden : grad_hidden.to(hidden.scalar_type()), grad_weight};
 }
 
+// linear_cross_entropy's row step (genssd_kernels.fused_loss): each row's loss from its logits,
+// which are then overwritten with scale * (softmax - onehot(target)), zero on ignored rows. Rows
+// run in parallel; 16-bit rows are widened into a per-thread float row and rounded back once.
+template <typename scalar_t, typename acc_t>
+at::Tensor cross_entropy_rows_impl(at::Tensor& logits, const at::Tensor& targets_in, double scale,
+                                   int64_t ignore_index) {
+  const int64_t rows = logits.size(0), cols = logits.size(1), stride = logits.stride(0);
+  const at::Tensor targets = targets_in.contiguous();
+  const int64_t* tgt = targets.data_ptr<int64_t>();
+  check_targets(tgt, rows, cols, ignore_index);
+  at::Tensor losses = at::empty({rows}, logits.options().dtype(stat_dtype(logits.scalar_type())));
+  acc_t* loss = losses.data_ptr<acc_t>();
+  scalar_t* base = logits.data_ptr<scalar_t>();
+  constexpr bool kWiden = !std::is_same_v<scalar_t, acc_t>;
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> widened(kWiden ? cols : 0);
+    for (int64_t r = begin; r < end; ++r) {
+      scalar_t* row = base + r * stride;
+      acc_t* z = kWiden ? widened.data() : reinterpret_cast<acc_t*>(row);
+      if constexpr (kWiden) {
+        for (int64_t j = 0; j < cols; ++j) z[j] = static_cast<acc_t>(row[j]);
+      }
+      const bool valid = tgt[r] != ignore_index;
+      const SoftmaxStats<acc_t> stats = row_stats<acc_t>(z, cols, acc_t(1), false);
+      // lse in double, split in two acc_t as the backward does, so exp(z - lse) stays accurate.
+      const double lse = static_cast<double>(stats.m) + std::log(static_cast<double>(stats.s1));
+      const acc_t lse_hi = static_cast<acc_t>(lse), lse_lo = static_cast<acc_t>(lse - static_cast<double>(lse_hi));
+      loss[r] = valid ? (stats.m - z[tgt[r]]) + static_cast<acc_t>(std::log(static_cast<double>(stats.s1))) : acc_t(0);
+      // logits_grad_row writes coef * (onehot - p): coef = -scale gives scale * (p - onehot).
+      logits_grad_row<acc_t>(z, cols, acc_t(1), valid ? static_cast<acc_t>(-scale) : acc_t(0), lse_hi, lse_lo,
+                             valid ? tgt[r] : -1);
+      if constexpr (kWiden) {
+        for (int64_t j = 0; j < cols; ++j) row[j] = static_cast<scalar_t>(z[j]);
+      }
+    }
+  });
+  return losses;
+}
+
+at::Tensor cross_entropy_rows_cpu(at::Tensor& logits, const at::Tensor& targets, const at::Tensor& scale,
+                                  int64_t ignore_index) {
+  TORCH_CHECK(logits.dim() == 2 && logits.stride(1) == 1, "genssd: logits must be 2-D [R, V] with unit inner stride");
+  TORCH_CHECK(targets.dim() == 1 && targets.size(0) == logits.size(0) && targets.scalar_type() == at::kLong,
+              "genssd: targets must be int64 [R] with R=", logits.size(0));
+  TORCH_CHECK(scale.numel() == 1, "genssd: scale must hold one number");
+  const double factor = scale.item<double>();  // a CPU tensor: no device sync
+  switch (logits.scalar_type()) {
+    case at::kDouble:
+      return cross_entropy_rows_impl<double, double>(logits, targets, factor, ignore_index);
+    case at::kFloat:
+      return cross_entropy_rows_impl<float, float>(logits, targets, factor, ignore_index);
+    case at::kBFloat16:
+      return cross_entropy_rows_impl<c10::BFloat16, float>(logits, targets, factor, ignore_index);
+    case at::kHalf:
+      return cross_entropy_rows_impl<c10::Half, float>(logits, targets, factor, ignore_index);
+    default:
+      TORCH_CHECK(false, "genssd: logits must be a floating dtype, got ", logits.scalar_type());
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> logprob_gather_fwd_cpu(
     const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets,
     const std::optional<at::Tensor>& cu_seqlens, double temperature, int64_t ignore_index, bool return_entropy) {
@@ -419,4 +480,5 @@ std::tuple<at::Tensor, at::Tensor> logprob_gather_bwd_cpu(const at::Tensor& grad
 TORCH_LIBRARY_IMPL(genssd, CPU, m) {
   m.impl("logprob_gather_fwd", &genssd::logprob_gather_fwd_cpu);
   m.impl("logprob_gather_bwd", &genssd::logprob_gather_bwd_cpu);
+  m.impl("cross_entropy_rows_", &genssd::cross_entropy_rows_cpu);
 }

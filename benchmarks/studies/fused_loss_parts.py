@@ -1,0 +1,155 @@
+"""Where the time of ``linear_cross_entropy``'s gradient-in-forward path goes, and how accurate
+its ``grad_weight`` accumulators are (GPU study).
+
+    python benchmarks/studies/fused_loss_parts.py --json out.json [--shapes A,B,C] [--accuracy]
+
+Times (``do_bench`` medians, bf16) of one chunk's parts scaled to the whole shape: the logits
+matmul, the row step, the two gradient matmuls, the fp32 / bf16 ``grad_weight`` accumulation,
+next to the bf16 floor ``hidden @ weight.T``. ``--accuracy``: at N=32768, d=896, V=151936 (9
+chunks of 1 GiB), the largest error of the loss and gradients against float64, for the fp32
+accumulator, the bf16 one, and ``F.cross_entropy`` on bf16 logits (the tolerance rule's bound).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from triton.testing import do_bench
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from kernel_providers import SHAPES  # noqa: E402
+
+from genssd_kernels import fused_loss, linear_cross_entropy  # noqa: E402
+from genssd_kernels.triton.cross_entropy_rows import cross_entropy_rows_  # noqa: E402
+
+
+def inputs(n, d, v, seed=0):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    hidden = torch.randn(n, d, device="cuda", generator=gen).to(torch.bfloat16)
+    weight = (torch.randn(v, d, device="cuda", generator=gen) * d**-0.5).to(torch.bfloat16)
+    targets = torch.randint(0, v, (n,), device="cuda", generator=gen)
+    return hidden, weight, targets
+
+
+def parts(shape_name):
+    n, d, v = SHAPES[shape_name]
+    hidden, weight, targets = inputs(n, d, v)
+    rows = fused_loss.chunk_rows(n, v, 2, hidden.device)
+    chunks = -(-n // rows)
+    h, t = hidden[:rows], targets[:rows]
+    logits = torch.empty(rows, v, dtype=torch.bfloat16, device="cuda")
+    scale = torch.ones((), device="cuda")
+    grad_hidden = torch.empty(rows, d, dtype=torch.bfloat16, device="cuda")
+    acc32 = torch.zeros(v, d, device="cuda")
+    acc16 = torch.zeros(v, d, dtype=torch.bfloat16, device="cuda")
+    torch.mm(h, weight.T, out=logits)
+    timed = {
+        "floor (whole shape)": do_bench(lambda: hidden @ weight.T, rep=500) / chunks,
+        "logits mm": do_bench(lambda: torch.mm(h, weight.T, out=logits), rep=500),
+        "row step": do_bench(lambda: cross_entropy_rows_(logits, t, scale, -100), rep=500),
+        "grad_hidden mm": do_bench(lambda: torch.mm(logits, weight, out=grad_hidden), rep=500),
+        "grad_weight mm (write)": do_bench(lambda: torch.mm(logits.T, h, out=acc16), rep=500),
+        "grad_weight += bf16": do_bench(lambda: acc16.addmm_(logits.T, h), rep=500),
+        "grad_weight += fp32": do_bench(
+            lambda: torch.addmm(acc32, logits.T, h, out_dtype=torch.float32, out=acc32), rep=500
+        ),
+    }
+    floor = timed["floor (whole shape)"]
+    return [
+        {
+            "shape": shape_name,
+            "part": name,
+            "chunks": chunks,
+            "ms_whole_shape": ms * chunks,
+            "x_floor": ms / floor,
+        }
+        for name, ms in timed.items()
+    ]
+
+
+def accuracy():
+    n, d, v = 32768, 896, 151936
+    hidden, weight, targets = inputs(n, d, v, seed=1)
+
+    def grads(fn, h, w):
+        h = h.detach().clone().requires_grad_(True)
+        w = w.detach().clone().requires_grad_(True)
+        loss = fn(h, w)
+        loss.backward()
+        return loss.detach().double(), h.grad.double(), w.grad.double()
+
+    def truth():
+        # float64 in row chunks (the [N, V] float64 logits would take 40 GB).
+        h64, w64 = hidden.double(), weight.double()
+        loss = torch.zeros((), dtype=torch.float64, device="cuda")
+        gh = torch.empty_like(h64)
+        gw = torch.zeros_like(w64)
+        for r0 in range(0, n, 2048):
+            z = h64[r0 : r0 + 2048] @ w64.T
+            t = targets[r0 : r0 + 2048]
+            lse = torch.logsumexp(z, 1)
+            loss += (lse - z.gather(1, t[:, None]).squeeze(1)).sum()
+            z.sub_(lse[:, None]).exp_()
+            z[torch.arange(len(t), device="cuda"), t] -= 1
+            z /= n
+            gh[r0 : r0 + 2048] = z @ w64
+            gw += z.T @ h64[r0 : r0 + 2048]
+        return loss / n, gh, gw
+
+    exact = truth()
+    results = {}
+    results["F.cross_entropy bf16 logits"] = grads(
+        lambda h, w: F.cross_entropy((h @ w.T).float(), targets), hidden, weight
+    )
+    results["fused, fp32 accumulator"] = grads(
+        lambda h, w: linear_cross_entropy(h, w, targets, backend="triton"), hidden, weight
+    )
+    saved = fused_loss.FP32_ACCUMULATOR_BYTES
+    fused_loss.FP32_ACCUMULATOR_BYTES = 0
+    results["fused, bf16 accumulator"] = grads(
+        lambda h, w: linear_cross_entropy(h, w, targets, backend="triton"), hidden, weight
+    )
+    fused_loss.FP32_ACCUMULATOR_BYTES = saved
+    results["recompute path"] = grads(
+        lambda h, w: linear_cross_entropy(h, w, targets, backend="triton", recompute=True), hidden, weight
+    )
+    rows = []
+    for name, got in results.items():
+        errors = [(a - e).abs().max().item() for a, e in zip(got, exact)]
+        rows.append(
+            {
+                "variant": name,
+                "loss_err": errors[0],
+                "grad_hidden_err": errors[1],
+                "grad_weight_err": errors[2],
+            }
+        )
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--shapes", default="A,B,C")
+    parser.add_argument("--accuracy", action="store_true")
+    args = parser.parse_args()
+    out = {"card": torch.cuda.get_device_name(), "parts": [], "accuracy": None}
+    for shape_name in args.shapes.split(","):
+        out["parts"] += parts(shape_name)
+        torch.cuda.empty_cache()
+    for row in out["parts"]:
+        print(f"{row['shape']} {row['part']:<24} {row['ms_whole_shape']:8.3f} ms  {row['x_floor']:.2f}x")
+    if args.accuracy:
+        out["accuracy"] = accuracy()
+        for row in out["accuracy"]:
+            print(row)
+    args.json.write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -3,7 +3,7 @@
 The fused path (``genssd_kernels.fused_loss``) runs for scalar losses on the ``triton`` and
 ``cpp`` backends; the tolerance rule of docs/design.md §2.3 compares its loss and both gradients
 with the float64 truth, the bound set by ``F.cross_entropy`` on explicit logits in the input
-dtype. Small ``CHUNK_BYTES`` force several row chunks (and both ``grad_weight`` accumulators).
+dtype. Small ``CHUNK_BYTES`` force several row chunks.
 """
 
 import pytest
@@ -57,15 +57,13 @@ def _check(backend, hidden, weight, targets, reduction="mean", upstream=1.0, wha
     return actual
 
 
-@pytest.fixture(params=["one chunk", "chunks, fp32 accumulator", "chunks, input-dtype accumulator"])
+@pytest.fixture(params=["one chunk", "several chunks"])
 def chunking(request, monkeypatch):
-    """Run a test with the default chunk budget, and again with chunks of a few rows, with each
-    of the two ``grad_weight`` accumulators of 16-bit inputs (fp32, or the input dtype when an
-    fp32 one would not fit)."""
+    """Run a test with the default chunk budget, and again with chunks of a few rows (an odd
+    alignment, so the last chunk is shorter: ``grad_weight`` accumulates across them)."""
     if request.param != "one chunk":
         monkeypatch.setattr(fused_loss, "CHUNK_BYTES", {"cuda": 20_000, "cpu": 20_000})
-    if request.param == "chunks, input-dtype accumulator":
-        monkeypatch.setattr(fused_loss, "FP32_ACCUMULATOR_BYTES", 0)
+        monkeypatch.setattr(fused_loss, "ROW_ALIGN", {"cuda": 3, "cpu": 3})
     return request.param
 
 
@@ -181,6 +179,23 @@ def test_triton_row_step_matches_reference(device, dtype, vocab):
     torch.testing.assert_close(losses, expected_losses, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(actual.float(), expected.float(), rtol=1e-2, atol=1e-5)
     assert torch.all(actual[[2, 7]] == 0) and torch.all(losses[[2, 7]] == 0)
+
+
+@pytest.mark.parametrize(
+    "n,v,element_size,device,expected",
+    [
+        (8192, 151936, 2, "cuda", 1664),  # 4.6 chunks of 512 MiB -> 5 equal ones, 128-aligned
+        (32768, 152064, 2, "cuda", 1792),
+        (100, 1000, 2, "cuda", 100),  # one chunk: all rows
+        (512, 32000, 4, "cpu", 512),
+        (3000, 32000, 4, "cpu", 500),
+    ],
+)
+def test_chunk_rows(n, v, element_size, device, expected):
+    rows = fused_loss.chunk_rows(n, v, element_size, torch.device(device))
+    assert rows == expected
+    budget = fused_loss.CHUNK_BYTES[device] + fused_loss.ROW_ALIGN[device] * v * element_size
+    assert rows * v * element_size <= budget
 
 
 def test_reference_row_step_is_the_softmax_gradient():

@@ -8,6 +8,7 @@ matmul, the row step, the two gradient matmuls, the fp32 / bf16 ``grad_weight`` 
 next to the bf16 floor ``hidden @ weight.T``. ``--accuracy``: at N=32768, d=896, V=151936 (9
 chunks of 1 GiB), the largest error of the loss and gradients against float64, for the fp32
 accumulator, the bf16 one, and ``F.cross_entropy`` on bf16 logits (the tolerance rule's bound).
+``--row-steps``: the row step's launch variants (slice width, warps) at each shape's chunk.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from kernel_providers import SHAPES  # noqa: E402
 
 from genssd_kernels import fused_loss, linear_cross_entropy  # noqa: E402
 from genssd_kernels.triton.cross_entropy_rows import cross_entropy_rows_  # noqa: E402
+
+# (slice width, warps) of the row step to compare with the default.
+ROW_STEP_VARIANTS = [(2048, 4), (4096, 4), (8192, 8), (8192, 16), (16384, 16)]
 
 
 def inputs(n, d, v, seed=0):
@@ -52,6 +56,13 @@ def parts(shape_name):
         "floor (whole shape)": do_bench(lambda: hidden @ weight.T, rep=500) / chunks,
         "logits mm": do_bench(lambda: torch.mm(h, weight.T, out=logits), rep=500),
         "row step": do_bench(lambda: cross_entropy_rows_(logits, t, scale, -100), rep=500),
+        **{
+            f"row step {block}/{warps}w": do_bench(
+                lambda b=block, w=warps: cross_entropy_rows_(logits, t, scale, -100, block=b, num_warps=w),
+                rep=300,
+            )
+            for block, warps in ROW_STEP_VARIANTS
+        },
         "grad_hidden mm": do_bench(lambda: torch.mm(logits, weight, out=grad_hidden), rep=500),
         "grad_weight mm (write)": do_bench(lambda: torch.mm(logits.T, h, out=acc16), rep=500),
         "grad_weight += bf16": do_bench(lambda: acc16.addmm_(logits.T, h), rep=500),
@@ -106,15 +117,9 @@ def accuracy():
     results["F.cross_entropy bf16 logits"] = grads(
         lambda h, w: F.cross_entropy((h @ w.T).float(), targets), hidden, weight
     )
-    results["fused, fp32 accumulator"] = grads(
+    results["fused (bf16 grad_weight across chunks)"] = grads(
         lambda h, w: linear_cross_entropy(h, w, targets, backend="triton"), hidden, weight
     )
-    saved = fused_loss.FP32_ACCUMULATOR_BYTES
-    fused_loss.FP32_ACCUMULATOR_BYTES = 0
-    results["fused, bf16 accumulator"] = grads(
-        lambda h, w: linear_cross_entropy(h, w, targets, backend="triton"), hidden, weight
-    )
-    fused_loss.FP32_ACCUMULATOR_BYTES = saved
     results["recompute path"] = grads(
         lambda h, w: linear_cross_entropy(h, w, targets, backend="triton", recompute=True), hidden, weight
     )

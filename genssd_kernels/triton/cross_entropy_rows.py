@@ -72,9 +72,17 @@ def _cross_entropy_rows_kernel(z_ptr, t_ptr, scale_ptr, loss_ptr, V, stride_z, i
 
 
 def cross_entropy_rows_(
-    logits: torch.Tensor, targets: torch.Tensor, scale: torch.Tensor, ignore_index: int
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    scale: torch.Tensor,
+    ignore_index: int,
+    *,
+    block: int = BLOCK,
+    num_warps: int = NUM_WARPS,
 ) -> torch.Tensor:
     """See :func:`genssd_kernels.reference.cross_entropy_rows.cross_entropy_rows_`.
+
+    ``block`` / ``num_warps`` override the slice width and warps (for launch sweeps).
 
     Args:
         logits: ``[R, V]`` fp16/bf16/fp32 with a unit inner stride (overwritten);
@@ -89,6 +97,6 @@ def cross_entropy_rows_(
         with device_guard(logits):
             _cross_entropy_rows_kernel[(rows,)](
                 logits, targets, scale, losses, vocab, logits.stride(0), ignore_index,
-                BLOCK=BLOCK, num_warps=NUM_WARPS,
+                BLOCK=block, num_warps=num_warps,
             )  # fmt: skip
     return losses

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One GPU session: install carried wheels, build genssd with its CUDA extension, then run the
-# stages named as arguments: tests | kernels | search | train. Results land in $OUT (or ./gpu-out).
+# stages named as arguments: tests | kernels | search | train | trainer. Results land in $OUT (or ./gpu-out).
 set -uo pipefail
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
@@ -20,5 +20,6 @@ for stage in "$@"; do
     search) python3 benchmarks/bench_search.py --shape 1.1b --json "$OUT/search-1.1b.json" 2>&1 | tail -12
             python3 benchmarks/bench_search.py --shape 7b --repeats 1 --json "$OUT/search-7b.json" 2>&1 | tail -12 ;;
     train) python3 benchmarks/bench_train.py --json "$OUT/train.json" 2>&1 | tail -8 ;;
+    trainer) python3 benchmarks/bench_trainer.py --json "$OUT/trainer.json" 2>&1 | tail -16 ;;
   esac
 done

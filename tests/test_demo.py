@@ -254,6 +254,38 @@ def test_bad_input_exits_2(models, tmp_path, capsys, args, message):
     assert not (tmp_path / "out").exists()
 
 
+def test_config_file_and_set_change_the_presets_keys(tmp_path, capsys):
+    """``--config`` (YAML of Preset keys) over ``--preset``, ``--equal-data`` as an alias of
+    ``--set equal_data=``, ``--set`` last; unknown keys and bad values exit 2 before the run."""
+    from genssd.cli import build_parser
+    from genssd.commands.demo import demo_preset
+
+    parser = build_parser()
+    config = tmp_path / "demo.yaml"
+    config.write_text("train_steps: 40\nnum_candidates: 3\nlr: 1e-3\n")
+    args = parser.parse_args(["demo", "--preset", "full", "--config", str(config), "--set", "seeds=1"])
+    expected = dataclasses.replace(PRESETS["full"], train_steps=40, num_candidates=3, lr=1e-3, seeds=1)
+    assert demo_preset(args) == expected
+    args = parser.parse_args(
+        ["demo", "--equal-data", "2", "--set", "equal_data=3", "--set", "num_candidates=4"]
+    )
+    assert demo_preset(args) == dataclasses.replace(PRESETS["quick"], equal_data=3)
+    assert demo_preset(parser.parse_args(["demo"])) == PRESETS["quick"]
+    out = tmp_path / "out"
+    for extra, message in [
+        (["--set", "train_step=3"], "unknown config key 'train_step' for Preset"),
+        (["--set", "equal_data=9"], "equal_data (m) must be in 1..4"),
+        (["--set", "train_steps=0"], "at least one held-out problem"),
+        (["--config", str(tmp_path / "missing.yaml")], "config file not found"),
+    ]:
+        assert main(["demo", "--out", str(out), *extra]) == 2, extra
+        assert message in capsys.readouterr().err, extra
+    config.write_text("train_step: 40\n")
+    assert main(["demo", "--out", str(out), "--config", str(config)]) == 2
+    assert "unknown config key(s) 'train_step'" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_an_unknown_preset_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["demo", "--preset", "huge"])

@@ -73,8 +73,41 @@ def test_cli_bad_input_exits_2(tmp_path, capsys):
     assert main(["export", "--task", "arith", "--data", str(search), "--out", str(search)]) == 2
     assert main([*base, "--data", str(search), "--top-m", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert [line.split(": error: ")[1].split(" ")[0] for line in err] == ["data", "--out", "--top-m"]
+    assert [line.split(": error: ")[1].split(" ")[0] for line in err] == ["data", "--out", "top_m"]
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_config_file_and_set_like_every_command(tmp_path, capsys):
+    """``--config`` holds ExportConfig keys, ``--set`` and the flags (its aliases) override it;
+    unknown keys and bad values exit 2 before anything is written."""
+    search = tmp_path / "search.jsonl"
+    search.write_text("".join(json.dumps(r) + "\n" for r in _search_rows()))
+    config = tmp_path / "export.yaml"
+    config.write_text("format: messages\nonly_correct: true\ntop_m: 1\n")
+    base = ["export", "--task", "arith", "--data", str(search), "--config", str(config)]
+
+    def records(*extra: str) -> list[dict]:
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        assert main([*base, "--out", str(out), *extra]) == 0
+        return [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+
+    from_file = records()
+    assert len(from_file) == 4 and all("messages" in r and r["correct"] and r["rank"] == 0 for r in from_file)
+    assert len(records("--set", "top_m=2")) == 8
+    assert len(records("--top-m", "2", "--set", "only_correct=false")) == 8  # ranks 0 and 1
+    assert "prompt" in records("--format", "prompt-completion")[0]
+    capsys.readouterr()
+    for extra, message in [
+        (["--set", "top_k=2"], "unknown config key 'top_k' for ExportConfig"),
+        (["--set", "format=chatml"], "format must be one of"),
+        (["--set", "only_correct=yes please"], "only_correct takes true or false"),
+    ]:
+        assert main([*base, "--out", str(tmp_path / "bad"), *extra]) == 2, extra
+        assert message in capsys.readouterr().err
+    config.write_text("formats: messages\n")
+    assert main([*base, "--out", str(tmp_path / "bad")]) == 2
+    assert "unknown config key(s) 'formats'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_sft_trainer_trains_on_the_export(tmp_path):

@@ -119,3 +119,55 @@ def test_recipe_values_are_type_checked_and_flat_search_files_may_name_the_seed(
     flat.write_text("margin: 0.25\nseed: 3\n")
     with pytest.raises(UsageError, match="--teacher is required"):  # read as a search section
         build_plan(_args("--config", str(flat)))
+
+
+def test_every_command_with_settings_takes_config_and_set(tmp_path, capsys):
+    """One convention: each command whose run has settings takes ``--config FILE.yaml`` and a
+    repeatable ``--set KEY=VALUE``; an unknown key in either exits 2 (``env`` and ``merge`` have no
+    settings)."""
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    for name, sub in commands.items():
+        options = {option for action in sub._actions for option in action.option_strings}
+        has = {"--config", "--set"} <= options
+        assert has == (name not in ("env", "merge")), name
+    data = tmp_path / "rows.jsonl"
+    write_problems(data, generate_problems(2, seed=1))
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("no_such_key: 1\n")
+    argv = {
+        "train": ["--model", str(tmp_path), "--data", str(data), "--out", str(tmp_path / "o")],
+        "eval": ["--predictions", str(data), "--task", "arith", "--data", str(data)],
+        "search": [
+            "--teacher",
+            "t",
+            "--student",
+            "s",
+            "--task",
+            "arith",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        "distill": [
+            "--teacher",
+            "t",
+            "--student",
+            "s",
+            "--task",
+            "arith",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        "export": ["--task", "arith", "--data", str(data), "--out", str(tmp_path / "o")],
+        "demo": ["--out", str(tmp_path / "o")],
+    }
+    assert set(argv) == set(commands) - {"env", "merge"}
+    for name, args in argv.items():
+        for extra in (["--set", "no_such_key=1"], ["--config", str(unknown)]):
+            assert main([name, *args, *extra]) == 2, (name, extra)
+            assert "no_such_key" in capsys.readouterr().err, (name, extra)
+    assert not (tmp_path / "o").exists()

@@ -15,31 +15,59 @@ from typing import Any
 import yaml
 
 from genssd.errors import UsageError
-from genssd.prompts import PromptFormat
+from genssd.prompts import PromptFormat, task_shots
 
 
 @dataclass
 class PromptSettings:
     """How every config renders prompts (``genssd.prompts.PromptFormat``): ``chat_template``
     ``"auto"`` (a model's chat template when its tokenizer has one) or ``"none"`` (the task's raw
-    prompt), an optional ``system_prompt``, and ``chat_template_kwargs`` passed to the template
-    (e.g. ``{enable_thinking: false}`` for Qwen3)."""
+    prompt), an optional ``system_prompt``, ``chat_template_kwargs`` passed to the template
+    (e.g. ``{enable_thinking: false}`` for Qwen3), and ``few_shot`` worked examples before the
+    question: the first k the task ships, or of ``few_shot_file`` (JSONL of question and answer
+    in the task's format; its name, not its content, is hashed)."""
 
     chat_template: str = "auto"
     system_prompt: str | None = None
     chat_template_kwargs: dict | None = None
+    few_shot: int = 0
+    few_shot_file: str | None = None
+
+    def prompt_format_for(self, task) -> PromptFormat:
+        """The prompt format with the task's few-shot examples (``task`` may be None when
+        ``few_shot`` is 0); ``UsageError`` when the task or file has fewer than ``few_shot``."""
+        shots = task_shots(task, self.few_shot, self.few_shot_file)
+        return PromptFormat(self.chat_template, self.system_prompt, self.chat_template_kwargs, shots)
 
     @property
     def prompt_format(self) -> PromptFormat:
-        return PromptFormat(self.chat_template, self.system_prompt, self.chat_template_kwargs)
+        """The prompt format where no task is at hand (refused with few-shot examples, which need
+        one: ``prompt_format_for``)."""
+        return self.prompt_format_for(None)
 
     def raise_first_failed(self, checks: list[tuple[bool, str]]) -> None:
         """Raise ``UsageError`` with the message of the first failed ``(ok, message)`` check, then
-        for bad prompt settings (``PromptFormat`` checks them): every config's validation."""
+        for bad prompt settings: every config's validation."""
+        few_shot_ok = (
+            isinstance(self.few_shot, int) and not isinstance(self.few_shot, bool) and self.few_shot >= 0
+        )
+        checks = [
+            *checks,
+            (few_shot_ok, f"few_shot must be an integer >= 0, got {self.few_shot!r}"),
+            (
+                self.few_shot_file is None or (isinstance(self.few_shot_file, str) and self.few_shot_file),
+                f"few_shot_file must be a file name or null, got {self.few_shot_file!r}",
+            ),
+            # A file with few_shot 0 would silently use none of it: a forgotten count, not a choice.
+            (
+                self.few_shot_file is None or not few_shot_ok or self.few_shot >= 1,
+                "few_shot_file needs few_shot >= 1 (how many of its examples to use)",
+            ),
+        ]
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
-        self.prompt_format  # noqa: B018
+        PromptFormat(self.chat_template, self.system_prompt, self.chat_template_kwargs)  # checks the rest
 
 
 @dataclass
@@ -289,7 +317,8 @@ def build_config(
         raise UsageError(f"{cls.__name__} settings must be a mapping of keys to values, got {loaded!r}")
     for key, value in loaded.items():
         default = names[key].default if key in names else None
-        values[key] = _float_field(value, default, key)
+        # The value so far gives the type where the field has no default (a demo Preset's).
+        values[key] = _float_field(value, values.get(key, default), key)
     for item in overrides or []:
         if "=" not in item:
             raise UsageError(f"--set takes key=value, got {item!r}")

@@ -555,7 +555,9 @@ def run_demo(
             raise UsageError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
         preset = PRESETS[preset]
     if equal_data is not None:
-        preset = dataclasses.replace(preset, equal_data=equal_data, equal_budget=False)
+        preset = dataclasses.replace(preset, equal_data=equal_data)
+    if preset.equal_data is not None:  # the equal-data protocol has no equal-budget row
+        preset = dataclasses.replace(preset, equal_budget=False)
     if jobs < 1:
         raise UsageError(f"jobs must be >= 1, got {jobs}")
     models, out = Path(models), Path(out)

@@ -487,7 +487,7 @@ def morsd_stage(path: Path, student, task, rows: list[dict], plan: DistillPlan, 
     model = load_model(
         student, device=device, dtype=inference_dtype(device), trust_remote_code=common["trust_remote_code"]
     )
-    kept = morsd_rows(rows, task, model, tokenizer, plan.train.prompt_format, plan.per_problem)
+    kept = morsd_rows(rows, task, model, tokenizer, plan.train.prompt_format_for(task), plan.per_problem)
     del model
     write_records(path, kept)
     return kept

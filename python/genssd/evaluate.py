@@ -20,6 +20,7 @@ from genssd.engine.decode import StaticTeacherSampler
 from genssd.engine.runners import left_pad
 from genssd.errors import UsageError
 from genssd.models import eos_token_ids, pad_token_id
+from genssd.prompts import PromptFormat
 from genssd.sampling import combine, text_key
 
 
@@ -38,12 +39,15 @@ def generate(
     config: EvalConfig,
     *,
     messages: Sequence[str] | None = None,
+    prompt_format: PromptFormat | None = None,
     progress: bool = False,
 ) -> list[list[str]]:
     """``config.num_samples`` completions of each prompt (greedy when ``temperature == 0``).
 
     A model whose tokenizer has a chat template is prompted with the user turn ``messages[i]``
-    (default: the prompt) under it, unless ``config.chat_template == "none"`` (``genssd.prompts``).
+    (default: the prompt) under it, unless ``config.chat_template == "none"`` (``genssd.prompts``);
+    ``prompt_format`` (default ``config.prompt_format``) renders them, e.g. with a task's few-shot
+    examples (``config.prompt_format_for(task)``).
     Prompts are batched ``config.batch_size`` at a time, longest first so a batch holds similar
     lengths. Returns, per prompt in the given order, the decoded texts of the new tokens up to
     (not including) the first EOS. ``config.engine`` picks how (see ``EvalConfig``).
@@ -53,7 +57,8 @@ def generate(
         raise UsageError("the tokenizer has no EOS token; set eos_token in its tokenizer_config.json")
     engine, _ = resolve_engine(model, config.engine, "model")
     messages = prompts if messages is None else messages
-    encoded = [config.prompt_format.encode(tokenizer, p, m) for p, m in zip(prompts, messages)]
+    fmt = prompt_format if prompt_format is not None else config.prompt_format
+    encoded = [fmt.encode(tokenizer, p, m) for p, m in zip(prompts, messages)]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     batches = [order[start : start + config.batch_size] for start in range(0, len(order), config.batch_size)]
     results: list[list[str]] = [[] for _ in prompts]
@@ -187,7 +192,10 @@ def evaluate(
     if not rows:
         raise UsageError("no problems to evaluate")
     prompts, messages = [task.prompt(row) for row in rows], [task.user_message(row) for row in rows]
-    texts = generate(model, tokenizer, prompts, config, messages=messages, progress=progress)
+    fmt = config.prompt_format_for(task)
+    texts = generate(
+        model, tokenizer, prompts, config, messages=messages, prompt_format=fmt, progress=progress
+    )
     return score_predictions(task, rows, texts)
 
 

@@ -10,12 +10,33 @@ whether its answer is ``correct``.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from genssd.data import write_jsonl
 from genssd.errors import UsageError
 
 FORMATS = ("prompt-completion", "messages")
+
+
+@dataclass
+class ExportConfig:
+    """``genssd export``'s settings (its ``--config`` / ``--set`` keys): the record ``format`` and
+    which trajectories are kept (``export_records``' arguments)."""
+
+    format: str = "prompt-completion"
+    only_correct: bool = False
+    top_m: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise UsageError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        if not isinstance(self.only_correct, bool):
+            raise UsageError(f"only_correct takes true or false, got {self.only_correct!r}")
+        if self.top_m is not None and (isinstance(self.top_m, bool) or not isinstance(self.top_m, int)):
+            raise UsageError(f"top_m must be an integer or null, got {self.top_m!r}")
+        if self.top_m is not None and self.top_m < 1:
+            raise UsageError(f"top_m must be >= 1, got {self.top_m}")
 
 
 def export_records(
@@ -72,4 +93,4 @@ def write_dataset(out_dir: str | Path, records: list[dict]) -> Path:
     return write_jsonl(Path(out_dir) / "train.jsonl", records)
 
 
-__all__ = ["FORMATS", "export_records", "write_dataset"]
+__all__ = ["ExportConfig", "FORMATS", "export_records", "write_dataset"]

@@ -29,6 +29,7 @@ from genssd.engine import kv_cache_bytes, resolve_engine
 from genssd.engine.decode import StaticTeacherSampler, row_bucket
 from genssd.errors import UsageError
 from genssd.models import input_device, load_model, load_tokenizer, same_vocabulary
+from genssd.prompts import PromptFormat
 from genssd.sampling import combine, text_key
 from genssd.scorers import CandidateBatch, RandomScorer, Scorer, StudentLikelihoodScorer
 from genssd.student import StudentScores, StudentTracker
@@ -294,6 +295,7 @@ class Searcher:
         *,
         uids: Sequence[str] | None = None,
         messages: Sequence[str] | None = None,
+        prompt_format: PromptFormat | None = None,
         progress: bool = False,
     ) -> list[SearchResult]:
         """Search every prompt; one ``SearchResult`` per prompt, in order.
@@ -303,8 +305,14 @@ class Searcher:
         a chat template (and ``config.chat_template="auto"``) is prompted with the user turn
         ``messages[i]`` (default: the prompt itself) under its template; the others with the
         prompt text (``genssd.prompts``). Teacher and student are prompted each their own way.
+        ``prompt_format`` renders them instead of ``config.prompt_format``: the config's with a
+        task's few-shot examples, ``config.prompt_format_for(task)``.
         """
-        return list(self.iter_results(prompts, uids=uids, messages=messages, progress=progress))
+        return list(
+            self.iter_results(
+                prompts, uids=uids, messages=messages, prompt_format=prompt_format, progress=progress
+            )
+        )
 
     def iter_results(
         self,
@@ -312,6 +320,7 @@ class Searcher:
         *,
         uids: Sequence[str] | None = None,
         messages: Sequence[str] | None = None,
+        prompt_format: PromptFormat | None = None,
         progress: bool = False,
     ) -> Iterator[SearchResult]:
         """Like ``run``, yielding results in order as each batch of prompts finishes."""
@@ -326,8 +335,9 @@ class Searcher:
             raise UsageError(f"got {len(messages)} messages for {len(prompts)} prompts")
         names = [str(u) for u in uids] if uids is not None else prompts
         keys = [combine(self.config.seed, text_key(name)) for name in names]
-        teacher_ids = self._encode(self.tokenizer, prompts, messages, "")
-        student_ids = self._encode(self.student_tokenizer, prompts, messages, "student ")
+        fmt = prompt_format if prompt_format is not None else self.config.prompt_format
+        teacher_ids = self._encode(fmt, self.tokenizer, prompts, messages, "")
+        student_ids = self._encode(fmt, self.student_tokenizer, prompts, messages, "student ")
         self._check_fits(teacher_ids, student_ids)
         meter = _Progress(len(prompts), enabled=progress)
         size = self.config.batch_size
@@ -340,9 +350,10 @@ class Searcher:
         finally:
             meter.close()
 
-    def _encode(self, tokenizer, prompts: list[str], messages: list[str], whose: str) -> list[list[int]]:
+    def _encode(
+        self, fmt: PromptFormat, tokenizer, prompts: list[str], messages: list[str], whose: str
+    ) -> list[list[int]]:
         """Each prompt's ids for ``tokenizer``'s model (its chat template or the raw prompt)."""
-        fmt = self.config.prompt_format
         encoded = [fmt.encode(tokenizer, p, m) for p, m in zip(prompts, messages)]
         for prompt, ids in zip(prompts, encoded):
             if not ids:

@@ -62,6 +62,8 @@ def search_to_file(
     already = len(rows) - len(todo)
     if not todo or (budget is not None and spent >= budget):
         return 0, already
+    # Before any model loads: a task or file with too few few-shot examples fails here.
+    prompt_format = config.prompt_format_for(task)
     searcher = make_searcher(config)
     if progress:
         print(f"engines: {searcher.engine_line}", file=sys.stderr)
@@ -69,6 +71,7 @@ def search_to_file(
         [task.prompt(row) for row in todo],
         uids=[str(row["uid"]) for row in todo],
         messages=[task.user_message(row) for row in todo],
+        prompt_format=prompt_format,
         progress=progress,
     )
     written = 0

@@ -192,7 +192,7 @@ def prepare_examples(rows: Sequence[dict], tokenizer, config: TrainConfig, *, ta
         tokenizer,
         config.max_length,
         task=task,
-        prompt_format=config.prompt_format,
+        prompt_format=config.prompt_format_for(task),
     )
 
 

@@ -18,8 +18,9 @@ def add_overrides_flag(parser, flag: str, help: str) -> None:
 
 
 def add_prompt_flags(parser) -> None:
-    """``--chat-template`` and ``--system-prompt``: the prompt settings every config holds
-    (``genssd.prompts``), as flags; given ones beat ``--config`` and ``--set``."""
+    """``--chat-template``, ``--system-prompt``, ``--few-shot`` and ``--few-shot-file``: the prompt
+    settings every config holds (``genssd.prompts``), as flags; given ones beat ``--config`` and
+    ``--set``."""
     parser.add_argument(
         "--chat-template",
         choices=CHAT_TEMPLATES,
@@ -29,10 +30,22 @@ def add_prompt_flags(parser) -> None:
     parser.add_argument(
         "--system-prompt", metavar="TEXT", help="a system turn before the question (templates)"
     )
+    parser.add_argument(
+        "--few-shot",
+        type=int,
+        metavar="K",
+        help="put K worked examples before each question (the task's own, or --few-shot-file's first K): "
+        "earlier question/answer items in a raw prompt, earlier user/assistant turns under a template",
+    )
+    parser.add_argument(
+        "--few-shot-file",
+        metavar="FILE",
+        help="JSONL of few-shot examples (question, answer in the task's format) instead of the task's",
+    )
 
 
 def with_prompt_flags(config, args):
     """``config`` (any of SearchConfig, TrainConfig, EvalConfig) with the prompt flags given in ``args``."""
-    given = {"chat_template": args.chat_template, "system_prompt": args.system_prompt}
-    given = {name: value for name, value in given.items() if value is not None}
+    names = ("chat_template", "system_prompt", "few_shot", "few_shot_file")
+    given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     return dataclasses.replace(config, **given) if given else config

@@ -1,6 +1,12 @@
-"""``genssd demo``: Gen-SSD against its baselines on the embedded default (``genssd.demo``)."""
+"""``genssd demo``: Gen-SSD against its baselines on the embedded default (``genssd.demo``).
+
+Its settings are a ``genssd.demo.Preset``: ``--preset`` picks one, ``--config`` (YAML of Preset
+keys) and ``--set KEY=VALUE`` change its keys, as the other commands' do their configs'.
+"""
 
 from __future__ import annotations
+
+from genssd.commands import add_overrides_flag
 
 # Each job process holds its own models and data (~0.5 GB on the full preset); four keep a small
 # machine's memory free while giving the two-core CPU machine both its cores.
@@ -35,6 +41,10 @@ def register(subparsers) -> None:
         default="quick",
         help="quick: minutes on a CPU (default); full: the larger GPU experiment (3 seeds)",
     )
+    parser.add_argument(
+        "--config", help="YAML file of Preset keys (train_steps, num_candidates, ...) over the --preset's"
+    )
+    add_overrides_flag(parser, "--set", "override one Preset key (repeatable)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the problems, sampling and training")
     parser.add_argument(
         "--models", help="folder with teacher/ and student/ model folders (default: the shipped ones)"
@@ -51,10 +61,28 @@ def register(subparsers) -> None:
         "--equal-data",
         type=int,
         metavar="M",
-        help="the equal-data protocol: every method trains on at most M correct trajectories per problem",
+        help="the equal-data protocol: every method trains on at most M correct trajectories per problem "
+        "(= --set equal_data=M)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
+
+
+def demo_preset(args):
+    """The ``Preset`` of the parsed arguments: ``--preset``'s, then ``--config``, then the
+    ``--equal-data`` alias, then ``--set`` (unknown keys and bad values raise ``UsageError``)."""
+    import dataclasses
+
+    from genssd.config import build_config
+    from genssd.demo import PRESETS, Preset
+
+    given = [] if args.equal_data is None else [f"equal_data={args.equal_data}"]
+    return build_config(
+        Preset,
+        yaml_path=args.config,
+        overrides=[*given, *args.set],
+        **dataclasses.asdict(PRESETS[args.preset]),
+    )
 
 
 def run(args) -> int:
@@ -62,17 +90,17 @@ def run(args) -> int:
     from genssd.demo import ASSETS, run_demo
     from genssd.models import quiet_transformers
 
+    preset = demo_preset(args)  # before anything is written
     check_writable(args.out, folder=True)
     # The demo loads and saves many tiny models: Hugging Face's per-file bars would bury its own.
     quiet_transformers()
     run_demo(
         args.out,
-        preset=args.preset,
+        preset=preset,
         device=args.device,
         seed=args.seed,
         models=args.models or ASSETS,
         progress=not args.no_progress,
         jobs=args.jobs,
-        equal_data=args.equal_data,
     )
     return 0

@@ -193,6 +193,8 @@ def build_plan(args):
     evaluation = build_config(EvalConfig, mapping=recipe.get("eval"), overrides=args.eval_set, **seed)
     # The prompt flags hold for every stage: the search, the training and the evaluation.
     search, train, evaluation = (with_prompt_flags(c, args) for c in (search, train, evaluation))
+    for stage in (search, train, evaluation):
+        stage.prompt_format_for(task)  # each stage's few-shot examples exist
     cold_start, cold_steps = settings["cold_start"], settings["cold_start_steps"]
     if cold_start < 0:
         raise UsageError(f"--cold-start must be >= 0, got {cold_start}")

@@ -90,6 +90,7 @@ def run(args) -> int:
     if args.out:
         check_writable(args.out)
     task = get_task(args.task)
+    config.prompt_format_for(task)  # too few few-shot examples fail before the model loads
     rows = task.load(args.data)[: args.limit]
     if args.predictions is not None:
         result = score_predictions(task, rows, read_predictions(args.predictions, rows))

@@ -6,6 +6,9 @@
 - ``load(path) -> list[dict]``: rows with a non-empty ``question``, the gold solution text in
   ``answer`` and a stable ``uid`` (the file's own, else one derived from the question);
 - ``prompt(row) -> str``: the text the model continues;
+- ``user_message(row) -> str``: the user's turn under a chat template;
+- ``few_shot_examples``: worked examples (``question``, ``answer`` in the task's format) that
+  ``few_shot: k`` puts before a question (``genssd.prompts``);
 - ``extract_answer(text) -> str | None``: the final answer a solution text states;
 - ``gold_answer(row) -> str``: the final answer of the row's gold solution;
 - ``is_correct(text, row) -> bool``.
@@ -87,6 +90,8 @@ class Task:
     stop_strings: tuple[str, ...] = ("\nQuestion:",)
     question_fields: tuple[str, ...] = ("question",)
     answer_fields: tuple[str, ...] = ("answer",)
+    # Solved problems for few-shot prompts, in the order ``few_shot: k`` takes them.
+    few_shot_examples: tuple[dict, ...] = ()
 
     def load(self, path: str | Path) -> list[dict]:
         """Rows of a JSONL file with ``question``, ``answer`` (gold solution text) and ``uid``.

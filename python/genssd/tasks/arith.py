@@ -238,11 +238,26 @@ def write_problems(path: str | Path, rows: Iterable[dict]) -> None:
             f.write(json.dumps(row) + "\n")
 
 
+# Few-shot examples: fine-style solutions of four fixed problems, all of the train partition
+# (``problem_split``), so none is ever a held-out question.
+_SHOT_PROBLEMS = (
+    ([5, 3, 2], ["+", "-"]),
+    ([9, 4, 6, 1], ["-", "+", "+"]),
+    ([2, 7, 3, 5], ["+", "+", "-"]),
+    ([8, 6, 9, 2, 4], ["+", "-", "+", "-"]),
+)
+FEW_SHOT_EXAMPLES = tuple(
+    {"question": f"What is {_expression(numbers, ops)}?", "answer": render_solution(numbers, ops, "fine")}
+    for numbers, ops in _SHOT_PROBLEMS
+)
+
+
 class ArithTask(Task):
     """The ``arith`` task: the final answer is the integer after ``####``, checked exactly."""
 
     name = "arith"
     stop_strings = ("\nQ:",)
+    few_shot_examples = FEW_SHOT_EXAMPLES
 
     def prompt(self, row: dict) -> str:
         """``Q: <question>`` / ``A:``; the solution starts on the next line. Shorter than the

@@ -66,10 +66,47 @@ def equivalent(predicted: str, gold: str) -> bool:
     return bool(verify(gold_parsed, predicted_parsed, timeout_seconds=timeout))
 
 
+# Minerva's four MATH exemplars (Lewkowycz et al., 2022), the usual few-shot prompt.
+FEW_SHOT_EXAMPLES = (
+    {
+        "question": r"Find the domain of the expression $\frac{\sqrt{x-2}}{\sqrt{5-x}}$.",
+        "answer": r"The expressions inside each square root must be non-negative. Therefore, $x-2 \ge 0$, "
+        r"so $x\ge2$, and $5 - x \ge 0$, so $x \le 5$. Also, the denominator cannot be equal to zero, "
+        r"so $5-x>0$, which gives $x<5$. Therefore, the domain of the expression is $\boxed{[2,5)}$.",
+    },
+    {
+        "question": r"If $\det \mathbf{A} = 2$ and $\det \mathbf{B} = 12,$ then find "
+        r"$\det (\mathbf{A} \mathbf{B}).$",
+        "answer": r"We have that $\det (\mathbf{A} \mathbf{B}) = (\det \mathbf{A})(\det \mathbf{B}) "
+        r"= (2)(12) = \boxed{24}.$",
+    },
+    {
+        "question": "Terrell usually lifts two 20-pound weights 12 times. If he uses two 15-pound weights "
+        "instead, how many times must Terrell lift them in order to lift the same total weight?",
+        "answer": r"If Terrell lifts two 20-pound weights 12 times, he lifts a total of "
+        r"$2\cdot 12\cdot20=480$ pounds of weight. If he lifts two 15-pound weights instead for $n$ "
+        r"times, he will lift a total of $2\cdot15\cdot n=30n$ pounds of weight. Equating this to 480 "
+        r"pounds, we can solve for $n$: \begin{align*} 30n&=480\\ \Rightarrow\qquad n&=480/30="
+        r"\boxed{16} \end{align*}",
+    },
+    {
+        "question": "If the system of equations\n\\begin{align*}\n6x-4y&=a,\\\\\n6y-9x &=b.\n"
+        "\\end{align*}has a solution $(x, y)$ where $x$ and $y$ are both nonzero, find $\\frac{a}{b},$ "
+        "assuming $b$ is nonzero.",
+        "answer": r"If we multiply the first equation by $-\frac{3}{2}$, we obtain $$6y-9x=-\frac{3}{2}a.$$"
+        r"Since we also know that $6y-9x=b$, we have $$-\frac{3}{2}a=b\Rightarrow\frac{a}{b}="
+        r"\boxed{-\frac{2}{3}}.$$",
+    },
+)
+
+
 class MathTask(Task):
     """The MATH benchmark (Hendrycks et al.) and its subsets such as MATH-500."""
 
     name = "math"
+    # Its prompts are "Problem: ... Solution:" items; a base model past its answer starts the next.
+    stop_strings = ("\nProblem:",)
+    few_shot_examples = FEW_SHOT_EXAMPLES
     question_fields = ("question", "problem")
     answer_fields = ("solution", "answer")
 

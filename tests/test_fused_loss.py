@@ -161,7 +161,8 @@ def test_recompute_path_is_the_gather_backward(device, backend):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("vocab", [1, 63, 64, 200])
-def test_triton_row_step_matches_reference(device, dtype, vocab):
+@pytest.mark.parametrize("programs", [0, 3], ids=["program per row", "3 striding programs"])
+def test_triton_row_step_matches_reference(device, dtype, vocab, programs):
     """The Triton row step: losses and the overwritten gradient rows against the PyTorch one
     (several slices and a ragged last one; ignored rows zeroed)."""
     if "triton" not in backends_on(device, "linear_cross_entropy"):
@@ -174,7 +175,7 @@ def test_triton_row_step_matches_reference(device, dtype, vocab):
     targets[[2, 7]] = IGNORE
     scale = torch.tensor(0.3, device=device)
     actual, expected = logits.clone(), logits.clone()
-    losses = cross_entropy_rows_(actual, targets, scale, IGNORE)
+    losses = cross_entropy_rows_(actual, targets, scale, IGNORE, programs=programs)
     expected_losses = reference.cross_entropy_rows_(expected, targets, scale, IGNORE)
     torch.testing.assert_close(losses, expected_losses, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(actual.float(), expected.float(), rtol=1e-2, atol=1e-5)

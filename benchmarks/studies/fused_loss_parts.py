@@ -29,7 +29,17 @@ from genssd_kernels import fused_loss, linear_cross_entropy  # noqa: E402
 from genssd_kernels.triton.cross_entropy_rows import cross_entropy_rows_  # noqa: E402
 
 # (slice width, warps) of the row step to compare with the default.
-ROW_STEP_VARIANTS = [(2048, 4), (4096, 4), (8192, 8), (8192, 16), (16384, 16)]
+# (slice width, warps, programs per SM; 0: one program per row): with one program per SM the
+# rows in flight (132 x 297 KiB at V=151936) fit in L2, so the second pass may read from it.
+ROW_STEP_VARIANTS = [
+    (2048, 4, 0),
+    (8192, 8, 0),
+    (8192, 16, 0),
+    (8192, 16, 1),
+    (16384, 16, 1),
+    (16384, 32, 1),
+    (8192, 8, 2),
+]
 
 
 def inputs(n, d, v, seed=0):
@@ -52,16 +62,19 @@ def parts(shape_name):
     acc32 = torch.zeros(v, d, device="cuda")
     acc16 = torch.zeros(v, d, dtype=torch.bfloat16, device="cuda")
     torch.mm(h, weight.T, out=logits)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
     timed = {
         "floor (whole shape)": do_bench(lambda: hidden @ weight.T, rep=500) / chunks,
         "logits mm": do_bench(lambda: torch.mm(h, weight.T, out=logits), rep=500),
         "row step": do_bench(lambda: cross_entropy_rows_(logits, t, scale, -100), rep=500),
         **{
-            f"row step {block}/{warps}w": do_bench(
-                lambda b=block, w=warps: cross_entropy_rows_(logits, t, scale, -100, block=b, num_warps=w),
+            f"row step {block}/{warps}w/{per_sm}": do_bench(
+                lambda b=block, w=warps, p=per_sm: cross_entropy_rows_(
+                    logits, t, scale, -100, block=b, num_warps=w, programs=p * sms
+                ),
                 rep=300,
             )
-            for block, warps in ROW_STEP_VARIANTS
+            for block, warps, per_sm in ROW_STEP_VARIANTS
         },
         "grad_hidden mm": do_bench(lambda: torch.mm(logits, weight, out=grad_hidden), rep=500),
         "grad_weight mm (write)": do_bench(lambda: torch.mm(logits.T, h, out=acc16), rep=500),

@@ -13,16 +13,12 @@ See ``genssd_kernels.reference.cross_entropy_rows`` for the contract.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
 
 from genssd_kernels.triton import INTERPRETED, check_kernel_dtype, device_guard, round_to
 
-LOG2E = 1.0 / math.log(2.0)
-LN2 = math.log(2.0)
 # 4096 columns a slice: 8 KiB of bf16 per load at 8 warps (16 bytes a thread), enough bytes in
 # flight per SM to stream at full bandwidth with a few programs resident. The interpreter
 # wants small slices so that the tests cover several of them and a ragged last one.
@@ -31,18 +27,17 @@ NUM_WARPS = 8
 
 
 @triton.jit
-def _cross_entropy_rows_kernel(z_ptr, t_ptr, scale_ptr, loss_ptr, V, stride_z, ignore_index,
-                               BLOCK: tl.constexpr):  # fmt: skip
-    row = tl.program_id(0).to(tl.int64)
+def _row_step(z_ptr, t_ptr, scale_ptr, loss_ptr, row, V, stride_z, ignore_index, BLOCK: tl.constexpr):
+    """Row ``row`` (int64): its loss into ``loss_ptr[row]``, its gradient over its logits."""
     base = z_ptr + row * stride_z
     target = tl.load(t_ptr + row)
-    valid = target != ignore_index
     cols = tl.arange(0, BLOCK)
-    if valid:
+    if target != ignore_index:
         target_logit = tl.load(base + target).to(tl.float32)
         run_max = tl.full((BLOCK,), float("-inf"), dtype=tl.float32)
         run_sum = tl.zeros((BLOCK,), dtype=tl.float32)
-        # Per-lane running statistics, folded across lanes once at the end: no reduction per slice.
+        # Per-lane running statistics in base 2 (u = z * log2(e)), folded across lanes once at
+        # the end: no reduction per slice.
         for c0 in range(0, V, BLOCK):
             mask = c0 + cols < V
             u = tl.load(base + c0 + cols, mask=mask, other=float("-inf")).to(tl.float32) * 1.4426950408889634
@@ -71,6 +66,19 @@ def _cross_entropy_rows_kernel(z_ptr, t_ptr, scale_ptr, loss_ptr, V, stride_z, i
             tl.store(base + c0 + cols, zero, mask=c0 + cols < V)
 
 
+@triton.jit
+def _cross_entropy_rows_kernel(z_ptr, t_ptr, scale_ptr, loss_ptr, R, V, stride_z, ignore_index,
+                               BLOCK: tl.constexpr, PROGRAMS: tl.constexpr):  # fmt: skip
+    """One program per row (``PROGRAMS`` 0), or ``PROGRAMS`` programs striding over the rows."""
+    if PROGRAMS == 0:
+        _row_step(z_ptr, t_ptr, scale_ptr, loss_ptr, tl.program_id(0).to(tl.int64), V, stride_z, ignore_index,
+                  BLOCK)  # fmt: skip
+    else:
+        for row in range(tl.program_id(0), R, PROGRAMS):
+            row64 = tl.cast(row, tl.int64)
+            _row_step(z_ptr, t_ptr, scale_ptr, loss_ptr, row64, V, stride_z, ignore_index, BLOCK)
+
+
 def cross_entropy_rows_(
     logits: torch.Tensor,
     targets: torch.Tensor,
@@ -79,10 +87,12 @@ def cross_entropy_rows_(
     *,
     block: int = BLOCK,
     num_warps: int = NUM_WARPS,
+    programs: int = 0,
 ) -> torch.Tensor:
     """See :func:`genssd_kernels.reference.cross_entropy_rows.cross_entropy_rows_`.
 
-    ``block`` / ``num_warps`` override the slice width and warps (for launch sweeps).
+    ``block`` / ``num_warps`` override the slice width and warps, ``programs`` > 0 launches that
+    many programs striding over the rows (for launch sweeps).
 
     Args:
         logits: ``[R, V]`` fp16/bf16/fp32 with a unit inner stride (overwritten);
@@ -95,8 +105,8 @@ def cross_entropy_rows_(
     losses = torch.empty(rows, dtype=torch.float32, device=logits.device)
     if rows:
         with device_guard(logits):
-            _cross_entropy_rows_kernel[(rows,)](
-                logits, targets, scale, losses, vocab, logits.stride(0), ignore_index,
-                BLOCK=block, num_warps=num_warps,
+            _cross_entropy_rows_kernel[(min(rows, programs) if programs else rows,)](
+                logits, targets, scale, losses, rows, vocab, logits.stride(0), ignore_index,
+                BLOCK=block, PROGRAMS=programs, num_warps=num_warps,
             )  # fmt: skip
     return losses

@@ -27,8 +27,8 @@ TORCH_LIBRARY(genssd, m) {
   // (and loss 0) where the target is ignore_index. scale: a one-element float tensor.
   m.def("cross_entropy_rows_(Tensor(a!) logits, Tensor targets, Tensor scale, int ignore_index) -> Tensor");
   // Returns (keep_mask [C] bool, kept_idx [P, k] int64, kept_count [P] int32, group_mean [P] float32).
-  // check_values: the CUDA kernel asserts on the device that group_offsets is valid (no host
-  // sync); the CPU kernel checks them always, on the host.
+  // check_values: on CUDA a small kernel asserts on the device that group_offsets is valid (no
+  // host sync); the CPU kernel checks them always, on the host.
   m.def(
       "branch_prune(Tensor scores, Tensor group_offsets, float margin, int k, float min_score, "
       "bool check_values=True) -> (Tensor, Tensor, Tensor, Tensor)");

@@ -110,8 +110,9 @@ def cross_entropy_rows_(logits, targets, scale, ignore_index):
 def branch_prune(scores, group_offsets, margin, k, min_score, check_values=False):
     """See :func:`genssd_kernels.ops.branch_prune`; arguments are already validated.
 
-    ``check_values``: the CUDA kernel asserts on the device that ``group_offsets`` is valid (no
-    host sync); the CPU kernel always checks them on the host (it indexes with them unclamped).
+    ``check_values``: on CUDA a small kernel asserts on the device that ``group_offsets`` is
+    valid (no host sync); the CPU kernel always checks them on the host (it indexes with them
+    unclamped).
 
     Returns ``keep_mask [C] bool, kept_idx [P, k] int64, kept_count [P] int32, group_mean [P] fp32``.
     """

@@ -7,10 +7,11 @@ from 0 to the row count, non-decreasing) run unless ``check_values=False``:
 - CPU tensors: on the host, before any launch, raising ``ValueError`` naming the argument.
 - CUDA tensors: on the device, without waiting (reading values back would be a host sync):
   Triton check kernels (``genssd_kernels/triton/value_checks.py``; ``branch_prune`` checks inside
-  its own kernel on the triton and cpp backends) end in a device-side assert whose message names
-  the op and the argument. It is printed on stderr, and the error surfaces at the next
-  synchronizing point as a CUDA error (the process cannot go on using the GPU). So the default
-  call launches without a host sync and can be captured in a CUDA graph (the checks replay too).
+  its own kernel on the triton backend, in a small kernel of the extension on cpp) end in a
+  device-side assert whose message names the op and the argument. It is printed on stderr, and
+  the error surfaces at the next synchronizing point as a CUDA error (the process cannot go on
+  using the GPU). So the default call launches without a host sync and can be captured in a CUDA
+  graph (the checks replay too).
 """
 
 from __future__ import annotations
@@ -308,9 +309,10 @@ def branch_prune(
         k: >= 1, the most candidates kept per group.
         min_score: absolute floor.
         check_values: validate ``group_offsets``' values: on CPU on the host (``ValueError`` at the
-            call); on CUDA on the device without a host sync, inside the op's one kernel on the
-            triton and cpp backends (a device-side assert naming the op and argument, raised at
-            the next synchronizing point; CUDA-graph capturable).
+            call); on CUDA on the device without a host sync: inside the op's kernel on the triton
+            backend (no extra launch), in one small extra kernel on cpp (a device-side assert
+            naming the op and argument, raised at the next synchronizing point; CUDA-graph
+            capturable).
 
     Returns:
         ``keep_mask [C] bool``, ``kept_idx [P, k] int64`` (global indices, -1 padded),

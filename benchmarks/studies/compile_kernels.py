@@ -25,6 +25,7 @@ from triton.compiler import ASTSource
 
 from genssd_kernels.triton import branch_prune as triton_prune
 from genssd_kernels.triton import logprob_gather as triton_gather
+from genssd_kernels.triton import value_checks
 
 TARGET = GPUTarget("cuda", 90, 64)
 H100_SMS = 132
@@ -50,12 +51,14 @@ ARG_TYPES = {
     "kept_idx_ptr": "*i64",
     "kept_count_ptr": "*i32",
     "mean_ptr": "*fp32",
+    "verdict_ptr": "*i32",
+    "targets_ptr": "*i64",
     "scale": "fp32",
     "inv_temperature": "fp32",
     "margin": "fp32",
     "min_score": "fp32",
 }
-UNIT_STRIDES = ("stride_hd", "stride_wd", "stride_s", "stride_o")
+UNIT_STRIDES = ("stride_hd", "stride_wd", "stride_s", "stride_o", "stride_t")
 DIVISIBLE = (
     "h_ptr",
     "w_ptr",
@@ -189,12 +192,35 @@ def jobs():
         dict(num_warps=4),
         None,
     )
+    for check in (False, True):
+        # Checked: the offsets' device assert compiled in (debug mode without the overflow sanitizer).
+        yield (
+            f"branch prune check_values={check}",
+            triton_prune._branch_prune_kernel,
+            torch.float32,
+            dict(
+                BLOCK=triton_prune.BLOCK,
+                PAIR=triton_prune.PAIR,
+                CHECK=check,
+                MESSAGE=triton_prune.MESSAGE,
+                WRITE_VERDICT=False,
+            ),
+            dict(num_warps=triton_prune.NUM_WARPS, **(value_checks.DEBUG_ONLY_ASSERTS if check else {})),
+            None,
+        )
     yield (
-        "branch prune",
-        triton_prune._branch_prune_kernel,
+        "value checks (targets + offsets)",
+        value_checks._check_values_kernel,
         torch.float32,
-        dict(BLOCK=triton_prune.BLOCK, PAIR=triton_prune.PAIR),
-        dict(num_warps=triton_prune.NUM_WARPS),
+        dict(
+            CHECK_TARGETS=True,
+            CHECK_OFFSETS=True,
+            TARGETS_MESSAGE=value_checks.targets_message("logprob_gather"),
+            OFFSETS_MESSAGE=value_checks.offsets_message("logprob_gather", "cu_seqlens", "N"),
+            WRITE_VERDICT=False,
+            BLOCK=value_checks.BLOCK,
+        ),
+        dict(num_warps=4, **value_checks.DEBUG_ONLY_ASSERTS),
         None,
     )
 

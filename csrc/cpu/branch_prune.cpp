@@ -25,8 +25,11 @@ constexpr int64_t kGroupGrain = 16;  // groups per parallel task
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> branch_prune_cpu(const at::Tensor& scores_in,
                                                                              const at::Tensor& group_offsets,
                                                                              double margin, int64_t k,
-                                                                             double min_score) {
+                                                                             double min_score,
+                                                                             bool /*check_values*/) {
   check_prune_args(scores_in, group_offsets, margin, k);
+  // The offsets are checked whatever check_values says: this kernel indexes with them unclamped,
+  // and on the host the check costs no synchronization.
   const at::Tensor scores = scores_in.contiguous();
   const at::Tensor offsets = group_offsets.to(at::kLong).contiguous();
   const int64_t num_scores = scores.size(0);

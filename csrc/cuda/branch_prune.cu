@@ -10,7 +10,8 @@
 //      the remaining slots with -1. Ranking costs O(n^2 / threads) per group of n candidates,
 //      cheap for the tens to thousands of candidates of a search round.
 // Every output element is written by the kernel (keep_mask included), so no memset precedes it
-// and the op is a single launch, usable inside CUDA graphs.
+// and the op is a single launch, usable inside CUDA graphs. With check_values a small kernel
+// checks group_offsets first, on the device (check_offsets_kernel): still no host synchronization.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -23,11 +24,38 @@
 
 #include "../checks.h"
 
+// Older torch headers have no message variant: the message then shows in the asserted expression.
+#ifndef CUDA_KERNEL_ASSERT_MSG
+#define CUDA_KERNEL_ASSERT_MSG(cond, msg) CUDA_KERNEL_ASSERT((cond) && msg)
+#endif
+
 namespace genssd {
 namespace {
 
 constexpr int kThreads = 256;
 constexpr int kTile = 1024;  // candidates per shared-memory tile in the ranking pass
+constexpr int kCheckThreads = 256;
+
+// The value check of check_values: thread p checks the pair lo = offsets[p], hi = offsets[p + 1]:
+// 0 <= lo <= hi <= C, the first lo 0 and the last hi C (every pair valid <=> the offsets valid).
+// A bad pair ends in a device-side assert that names the op and the argument; the error surfaces
+// at the next synchronizing point. A kernel of its own, not a check inside branch_prune_kernel:
+// the assert's call costs a kernel 8 more registers a thread (40 instead of 32 on sm_90), which
+// would leave 6 resident blocks an SM instead of 8.
+template <typename index_t>
+__global__ void __launch_bounds__(kCheckThreads)
+    check_offsets_kernel(const index_t* __restrict__ offsets, int64_t offset_stride, int64_t num_groups,
+                         int64_t num_scores) {
+  const int64_t p = static_cast<int64_t>(blockIdx.x) * kCheckThreads + threadIdx.x;
+  if (p >= num_groups) return;
+  const int64_t lo = static_cast<int64_t>(offsets[p * offset_stride]);
+  const int64_t hi = static_cast<int64_t>(offsets[(p + 1) * offset_stride]);
+  const bool valid = lo >= 0 && hi >= lo && hi <= num_scores && (p != 0 || lo == 0) &&
+                     (p != num_groups - 1 || hi == num_scores);
+  CUDA_KERNEL_ASSERT_MSG(valid,
+                         "genssd_kernels.branch_prune: group_offsets must start at 0, end at C (the number "
+                         "of scores) and be non-decreasing");
+}
 
 // Deterministic block-wide sum: a fixed tree over kThreads shared slots.
 template <typename T>
@@ -125,7 +153,8 @@ __global__ void __launch_bounds__(kThreads)
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> branch_prune_cuda(const at::Tensor& scores,
                                                                               const at::Tensor& group_offsets,
                                                                               double margin, int64_t k,
-                                                                              double min_score) {
+                                                                              double min_score,
+                                                                              bool check_values) {
   check_prune_args(scores, group_offsets, margin, k);
   const c10::cuda::CUDAGuard device_guard(scores.device());
   const int64_t num_scores = scores.size(0);
@@ -147,6 +176,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> branch_prune_cuda(con
   const float margin_f = static_cast<float>(margin);
   const float min_score_f = static_cast<float>(min_score);
   AT_DISPATCH_INDEX_TYPES(group_offsets.scalar_type(), "genssd_branch_prune_cuda", [&] {
+    if (check_values) {
+      const auto blocks = static_cast<unsigned int>((num_groups + kCheckThreads - 1) / kCheckThreads);
+      check_offsets_kernel<index_t><<<blocks, kCheckThreads, 0, stream>>>(
+          group_offsets.data_ptr<index_t>(), group_offsets.stride(0), num_groups, num_scores);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
     branch_prune_kernel<index_t><<<static_cast<unsigned int>(num_groups), kThreads, 0, stream>>>(
         scores.data_ptr<float>(), scores.stride(0), group_offsets.data_ptr<index_t>(), group_offsets.stride(0),
         num_scores, margin_f, min_score_f, k, keep_mask.data_ptr<bool>(), kept_idx.data_ptr<int64_t>(),

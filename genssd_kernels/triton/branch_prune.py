@@ -4,6 +4,10 @@ One program per group. The group's bounds are read from ``group_offsets`` inside
 and the number of groups comes from the shape, so nothing is read back to the host and the
 outputs have fixed sizes (usable under CUDA graph capture). The kernel writes every output
 element itself, ``-1`` padding included, so the op is exactly one launch.
+
+The offsets' values are checked in the same launch (``CHECK``): each program validates the pair
+of offsets it reads anyway (``value_checks.offsets_pair_ok``) and fires a device-side assert
+before it touches a score, so the default call costs no second launch and no host sync.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import triton
 import triton.language as tl
 
 from genssd_kernels.triton import device_guard
+from genssd_kernels.triton.value_checks import DEBUG_ONLY_ASSERTS, offsets_message, offsets_pair_ok
 
 # One warp per group. A group is usually a few dozen candidates; with <= 64 registers a
 # thread, 32 one-warp programs fit on each SM, so P=4096 groups run in a single wave on a
@@ -24,6 +29,7 @@ NUM_WARPS = 1
 # within 64 registers).
 BLOCK = 64
 PAIR = 32
+MESSAGE = offsets_message("branch_prune", "group_offsets", "C (the number of scores)")
 
 
 @triton.jit
@@ -97,19 +103,31 @@ def _branch_prune_kernel(
     kept_idx_ptr,
     kept_count_ptr,
     mean_ptr,
+    verdict_ptr,
     stride_s,
     stride_o,
+    num_scores,
     margin,
     min_score,
     K,
     BLOCK: tl.constexpr,
     PAIR: tl.constexpr,
+    CHECK: tl.constexpr,
+    MESSAGE: tl.constexpr,
+    WRITE_VERDICT: tl.constexpr,
 ):
     """Program ``p`` handles candidates ``offsets[p]:offsets[p+1]`` and writes ``keep [those]``
-    (uint8), ``kept_idx [p, :K]``, ``kept_count [p]`` and ``mean [p]``."""
+    (uint8), ``kept_idx [p, :K]``, ``kept_count [p]`` and ``mean [p]``. With ``CHECK`` it first
+    asserts that its pair of offsets is valid (``WRITE_VERDICT``: and writes ``verdict [p]``,
+    int32 1 valid / 0 not, for the interpreter, which ignores asserts)."""
     group = tl.program_id(0)
     start = tl.load(offsets_ptr + group * stride_o).to(tl.int64)
     end = tl.load(offsets_ptr + (group + 1) * stride_o).to(tl.int64)
+    if CHECK:
+        ok = offsets_pair_ok(start, end, group, tl.num_programs(0), num_scores)
+        tl.device_assert(ok, MESSAGE)
+        if WRITE_VERDICT:
+            tl.store(verdict_ptr + group, ok.to(tl.int32))
     # Group-local int32 indices from here on; int64 only for the global ones that are stored.
     size = (end - start).to(tl.int32)
     base = scores_ptr + start * stride_s
@@ -148,12 +166,15 @@ def _branch_prune_kernel(
         tl.store(out_idx + r, tl.full((BLOCK,), -1, dtype=tl.int64), mask=padding)
 
 
-def branch_prune(scores, group_offsets, margin, k, min_score):
+def branch_prune(scores, group_offsets, margin, k, min_score, check_values=False, verdict=None):
     """See :func:`genssd_kernels.ops.branch_prune`; arguments are already validated.
 
     Args:
         scores: ``[C]`` fp32; group_offsets: ``[P+1]`` int32/int64 (values are never read on the host).
         margin, min_score: compared in float32; k: >= 1.
+        check_values: assert on the device that ``group_offsets`` is valid (P >= 1; ``ops``
+            checks the offsets of P = 0 itself, since no program runs then).
+        verdict: None, or ``[P]`` int32 that gets each group's check result (1 valid, 0 not).
     Returns:
         ``keep_mask [C] bool``, ``kept_idx [P, k] int64`` (-1 padded), ``kept_count [P] int32``,
         ``group_mean [P] fp32``.
@@ -164,6 +185,7 @@ def branch_prune(scores, group_offsets, margin, k, min_score):
     kept_idx = torch.empty(num_groups, k, dtype=torch.int64, device=device)
     kept_count = torch.empty(num_groups, dtype=torch.int32, device=device)
     group_mean = torch.empty(num_groups, dtype=torch.float32, device=device)
+    check = bool(check_values or verdict is not None)
     if num_groups:
         with device_guard(scores):
             # bool is stored through a uint8 view: one byte per element, 0 or 1.
@@ -174,13 +196,21 @@ def branch_prune(scores, group_offsets, margin, k, min_score):
                 kept_idx,
                 kept_count,
                 group_mean,
+                verdict if verdict is not None else kept_count,
                 scores.stride(0),
                 group_offsets.stride(0),
+                scores.numel(),
                 margin,
                 min_score,
                 k,
                 BLOCK=BLOCK,
                 PAIR=PAIR,
+                CHECK=check,
+                MESSAGE=MESSAGE,
+                WRITE_VERDICT=verdict is not None,
                 num_warps=NUM_WARPS,
+                # The asserts are compiled in only in debug mode; without the overflow
+                # sanitizer that is the same machine code plus the check (unchecked: unchanged).
+                **(DEBUG_ONLY_ASSERTS if check else {}),
             )
     return keep_mask, kept_idx, kept_count, group_mean

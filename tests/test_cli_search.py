@@ -273,12 +273,8 @@ BAD_INPUTS = {
 
 def _gpt2_teacher(tmp_path):
     """A saved GPT-2 (a family the static engine does not run) with the test tokenizer."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     tokenizer = bpe_tokenizer(300)
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2)).save_pretrained(
-        tmp_path / "gpt2"
-    )
+    tiny_lm("gpt2", len(tokenizer), layers=1, tie=True).save_pretrained(tmp_path / "gpt2")
     tokenizer.save_pretrained(tmp_path / "gpt2")
     return tmp_path / "gpt2"
 

@@ -109,6 +109,9 @@ def test_merge_dedups_by_uid_in_input_order(tmp_path):
         merge(a, [a, b])
     with pytest.raises(UsageError, match="not found"):
         merge(out, [tmp_path / "missing.jsonl"])
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UsageError, match="merge output .* is not a folder"):
+        merge(tmp_path / "file" / "merged.jsonl", [a, b])  # checked before any input is read
 
 
 def test_write_jsonl_gives_the_files_the_usual_mode(tmp_path):

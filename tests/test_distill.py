@@ -395,7 +395,7 @@ def test_changed_settings_in_the_same_folder_are_refused(work, finished, capsys)
     "change, message",
     [
         (("--data", "missing.jsonl"), "not found"),
-        (("--teacher", "nowhere"), "teacher model directory not found"),
+        (("--teacher", "nowhere"), "the teacher model: no such folder: "),
         (("--cold-start", "99"), "cold start asks for 99"),
         (("--set", "bogus=1"), "unknown config key"),
         (("--train-set", "lr=-1"), "lr must be > 0"),

@@ -23,7 +23,6 @@ from search_fixtures import (  # noqa: F401
     tiny_lm,
     token_logprobs,
 )
-from transformers import GPT2Config, GPT2LMHeadModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -66,20 +65,6 @@ def test_reserve_doubles_and_keeps_contents_truncate_shortens_rows():
     )
 
 
-def _gpt2(vocab_size: int):
-    config = GPT2Config(
-        vocab_size=vocab_size,
-        n_embd=32,
-        n_layer=2,
-        n_head=4,
-        n_positions=256,
-        bos_token_id=BOS,
-        eos_token_id=EOS,
-    )
-    torch.manual_seed(3)
-    return GPT2LMHeadModel(config).eval()
-
-
 def test_engine_choice_falls_back_to_hf_and_static_refuses_unsupported_models():
     tokenizer = bpe_tokenizer(300)
     qwen3 = tiny_lm("qwen3", 300, seed=1)
@@ -88,7 +73,7 @@ def test_engine_choice_falls_back_to_hf_and_static_refuses_unsupported_models():
         "hf",
         "teacher: hf engine (auto picks static on CUDA; --engine static runs it here)",
     )
-    gpt2 = _gpt2(len(tokenizer))
+    gpt2 = tiny_lm("gpt2", len(tokenizer), seed=3, tie=True, max_position_embeddings=256)
     engine, line = resolve_engine(gpt2, "auto", "teacher")
     assert (
         engine == "hf"
@@ -280,3 +265,13 @@ def test_a_relative_path_under_a_local_folder_is_no_hub_id(tmp_path, monkeypatch
     with pytest.raises(UsageError, match="no such folder: models/student"):
         check_source("models/student")
     assert check_source("Qwen/Qwen2.5-0.5B") == "Qwen/Qwen2.5-0.5B"  # could be a Hub id
+
+
+def test_a_missing_student_folder_is_refused_before_the_teacher_loads(tmp_path, monkeypatch):
+    loaded = []
+    monkeypatch.setattr("genssd.search.load_model", lambda source, **_: loaded.append(source))
+    teacher = tmp_path / "teacher"
+    bpe_tokenizer(300).save_pretrained(teacher)
+    with pytest.raises(UsageError, match="no such folder: ./nope"):
+        Searcher(str(teacher), "./nope")
+    assert loaded == []

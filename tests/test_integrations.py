@@ -9,7 +9,7 @@ import torch
 from genssd.errors import UsageError
 from genssd.integrations import apply_genssd_loss, remove_genssd_loss
 from search_fixtures import tiny_lm  # noqa: F401
-from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -94,7 +94,7 @@ def test_patched_forward_returns_no_logits_with_labels_and_is_undone():
 
 
 def test_unsupported_models_and_heads_are_refused():
-    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=2))
+    gpt2 = tiny_lm("gpt2", VOCAB, layers=1, tie=True)
     with pytest.raises(UsageError, match="model type 'gpt2'"):
         apply_genssd_loss(gpt2)
     model = tiny_lm("llama", VOCAB, seed=5)

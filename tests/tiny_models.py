@@ -7,6 +7,8 @@ import contextlib
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
@@ -51,6 +53,8 @@ FAMILIES = {
     "qwen2": (Qwen2Config, Qwen2ForCausalLM),
     "qwen3": (Qwen3Config, Qwen3ForCausalLM),
     "mistral": (MistralConfig, MistralForCausalLM),
+    # Not a static-engine family: the tests of what runs on the hf engine only, or is refused.
+    "gpt2": (GPT2Config, GPT2LMHeadModel),
 }
 # (pad, bos, eos) of the search tests' BPE tokenizers; byte_tokenizer's are (0, 2, 1).
 BPE_SPECIALS = (0, 1, 2)
@@ -73,7 +77,8 @@ def tiny_lm(
     ``FAMILIES``) with ``hidden`` width and ``layers`` layers, fp32, in eval mode.
 
     ``specials`` are the (pad, bos, eos) ids; ``eos`` sets the generation config's end-of-sequence
-    ids (several make endings frequent); ``overrides`` replace or add config fields.
+    ids (several make endings frequent); ``overrides`` replace or add config fields. GPT-2's config
+    reads the common names (``hidden_size`` is its ``n_embd``, ...) and ignores the fields it lacks.
     """
     pad, bos, eos_id = specials
     config_cls, model_cls = FAMILIES[kind]

@@ -1,5 +1,7 @@
 """genssd: student-aware chain-of-thought distillation (Gen-SSD)."""
 
+import importlib
+
 from genssd.config import EvalConfig, SearchConfig, TrainConfig
 
 # The search API pulls in transformers; import it on first use so `import genssd` (and every CLI
@@ -14,8 +16,6 @@ _LAZY = {
 
 def __getattr__(name: str):
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'genssd' has no attribute {name!r}")
 

@@ -146,7 +146,7 @@ def merge(out: str | Path, inputs: Iterable[str | Path]) -> int:
     A cut-off last line of an input is skipped. ``out`` is replaced atomically. Returns the number
     of rows written.
     """
-    out = Path(out)
+    out = check_writable(out, flag="merge output")
     inputs = [Path(p) for p in inputs]
     for path in inputs:
         if not path.is_file():

@@ -36,7 +36,14 @@ from genssd.config import EvalConfig, SearchConfig, TrainConfig, config_hash, se
 from genssd.data import read_output
 from genssd.errors import UsageError
 from genssd.evaluate import evaluate, write_records
-from genssd.models import inference_dtype, load_model, load_tokenizer, resolve_device
+from genssd.models import (
+    TRAIN_DTYPE,
+    check_model_folder,
+    inference_dtype,
+    load_model,
+    load_tokenizer,
+    resolve_device,
+)
 from genssd.morsd import morsd_rows
 from genssd.runs import guard_run, rows_fingerprint, run_stage, write_json
 from genssd.sampling import combine, text_key
@@ -145,8 +152,7 @@ class DistillPlan:
         if self.eval_rows is not None and not self.eval_rows:
             raise UsageError("the evaluation data holds no problems")
         for name in ("teacher", "student"):
-            if not Path(getattr(self, name)).is_dir():
-                raise UsageError(f"{name} model directory not found: {getattr(self, name)}")
+            check_model_folder(getattr(self, name), name)
 
 
 # ----------------------------------------------------------------------------------- search
@@ -298,8 +304,7 @@ def train_stage(
 
     tokenizer = load_tokenizer(student, trust_remote_code=trust_remote_code)
     examples = prepare_examples(rows, tokenizer, config, task=task)
-    # fp32 master weights; bf16 comes from autocast on CUDA.
-    model = load_model(student, device=device, dtype="float32", trust_remote_code=trust_remote_code)
+    model = load_model(student, device=device, dtype=TRAIN_DTYPE, trust_remote_code=trust_remote_code)
     stats = train(
         model, tokenizer, examples, config, out_dir, task=task, resume=True, device=device, progress=progress
     )

@@ -22,6 +22,7 @@ from genssd.errors import UsageError
 from genssd.models import eos_token_ids, pad_token_id
 from genssd.prompts import PromptFormat
 from genssd.sampling import combine, text_key
+from genssd.tasks import read_rows
 
 
 def _until_eos(ids: list[int], eos_ids: set[int]) -> list[int]:
@@ -52,9 +53,7 @@ def generate(
     lengths. Returns, per prompt in the given order, the decoded texts of the new tokens up to
     (not including) the first EOS. ``config.engine`` picks how (see ``EvalConfig``).
     """
-    eos_ids = set(eos_token_ids(model, tokenizer))
-    if not eos_ids:
-        raise UsageError("the tokenizer has no EOS token; set eos_token in its tokenizer_config.json")
+    eos_ids = set(eos_token_ids(model, tokenizer, required=True))
     engine, _ = resolve_engine(model, config.engine, "model")
     messages = prompts if messages is None else messages
     fmt = prompt_format if prompt_format is not None else config.prompt_format
@@ -107,7 +106,7 @@ def _static_batches(model, tokenizer, prompts, encoded, config: EvalConfig):
 
 def _hf_batches(model, tokenizer, encoded, config: EvalConfig, eos_ids: list[int]):
     """Generation of a batch with ``model.generate`` (left-padded): ``[B * num_samples]`` id lists."""
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig  # heavy: imported on first use (genssd.models)
 
     pad_id = pad_token_id(tokenizer, eos_ids)
     sampling = config.temperature > 0
@@ -205,7 +204,6 @@ def read_predictions(path: str | Path, rows: Sequence[dict]) -> list[list[str]]:
     A line may hold ``predictions`` (list of texts, as ``genssd eval --out`` writes),
     ``prediction`` (one text), or ``trajectories`` (a ``genssd search`` output row).
     """
-    from genssd.tasks import read_rows
 
     def texts_of(line: dict, where: str) -> list[str]:
         if isinstance(line.get("predictions"), list):

@@ -68,7 +68,7 @@ def _patched_forward(cls: type):
 
 def _fused_loss_forward(model: nn.Module, labels: torch.Tensor, kwargs: dict):
     """The causal-LM forward with the loss from hidden states; ``labels`` ``[B, T]`` int64."""
-    from transformers.modeling_outputs import CausalLMOutputWithPast
+    from transformers.modeling_outputs import CausalLMOutputWithPast  # heavy: on first use (genssd.models)
 
     num_items = kwargs.pop("num_items_in_batch", None)
     shift_labels = kwargs.pop("shift_labels", None)
@@ -104,7 +104,7 @@ class AutoGenssdModelForCausalLM:
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs) -> nn.Module:
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM  # heavy: on first use (genssd.models)
 
         return apply_genssd_loss(AutoModelForCausalLM.from_pretrained(*args, **kwargs))
 

@@ -4,6 +4,11 @@ The search calls models through their ``forward`` with an explicit ``DynamicCach
 that argument changed between transformers releases (``past_key_values`` in 5.17, ``cache`` in
 5.24, which still accepts the old name with a deprecation warning), so it is read from the
 signature once per model instead of relying on the deprecated alias.
+
+transformers is imported inside the functions that load or build things with it: every
+``genssd`` command imports the library to build its parser and runs its argument checks before
+any model loads, and transformers would add most of a second to each of them (the same in
+``evaluate``, ``train`` and ``integrations``).
 """
 
 from __future__ import annotations
@@ -49,6 +54,10 @@ def resolve_device(device: str | None) -> str:
     return device
 
 
+# Training loads the weights in float32 (the master weights); bfloat16 comes from autocast on CUDA.
+TRAIN_DTYPE = "float32"
+
+
 def inference_dtype(device: str | torch.device, dtype: str | torch.dtype | None = None) -> torch.dtype:
     """The dtype models run in for search and evaluation: ``dtype`` when given (not ``"auto"``),
     else bfloat16 on CUDA and float32 elsewhere."""
@@ -60,7 +69,7 @@ def inference_dtype(device: str | torch.device, dtype: str | torch.dtype | None 
 
 def quiet_transformers() -> None:
     """Hide the Hugging Face loading and saving bars (for --no-progress and worker processes)."""
-    from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging  # heavy: imported on first use (module docstring)
 
     hf_logging.disable_progress_bar()
 
@@ -93,6 +102,15 @@ def check_source(source) -> str:
     return text
 
 
+def check_model_folder(path, role: str) -> Path:
+    """``path`` as a ``Path`` when it is a local folder, else a ``UsageError`` ("no such folder"),
+    for the model folders a command must read and write locally (``role``: whose it is)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise UsageError(f"the {role} model: no such folder: {path}")
+    return folder
+
+
 def load_model(
     model_or_path,
     *,
@@ -112,7 +130,7 @@ def load_model(
     """
     if isinstance(model_or_path, torch.nn.Module):
         return model_or_path.eval()
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # heavy: imported on first use (module docstring)
 
     kwargs = {"trust_remote_code": trust_remote_code}
     torch_dtype = resolve_dtype(dtype)
@@ -134,7 +152,7 @@ def load_tokenizer(tokenizer_or_path, *, trust_remote_code: bool = False):
     """A tokenizer object is returned as it is; a path is loaded with ``AutoTokenizer``."""
     if tokenizer_or_path is None or not isinstance(tokenizer_or_path, (str, Path)):
         return tokenizer_or_path
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # heavy: imported on first use (module docstring)
 
     source = check_source(tokenizer_or_path)
     try:
@@ -172,7 +190,7 @@ def cache_argument(module) -> str:
 
 def new_cache(model):
     """An empty ``DynamicCache`` laid out for ``model`` (its config decides full vs sliding layers)."""
-    from transformers import DynamicCache
+    from transformers import DynamicCache  # heavy: imported on first use (module docstring)
 
     try:
         return DynamicCache(config=model.config)
@@ -223,16 +241,31 @@ def decoder_and_head(model) -> tuple[torch.nn.Module, torch.Tensor]:
     return decoder, weight
 
 
-def eos_token_ids(model, tokenizer) -> list[int]:
+_NO_EOS = "the tokenizer has no EOS token; set eos_token in its tokenizer_config.json"
+
+
+def eos_token_ids(model, tokenizer, *, required: bool = False) -> list[int]:
     """End-of-sequence ids: the model's generation config's and the tokenizer's, together (a
-    sequence ends at either; the generation config's come first)."""
+    sequence ends at either; the generation config's come first). ``required``: a
+    ``UsageError`` when there are none."""
     generation_config = getattr(model, "generation_config", None)
     eos = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
     ids = [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None]
     token = getattr(tokenizer, "eos_token_id", None)
     if token is not None and int(token) not in ids:
         ids.append(int(token))
+    if required and not ids:
+        raise UsageError(_NO_EOS)
     return ids
+
+
+def completion_eos_id(tokenizer, model=None) -> int:
+    """The id a finished completion ends with where genssd writes it itself: in training examples
+    and in the student's re-tokenized text. The tokenizer's EOS (always one of ``eos_token_ids``,
+    so search and evaluation stop where the trained student learned to), else ``model``'s first."""
+    ids = eos_token_ids(model, tokenizer, required=True)
+    token = getattr(tokenizer, "eos_token_id", None)
+    return int(token) if token is not None else ids[0]
 
 
 def pad_token_id(tokenizer, eos_ids: list[int]) -> int:
@@ -244,7 +277,11 @@ def pad_token_id(tokenizer, eos_ids: list[int]) -> int:
 
 
 __all__ = [
+    "TRAIN_DTYPE",
     "cache_argument",
+    "check_model_folder",
+    "check_source",
+    "completion_eos_id",
     "decoder_and_head",
     "eos_token_ids",
     "inference_dtype",

@@ -22,13 +22,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
+from tqdm.auto import tqdm
 
 import genssd_kernels
 from genssd.config import SearchConfig, search_config_for
 from genssd.engine import kv_cache_bytes, resolve_engine
 from genssd.engine.decode import StaticTeacherSampler, row_bucket
 from genssd.errors import UsageError
-from genssd.models import input_device, load_model, load_tokenizer, same_vocabulary
+from genssd.models import check_source, input_device, load_model, load_tokenizer, same_vocabulary
 from genssd.prompts import PromptFormat
 from genssd.sampling import combine, text_key
 from genssd.scorers import CandidateBatch, RandomScorer, Scorer, StudentLikelihoodScorer
@@ -213,6 +214,11 @@ class Searcher:
     ):
         if student is None:
             raise UsageError("a student model is required (it scores the candidates)")
+        # Every path is checked before any model loads: a missing student fails in a second, not
+        # after the teacher has loaded.
+        for source in (teacher, student, tokenizer, student_tokenizer):
+            if isinstance(source, (str, os.PathLike)):
+                check_source(source)
         self.config = config if config is not None else SearchConfig()
         if tokenizer is None and isinstance(teacher, (str, os.PathLike)):
             tokenizer = teacher
@@ -724,8 +730,6 @@ class _Progress:
     """A tqdm bar: prompts done, live beams, the share of prompts pruned early, teacher tokens/s."""
 
     def __init__(self, total: int, *, enabled: bool):
-        from tqdm.auto import tqdm
-
         self.bar = tqdm(total=total, unit="prompt", desc="search", disable=not enabled, dynamic_ncols=True)
         self.start = time.perf_counter()
         self.tokens = 0

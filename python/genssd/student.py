@@ -26,7 +26,7 @@ import torch
 import genssd_kernels
 from genssd.engine.runners import HFRunner, StaticRunner
 from genssd.errors import UsageError
-from genssd.models import decoder_and_head, eos_token_ids, input_device, pad_token_id
+from genssd.models import completion_eos_id, decoder_and_head, eos_token_ids, input_device, pad_token_id
 from genssd.teacher import Chunk
 
 IGNORE = -100
@@ -208,12 +208,12 @@ class StudentTracker:
         self.backend = backend
         eos = eos_token_ids(student, tokenizer)
         self.pad_id = pad_token_id(tokenizer, eos)
+        # A finished completion ends with the EOS that training appends (nothing without any EOS).
+        end = completion_eos_id(tokenizer, student) if eos else None
         self.retokenizer = (
             None
             if shared_vocab
-            else _Retokenizer(
-                tokenizer, eos_id=eos[0] if eos else None, pad_id=self.pad_id, vocab=self.weight.shape[0]
-            )
+            else _Retokenizer(tokenizer, eos_id=end, pad_id=self.pad_id, vocab=self.weight.shape[0])
         )
         self._pending: _Pending | None = None
 

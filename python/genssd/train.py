@@ -32,11 +32,13 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from safetensors.torch import load_file
 from torch import nn
+from tqdm.auto import tqdm
 
 from genssd.config import TrainConfig
 from genssd.errors import UsageError
-from genssd.models import linear_head_weight
+from genssd.models import completion_eos_id, eos_token_ids, linear_head_weight, pad_token_id, resolve_device
 from genssd.prompts import PromptFormat
 from genssd_kernels import linear_cross_entropy
 
@@ -151,9 +153,7 @@ def build_examples(
     (losing its EOS; a warning counts them); a prompt that encodes to no tokens, or
     leaves no room for one completion token, is an error.
     """
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise UsageError("the tokenizer has no EOS token; set eos_token in its tokenizer_config.json")
+    eos = completion_eos_id(tokenizer)
     examples, truncated = [], 0
     for i, row in enumerate(rows):
         where = _where(row, i)
@@ -278,12 +278,12 @@ def dist_info() -> tuple[int, int]:
 def setup_distributed(device: str | None = None) -> torch.device:
     """Join the ``torchrun`` process group when ``WORLD_SIZE > 1`` and pick this rank's device.
 
-    NCCL on CUDA, gloo on CPU. Without torchrun: ``device``, else CUDA when available, else CPU.
+    NCCL on CUDA, gloo on CPU. Without torchrun: ``device`` (``resolve_device``'s rule: checked,
+    None is CUDA when available, else CPU).
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
-    if use_cuda and not torch.cuda.is_available():
-        raise UsageError(f"--device {device} but CUDA is not available here")
+    device = resolve_device(device)
+    use_cuda = torch.device(device).type == "cuda"
     if world_size > 1:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if not dist.is_initialized():
@@ -292,7 +292,7 @@ def setup_distributed(device: str | None = None) -> torch.device:
             torch.cuda.set_device(local_rank)
             return torch.device("cuda", local_rank)
         return torch.device("cpu")
-    return torch.device(device or ("cuda" if use_cuda else "cpu"))
+    return torch.device(device)
 
 
 def _barrier() -> None:
@@ -358,8 +358,6 @@ def _save_checkpoint(
 
 def _load_weights(model: nn.Module, checkpoint: Path) -> None:
     """Load a checkpoint's safetensors into ``model`` in place (tied weights are saved once)."""
-    from safetensors.torch import load_file
-
     files = sorted(checkpoint.glob("*.safetensors"))
     if not files:
         raise UsageError(f"{checkpoint} holds no .safetensors weights")
@@ -521,7 +519,7 @@ def train(
             f"(batch_size {config.batch_size} x grad_accum {config.grad_accum} x {world} processes)"
         )
     total_steps = config.max_steps or config.epochs * steps_per_epoch
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer, eos_token_ids(model, tokenizer))
 
     model.to(device)
     model.train()
@@ -533,7 +531,7 @@ def train(
             loss_module, device_ids=[device.index] if device.type == "cuda" else None
         )
     optimizer = _optimizer(model, config)
-    from transformers import get_cosine_schedule_with_warmup
+    from transformers import get_cosine_schedule_with_warmup  # heavy: on first use (genssd.models)
 
     scheduler = get_cosine_schedule_with_warmup(
         optimizer, math.ceil(config.warmup_ratio * total_steps), total_steps
@@ -548,8 +546,6 @@ def train(
 
     bar = None
     if progress and rank == 0:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
     losses: list[float] = []
     tokens_seen, started = 0, time.perf_counter()

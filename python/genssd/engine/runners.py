@@ -48,7 +48,18 @@ def right_pad(
     return ids.to(device), lengths.to(device)
 
 
-class HFRunner:
+class _Runner:
+    """What both engines share: the cache they run over (None before the first ``prefill``)."""
+
+    cache = None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the cache's buffers take (0 without one)."""
+        return 0 if self.cache is None else self.cache.nbytes
+
+
+class HFRunner(_Runner):
     """Today's engine: the Hugging Face forward of ``module`` over a ``DynamicCache`` with holes.
 
     Args:
@@ -60,10 +71,6 @@ class HFRunner:
         self.module = module
         self.device = device
         self.cache: BatchedCache | None = None
-
-    @property
-    def nbytes(self) -> int:
-        return 0 if self.cache is None else self.cache.nbytes
 
     def prefill(
         self, prompts: list[list[int]], pad_id: int, *, rows: int = 0, columns: int = 0
@@ -88,7 +95,7 @@ class HFRunner:
         self.cache.drop_last(counts)
 
 
-class StaticRunner:
+class StaticRunner(_Runner):
     """The static engine: ``CompactDecoder`` over a ``StaticKVCache`` (any supported family;
     ``backend`` and ``fuse_qkv`` as ``CompactDecoder``'s).
 
@@ -101,10 +108,6 @@ class StaticRunner:
         self.device = self.decoder.device
         self.cache: StaticKVCache | None = None
         self._pending: torch.Tensor | None = None
-
-    @property
-    def nbytes(self) -> int:
-        return 0 if self.cache is None else self.cache.nbytes
 
     def prefill(
         self, prompts: list[list[int]], pad_id: int, *, rows: int = 0, columns: int = 0

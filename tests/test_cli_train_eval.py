@@ -183,7 +183,7 @@ def test_eval_bad_input_exits_2(tmp_path, model_dir, capsys):
         main(["eval", "--model", str(tmp_path / "nomodel"), "--task", "gsm8k", "--data", str(GSM8K_TEST)])
         == 2
     )
-    assert "model directory not found" in capsys.readouterr().err
+    assert "no such folder" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------- train
@@ -206,6 +206,7 @@ def test_train_bad_input_exits_2_with_a_clear_message(tmp_path, model_dir, data,
             "unknown config key 'learning_rate'",
         ),
         (train_args(model_dir, data, tmp_path / "o5", "batch_size=64"), "fewer than one step's batch"),
+        (train_args(tmp_path / "nomodel", data, tmp_path / "o6"), "no such folder"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv

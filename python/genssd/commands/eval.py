@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from genssd.commands import add_overrides_flag, add_prompt_flags, with_prompt_flags
 from genssd.errors import UsageError
 
@@ -15,10 +13,9 @@ def load_student(path: str, *, device, dtype: str = "auto", trust_remote_code: b
 
     ``dtype="auto"`` is bfloat16 on CUDA and float32 elsewhere.
     """
-    from genssd.models import inference_dtype, load_model, load_tokenizer
+    from genssd.models import check_model_folder, inference_dtype, load_model, load_tokenizer
 
-    if not Path(path).is_dir():
-        raise UsageError(f"model directory not found: {path}")
+    check_model_folder(path, "model")
     dtype = inference_dtype(device, dtype)
     tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
     return load_model(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code), tokenizer

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from genssd.commands import add_overrides_flag, add_prompt_flags, with_prompt_flags
-from genssd.errors import UsageError
 
 
 def register(subparsers) -> None:
@@ -44,7 +41,7 @@ def run(args) -> int:
 
     from genssd.config import TrainConfig, build_config
     from genssd.data import check_writable
-    from genssd.models import load_model, load_tokenizer, quiet_transformers
+    from genssd.models import check_model_folder, load_model, load_tokenizer, quiet_transformers
     from genssd.tasks import get_task, read_rows
     from genssd.train import dist_info, prepare_examples, setup_distributed, train
 
@@ -54,8 +51,7 @@ def run(args) -> int:
     if args.no_progress:
         quiet_transformers()
     # The data is checked before the model is loaded, so bad input fails in seconds.
-    if not Path(args.model).is_dir():
-        raise UsageError(f"model directory not found: {args.model}")
+    check_model_folder(args.model, "model")
     tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
     examples = prepare_examples([row for _, row in read_rows(args.data)], tokenizer, config, task=task)
     device = setup_distributed(args.device)

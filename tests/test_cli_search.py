@@ -306,13 +306,17 @@ def test_unknown_method_is_an_argparse_error(workdir, tmp_path):
     "flag, value, message",
     [
         ("--teacher", "runs/nowhere/teacher", "no such folder: runs/nowhere/teacher"),
+        ("--student", "./nope", "no such folder: ./nope"),
         ("--out", "/proc/genssd-out.jsonl", "--out /proc/genssd-out.jsonl is not writable"),
     ],
 )
 def test_missing_folders_and_unwritable_outputs_fail_before_loading(
-    workdir, tmp_path, capsys, flag, value, message
+    workdir, tmp_path, capsys, monkeypatch, flag, value, message
 ):
+    loaded = []
+    monkeypatch.setattr("genssd.models.load_model", lambda source, **_: loaded.append(source))
     args = _args(workdir, tmp_path / "o.jsonl", flag, value)
     assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and "Loading" not in err
+    assert loaded == []  # neither model was loaded (a missing --student fails before the teacher loads)

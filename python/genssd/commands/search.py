@@ -174,8 +174,11 @@ def _output_path(out: Path, dist) -> Path:
 
 
 def _load_models(args, device: str, student_device: str, dtype):
-    from genssd.models import load_model, load_tokenizer
+    from genssd.models import check_source, load_model, load_tokenizer
 
+    # Both paths are checked before either model loads, so a missing --student fails in seconds.
+    check_source(args.teacher)
+    check_source(args.student)
     remote = args.trust_remote_code
     teacher = load_model(
         args.teacher, device=device, dtype=dtype, device_map=args.teacher_device_map, trust_remote_code=remote

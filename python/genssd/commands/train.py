@@ -41,7 +41,7 @@ def run(args) -> int:
 
     from genssd.config import TrainConfig, build_config
     from genssd.data import check_writable
-    from genssd.models import check_model_folder, load_model, load_tokenizer, quiet_transformers
+    from genssd.models import TRAIN_DTYPE, check_model_folder, load_model, load_tokenizer, quiet_transformers
     from genssd.tasks import get_task, read_rows
     from genssd.train import dist_info, prepare_examples, setup_distributed, train
 
@@ -58,7 +58,7 @@ def run(args) -> int:
     try:
         # fp32 master weights; bf16 comes from autocast on CUDA.
         model = load_model(
-            args.model, device=device, dtype="float32", trust_remote_code=args.trust_remote_code
+            args.model, device=device, dtype=TRAIN_DTYPE, trust_remote_code=args.trust_remote_code
         )
         result = train(
             model,

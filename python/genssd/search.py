@@ -605,7 +605,6 @@ class Searcher:
             k=self.config.beam_width,
             min_score=self.config.min_score,
             backend=self.backend,
-            check_values=False,
         )
         return scores, kept_idx, kept_count
 

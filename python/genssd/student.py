@@ -121,8 +121,9 @@ class _Retokenizer:
         self.rows: list[_TextState] = []
 
     def check_vocab(self, ids: list[int]) -> None:
-        """Refuse student token ids past the LM head's rows: the kernels run with their value
-        checks off (``check_values=False``), so such an id would be read out of bounds."""
+        """Refuse student token ids past the LM head's rows, up front and naming the tokenizer
+        (the kernel's own value check would only name the out-of-range target, and on CUDA only
+        at the next synchronizing point)."""
         if ids and max(ids) >= self.vocab:
             raise UsageError(
                 f"the student tokenizer produced token id {max(ids)}, but the student's LM head has "
@@ -273,7 +274,6 @@ class StudentTracker:
             self.weight,
             targets.reshape(-1),
             backend=self.backend,
-            check_values=False,
         )
         token_logprobs = token_logprobs.view(rows, width)
         new_sum = token_logprobs.sum(1, dtype=torch.float64)

@@ -1,8 +1,10 @@
 """Subcommands of the ``genssd`` CLI, one module each.
 
-Command modules import torch, transformers and the library inside their handlers: the parser
-is built from every module on each call, and ``genssd --help`` or an argument error should not
-wait for torch to load.
+The parser is built from every module on each call. Most command modules import the library
+inside their handlers, and transformers is imported only when a model or tokenizer loads, so
+``genssd --help`` or an argument error does not wait for transformers. torch is imported while
+the parser is built: ``register()`` in ``distill.py`` and ``demo.py`` reads its choices and
+defaults from ``genssd.distill`` and ``genssd.demo``, which import torch.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ keys) and ``--set KEY=VALUE`` change its keys, as the other commands' do their c
 
 from __future__ import annotations
 
+import os
+
 from genssd.commands import add_overrides_flag
 
 # Each job process holds its own models and data (~0.5 GB on the full preset); four keep a small
@@ -15,8 +17,6 @@ MAX_DEFAULT_JOBS = 4
 
 def default_jobs() -> int:
     """The CPU cores this process may use, at most MAX_DEFAULT_JOBS."""
-    import os
-
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(cores, MAX_DEFAULT_JOBS))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,8 +159,6 @@ class SearchConfig(PromptSettings):
     @property
     def min_score(self) -> float:
         """The absolute floor on a candidate's mean log-prob implied by ``max_ppl``."""
-        import math
-
         return float("-inf") if self.max_ppl is None else -math.log(self.max_ppl)
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 import threading
 
+from math_verify import parse, verify
+
 from genssd.tasks import Task
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\b")
@@ -56,8 +58,6 @@ def equivalent(predicted: str, gold: str) -> bool:
     """Whether two LaTeX answers are mathematically equivalent (math-verify), or identical."""
     if _compact(predicted) == _compact(gold):
         return True
-    from math_verify import parse, verify
-
     timeout = _TIMEOUT_SECONDS if threading.current_thread() is threading.main_thread() else None
     gold_parsed = parse(f"${gold}$", parsing_timeout=timeout)
     predicted_parsed = parse(f"${predicted}$", parsing_timeout=timeout)

@@ -46,6 +46,16 @@ def add_prompt_flags(parser) -> None:
     )
 
 
+def add_model_run_flags(parser) -> None:
+    """``--trust-remote-code``, the prompt flags (``add_prompt_flags``) and ``--no-progress``: the
+    flags of a command that loads one model folder and runs it (``train``, ``eval``)."""
+    parser.add_argument(
+        "--trust-remote-code", action="store_true", help="allow the model folder's own Python code"
+    )
+    add_prompt_flags(parser)
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
 def with_prompt_flags(config, args):
     """``config`` (any of SearchConfig, TrainConfig, EvalConfig) with the prompt flags given in ``args``."""
     names = ("chat_template", "system_prompt", "few_shot", "few_shot_file")

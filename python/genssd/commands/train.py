@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from genssd.commands import add_overrides_flag, add_prompt_flags, with_prompt_flags
+from genssd.commands import add_model_run_flags, add_overrides_flag, with_prompt_flags
 
 
 def register(subparsers) -> None:
@@ -28,11 +28,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--device", help="cpu or cuda (default: cuda when available; torchrun: this rank's GPU)"
     )
-    parser.add_argument(
-        "--trust-remote-code", action="store_true", help="allow the model folder's own Python code"
-    )
-    add_prompt_flags(parser)
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_model_run_flags(parser)
     parser.set_defaults(func=run)
 
 

@@ -15,7 +15,7 @@ def load_student(path: str, *, device, dtype: str = "auto", trust_remote_code: b
     """
     from genssd.models import check_model_folder, inference_dtype, load_model, load_tokenizer
 
-    check_model_folder(path, "model")
+    check_model_folder(path, "--model")
     dtype = inference_dtype(device, dtype)
     tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
     return load_model(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code), tokenizer

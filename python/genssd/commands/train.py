@@ -47,7 +47,7 @@ def run(args) -> int:
     if args.no_progress:
         quiet_transformers()
     # The data is checked before the model is loaded, so bad input fails in seconds.
-    check_model_folder(args.model, "model")
+    check_model_folder(args.model, "--model")
     tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
     examples = prepare_examples([row for _, row in read_rows(args.data)], tokenizer, config, task=task)
     device = setup_distributed(args.device)

@@ -135,33 +135,24 @@ def test_every_command_with_settings_takes_config_and_set(tmp_path, capsys):
     write_problems(data, generate_problems(2, seed=1))
     unknown = tmp_path / "unknown.yaml"
     unknown.write_text("no_such_key: 1\n")
+    # search and distill take the same model and data flags.
+    pair = [
+        "--teacher",
+        "t",
+        "--student",
+        "s",
+        "--task",
+        "arith",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "o"),
+    ]
     argv = {
         "train": ["--model", str(tmp_path), "--data", str(data), "--out", str(tmp_path / "o")],
         "eval": ["--predictions", str(data), "--task", "arith", "--data", str(data)],
-        "search": [
-            "--teacher",
-            "t",
-            "--student",
-            "s",
-            "--task",
-            "arith",
-            "--data",
-            str(data),
-            "--out",
-            str(tmp_path / "o"),
-        ],
-        "distill": [
-            "--teacher",
-            "t",
-            "--student",
-            "s",
-            "--task",
-            "arith",
-            "--data",
-            str(data),
-            "--out",
-            str(tmp_path / "o"),
-        ],
+        "search": pair,
+        "distill": pair,
         "export": ["--task", "arith", "--data", str(data), "--out", str(tmp_path / "o")],
         "demo": ["--out", str(tmp_path / "o")],
     }

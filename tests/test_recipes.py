@@ -136,7 +136,7 @@ def test_every_command_with_settings_takes_config_and_set(tmp_path, capsys):
     unknown = tmp_path / "unknown.yaml"
     unknown.write_text("no_such_key: 1\n")
     # search and distill take the same model and data flags.
-    pair = [
+    search_flags = [
         "--teacher",
         "t",
         "--student",
@@ -151,8 +151,8 @@ def test_every_command_with_settings_takes_config_and_set(tmp_path, capsys):
     argv = {
         "train": ["--model", str(tmp_path), "--data", str(data), "--out", str(tmp_path / "o")],
         "eval": ["--predictions", str(data), "--task", "arith", "--data", str(data)],
-        "search": pair,
-        "distill": pair,
+        "search": search_flags,
+        "distill": search_flags,
         "export": ["--task", "arith", "--data", str(data), "--out", str(tmp_path / "o")],
         "demo": ["--out", str(tmp_path / "o")],
     }

@@ -211,3 +211,37 @@ def test_reference_row_step_is_the_softmax_gradient():
     expected = F.cross_entropy(leaf.detach(), targets, ignore_index=IGNORE, reduction="none")
     torch.testing.assert_close(losses, expected)
     torch.testing.assert_close(logits, leaf.grad)
+
+
+ALL_BACKENDS = [
+    pytest.param(device, backend, id=f"{device}-{backend}")
+    for device in DEVICES
+    for backend in backends_on(device, "linear_cross_entropy")
+]
+
+
+@pytest.mark.parametrize("device,backend", ALL_BACKENDS)
+@pytest.mark.parametrize("recompute", [False, True], ids=["gradient in forward", "recompute"])
+def test_autocast_runs_the_loss_in_the_autocast_dtype(device, backend, recompute):
+    """fp32 leaves under bf16 autocast (Trainer's ``bf16=True``): the loss and gradients are those of
+    the bf16-cast operands, as ``F.linear`` would compute the head, not an fp32 loss."""
+    hidden, weight, targets = testing.random_gather_inputs(
+        37, 24, 150, torch.float32, device=device, seed=5, ignore_fraction=0.2
+    )
+
+    def loss_fn(h, w):
+        return linear_cross_entropy(h, w, targets, backend=backend, recompute=recompute)
+
+    def under_autocast(h, w):
+        # The forward under autocast, the backward outside it (as torch.amp recommends and
+        # Trainer does).
+        with torch.autocast(device, dtype=torch.bfloat16):
+            return loss_fn(h, w)
+
+    expected = _loss_and_grads(lambda h, w: loss_fn(h.bfloat16(), w.bfloat16()), hidden, weight)
+    actual = _loss_and_grads(under_autocast, hidden, weight)
+    without = _loss_and_grads(loss_fn, hidden, weight)
+    for a, e in zip(actual, expected):
+        assert a.dtype == e.dtype
+        torch.testing.assert_close(a, e, rtol=1e-6, atol=1e-7)
+    assert not torch.allclose(without[0], actual[0], rtol=1e-5, atol=0), "the fp32 loss is not the bf16 one"

@@ -81,7 +81,8 @@ def _fused_loss_forward(model: nn.Module, labels: torch.Tensor, kwargs: dict):
         shift_labels = nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:]
     targets = shift_labels.reshape(-1).to(hidden.device)
     weight = linear_head_weight(model)
-    # Under autocast the body may run in bf16 over an fp32 head: the kernel takes one dtype.
+    # Outside autocast the body may end in another dtype than the head's; under autocast the op
+    # casts both to the autocast dtype (bf16 under Trainer(bf16=True)), as the head's matmul would be.
     flat = hidden.reshape(-1, hidden.shape[-1]).to(weight.dtype)
     if num_items is None:
         loss = linear_cross_entropy(flat, weight, targets, ignore_index=ignore_index, reduction="mean")

@@ -254,13 +254,8 @@ class CompletionLoss(nn.Module):
         # Only completion positions reach the kernel: prompt tokens cost no vocabulary work.
         hidden, targets = hidden[keep], targets[keep]  # [n, d], [n]
         weight = self.model.get_output_embeddings().weight  # [V, d]
-        if hidden.is_cuda and torch.is_autocast_enabled("cuda"):
-            # Autocast would run the LM-head matmul in low precision; the kernel does the same
-            # (accumulating in fp32) on casted operands.
-            dtype = torch.get_autocast_dtype("cuda")
-            hidden, weight = hidden.to(dtype), weight.to(dtype)
-        elif hidden.dtype != weight.dtype:
-            hidden = hidden.to(weight.dtype)
+        # Under autocast the op casts both to the autocast dtype, as the LM-head matmul would be.
+        hidden = hidden.to(weight.dtype)
         # The value checks run on the device without a host sync (docs/design.md §2), so the hot
         # loop keeps them.
         return linear_cross_entropy(hidden, weight, targets, reduction="sum")

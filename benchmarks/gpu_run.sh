@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One GPU session: install carried wheels, build genssd with its CUDA extension, then run the
-# stages named as arguments: tests | kernels | search | train | trainer | parts. Results land in $OUT (or ./gpu-out).
+# stages named as arguments: tests | kernels | search | train | trainer | parts | budgets. Results land in $OUT (or ./gpu-out).
 set -uo pipefail
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
@@ -21,7 +21,8 @@ for stage in "$@"; do
     search) python3 benchmarks/bench_search.py --shape 1.1b --json "$OUT/search-1.1b.json" 2>&1 | tail -12
             python3 benchmarks/bench_search.py --shape 7b --repeats 1 --json "$OUT/search-7b.json" 2>&1 | tail -12 ;;
     train) python3 benchmarks/bench_train.py --json "$OUT/train.json" 2>&1 | tail -8 ;;
-    trainer) python3 benchmarks/bench_trainer.py --json "$OUT/trainer.json" 2>&1 | tail -16 ;;
+    trainer) python3 benchmarks/bench_trainer.py --json "$OUT/trainer.json" ${TRAINER_ARGS:-} 2>&1 | tail -16 ;;
     parts) python3 benchmarks/studies/fused_loss_parts.py --accuracy --json "$OUT/parts.json" 2>&1 | tail -30 ;;
+    budgets) python3 benchmarks/studies/fused_loss_parts.py --budgets 256,512,768,1024,1536,2048 --shapes A,B,C --json "$OUT/budgets.json" 2>&1 | grep budget ;;
   esac
 done

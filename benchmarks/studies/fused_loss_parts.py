@@ -2,13 +2,17 @@
 its ``grad_weight`` accumulators are (GPU study).
 
     python benchmarks/studies/fused_loss_parts.py --json out.json [--shapes A,B,C] [--accuracy]
+        [--budgets 256,512,1024]
 
 Times (``do_bench`` medians, bf16) of one chunk's parts scaled to the whole shape: the logits
 matmul, the row step, the two gradient matmuls, the fp32 / bf16 ``grad_weight`` accumulation,
 next to the bf16 floor ``hidden @ weight.T``. ``--accuracy``: at N=32768, d=896, V=151936 (9
 chunks of 1 GiB), the largest error of the loss and gradients against float64, for the fp32
 accumulator, the bf16 one, and ``F.cross_entropy`` on bf16 logits (the tolerance rule's bound).
-``--row-steps``: the row step's launch variants (slice width, warps) at each shape's chunk.
+The row step's launch variants (slice width, warps, programs) are timed at each shape's chunk
+too. ``--budgets`` (instead of the parts): the whole forward+backward (default call, bf16) and
+its extra memory with the chunk budget (``fused_loss.CHUNK_BYTES["cuda"]``) set to each size in
+MiB, against the floor.
 """
 
 from __future__ import annotations
@@ -96,6 +100,48 @@ def parts(shape_name):
     ]
 
 
+def budgets(shape_name, sizes_mib):
+    """The default call's forward+backward time and extra memory for each chunk budget."""
+    n, d, v = SHAPES[shape_name]
+    hidden, weight, targets = inputs(n, d, v)
+    floor = do_bench(lambda: hidden @ weight.T, rep=500)
+    hidden.requires_grad_(True)
+    weight.requires_grad_(True)
+
+    def step():
+        hidden.grad = weight.grad = None
+        linear_cross_entropy(hidden, weight, targets).backward()
+
+    grads_mib = (hidden.numel() + weight.numel()) * 2 / 2**20
+    saved = dict(fused_loss.CHUNK_BYTES)
+    rows = []
+    try:
+        for size in sizes_mib:
+            fused_loss.CHUNK_BYTES["cuda"] = size * 2**20
+            step()
+            hidden.grad = weight.grad = None
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            step()
+            torch.cuda.synchronize()
+            extra = (torch.cuda.max_memory_allocated() - base) / 2**20 - grads_mib
+            ms = do_bench(step, warmup=50, rep=1000)
+            rows.append(
+                {
+                    "shape": shape_name,
+                    "budget_mib": size,
+                    "rows_per_chunk": fused_loss.chunk_rows(n, v, 2, hidden.device),
+                    "ms": ms,
+                    "x_floor": ms / floor,
+                    "extra_mib": extra,
+                }
+            )
+    finally:
+        fused_loss.CHUNK_BYTES.update(saved)
+    return rows
+
+
 def accuracy():
     n, d, v = 32768, 896, 151936
     hidden, weight, targets = inputs(n, d, v, seed=1)
@@ -155,9 +201,19 @@ def main():
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--shapes", default="A,B,C")
     parser.add_argument("--accuracy", action="store_true")
+    parser.add_argument("--budgets", help="chunk budgets (MiB, comma-separated): the whole op, not parts")
     args = parser.parse_args()
-    out = {"card": torch.cuda.get_device_name(), "parts": [], "accuracy": None}
-    for shape_name in args.shapes.split(","):
+    out = {"card": torch.cuda.get_device_name(), "parts": [], "accuracy": None, "budgets": None}
+    if args.budgets:
+        sizes = [int(size) for size in args.budgets.split(",")]
+        out["budgets"] = [row for shape in args.shapes.split(",") for row in budgets(shape, sizes)]
+        for row in out["budgets"]:
+            print(
+                f"{row['shape']} budget {row['budget_mib']:>5} MiB ({row['rows_per_chunk']} rows)"
+                f"  {row['ms']:8.3f} ms  {row['x_floor']:.2f}x  extra {row['extra_mib']:.0f} MiB"
+            )
+        torch.cuda.empty_cache()
+    for shape_name in [] if args.budgets else args.shapes.split(","):
         out["parts"] += parts(shape_name)
         torch.cuda.empty_cache()
     for row in out["parts"]:

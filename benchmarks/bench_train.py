@@ -10,9 +10,13 @@ prompt (not trained). One step is forward, backward and the optimizer step:
 - ``hf``: ``model(input_ids, attention_mask, labels=labels).loss``, the same loop with the
   model's default loss (full logits, upcast to fp32 in the loss).
 
-Both run in the same process on the same model, with and without gradient checkpointing. Peak
-memory is ``torch.cuda.max_memory_allocated`` over the timed steps (weights, gradients and
-optimizer state included); "step MiB" is that peak minus what was resident before the step.
+Both run in the same process on the same model, with and without gradient checkpointing, in
+``--rounds`` alternating rounds (each variant: 2 warm-up and 5 timed steps a round); a row's time
+is the median of its rounds, with their range beside it. One round per variant swung by up to 17%
+between two runs on the same card (HF's loss with checkpointing: 207.5 and 171.6 ms a step on an
+H200), so one round is not enough. Peak memory is ``torch.cuda.max_memory_allocated`` over the
+timed steps (weights, gradients and optimizer state included; the largest of the rounds); "step
+MiB" is that peak minus what was resident before the step.
 
 Entry points: ``pytest benchmarks/bench_train.py`` (skipped without CUDA), or
 ``python benchmarks/bench_train.py --json benchmarks/results/train.json`` for the table.
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -135,7 +140,26 @@ def loss_agreement(model, batch) -> dict:
     return {"fused": fused, "hf": hf}
 
 
-def run(batch: int = 8, seq: int = 1024, prompt: int = 128) -> dict:
+def median_of_rounds(rounds: list[dict]) -> dict:
+    """One variant's row from its rounds' rows: the median step time (and its tokens/s), the
+    rounds' range, the largest peak; a note if any round ran out of memory."""
+    failed = [r for r in rounds if "note" in r]
+    if failed:
+        return failed[0]
+    ms = sorted(r["ms_per_step"] for r in rounds)
+    median = statistics.median(ms)
+    tokens_per_step = rounds[0]["batch"] * rounds[0]["seq"]
+    return {
+        **{k: rounds[0][k] for k in ("loss", "grad_ckpt", "batch", "seq")},
+        "tokens_per_s": tokens_per_step / (median / 1000),
+        "ms_per_step": median,
+        "ms_per_step_rounds": ms,
+        "peak_mib": max(r["peak_mib"] for r in rounds),
+        "step_mib": max(r["step_mib"] for r in rounds),
+    }
+
+
+def run(batch: int = 8, seq: int = 1024, prompt: int = 128, rounds: int = 3) -> dict:
     from genssd_kernels.dispatch import resolve_backend
 
     model = qwen2_half_b()
@@ -144,17 +168,21 @@ def run(batch: int = 8, seq: int = 1024, prompt: int = 128) -> dict:
     data = make_batch(batch, seq, prompt, model.config.vocab_size)
     agreement = loss_agreement(model, data)
     print(json.dumps({"loss_check": agreement}), flush=True)
-    rows = []
-    for checkpointing in (False, True):
-        for loss_kind in ("fused", "hf"):
+    variants = [(ckpt, loss_kind) for ckpt in (False, True) for loss_kind in ("fused", "hf")]
+    measured = {variant: [] for variant in variants}
+    for _ in range(rounds):
+        # Alternating the variants spreads the card's drift (clocks, temperature) over all of them.
+        for checkpointing, loss_kind in variants:
             row = measure(model, optimizer, data, loss_kind, checkpointing)
-            rows.append(row)
+            measured[checkpointing, loss_kind].append(row)
             print(json.dumps(row), flush=True)
+    rows = [median_of_rounds(measured[variant]) for variant in variants]
     return {
         "card": torch.cuda.get_device_name(),
         "torch": torch.__version__,
         "backend": resolve_backend(None, torch.device("cuda"), op="linear_cross_entropy"),
         "loss_check": agreement,
+        "rounds": rounds,
         "rows": rows,
     }
 
@@ -184,7 +212,8 @@ def markdown(result: dict) -> str:
     lines = [
         header,
         "",
-        "| loss | grad ckpt | batch x seq | tokens/s | ms/step | peak MiB | step MiB |",
+        "| loss | grad ckpt | batch x seq | tokens/s | ms/step (median; range of the rounds) | peak MiB "
+        "| step MiB |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
@@ -194,6 +223,7 @@ def markdown(result: dict) -> str:
             continue
         lines.append(
             f"| {r['loss']} | {r['grad_ckpt']} | {shape} | {r['tokens_per_s']:.0f} | {r['ms_per_step']:.1f} "
+            f"({min(r['ms_per_step_rounds']):.1f}-{max(r['ms_per_step_rounds']):.1f}) "
             f"| {r['peak_mib']:.0f} | {r['step_mib']:.0f} |"
         )
     for ratio in ratios(result):
@@ -219,11 +249,12 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=1024)
     parser.add_argument("--prompt", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per variant")
     parser.add_argument("--json", type=Path, help="save the rows here")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("bench_train needs a CUDA GPU")
-    result = run(args.batch, args.seq, args.prompt)
+    result = run(args.batch, args.seq, args.prompt, args.rounds)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({**result, "ratios": ratios(result)}, indent=1))

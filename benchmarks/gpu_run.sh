@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One GPU session: install carried wheels, build genssd with its CUDA extension, then run the
-# stages named as arguments: tests | kernels | search | train | trainer | parts | budgets. Results land in $OUT (or ./gpu-out).
+# stages named as arguments: tests | kernels | search | train | prune | trainer | parts | budgets.
+# Results land in $OUT (or ./gpu-out).
 set -uo pipefail
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
@@ -18,6 +19,7 @@ for stage in "$@"; do
              tests/test_validation.py tests/test_search_cuda.py tests/test_fused_loss.py tests/test_value_checks.py \
              > "$OUT/tests.log" 2>&1; tail -15 "$OUT/tests.log" ;;
     kernels) python3 benchmarks/bench_kernels.py --json "$OUT/kernels.json" ${KERNEL_ARGS:-} > "$OUT/kernels.log" 2>&1; tail -40 "$OUT/kernels.log" ;;
+    prune) python3 benchmarks/bench_kernels.py --ops prune --json "$OUT/prune.json" 2>&1 | grep "^| branch" ;;
     search) python3 benchmarks/bench_search.py --shape 1.1b --json "$OUT/search-1.1b.json" 2>&1 | tail -12
             python3 benchmarks/bench_search.py --shape 7b --repeats 1 --json "$OUT/search-7b.json" 2>&1 | tail -12 ;;
     train) python3 benchmarks/bench_train.py --json "$OUT/train.json" 2>&1 | tail -8 ;;

@@ -17,14 +17,16 @@ recomputing backward of ``logprob_gather`` (forward, recomputed logits, two grad
 The backward only multiplies the saved gradients by the upstream scalar, out of place, so a
 retained graph can be backpropagated again.
 
-Memory: the ``[R, V]`` chunk (at most ``CHUNK_BYTES``) and, from the forward to the backward,
-the gradients themselves (``[N, d]`` and ``[V, d]``, which a backward would allocate anyway).
+Memory: the ``[R, V]`` chunk (at most ``CHUNK_BYTES``, or ``N / MAX_CHUNKS`` rows) and, from the
+forward to the backward, the gradients themselves (``[N, d]`` and ``[V, d]``, which a backward
+would allocate anyway).
 ``grad_weight`` is accumulated across the chunks in the input dtype: cuBLAS sums each chunk's
-product in fp32 and rounds the running sum once per chunk. Measured on an H200 at N=32768,
-d=896, V=151936 (bf16, 9 chunks): its largest error against float64 was 1.45x that of
-``F.cross_entropy`` on bf16 logits (within the tolerance rule's 2x), where an fp32 accumulator
-matched the reference's error exactly but took another ``[V, d]`` fp32 buffer (519 MiB there,
-2.3 GiB at d=4096) and 3-6% more time in that product.
+product in fp32 and rounds the running sum once per chunk, so its error grows with the number of
+chunks. Measured on an H200 at N=32768, d=896, V=151936 (bf16): its largest error against float64
+was 1.45x that of ``F.cross_entropy`` on bf16 logits at 9 chunks and 1.86x at 19 (the tolerance
+rule allows 2x), where an fp32 accumulator matched the reference's error exactly but took another
+``[V, d]`` fp32 buffer (519 MiB there, 2.3 GiB at d=4096) and 3-15% more time in that product.
+Hence at most ``MAX_CHUNKS`` chunks: past that the chunk grows with N (as the saved activations do).
 
 Deterministic: chunks run in a fixed order, no atomics.
 """
@@ -45,13 +47,18 @@ from genssd_kernels.reference.logprob_gather import stat_dtype
 # rows run far below the BLAS's speed), 16 MiB still 1.1-1.8x.
 CHUNK_BYTES = {"cuda": 512 * 2**20, "cpu": 64 * 2**20}
 ROW_ALIGN = {"cuda": 128, "cpu": 1}
+# grad_weight's roundings (see the module docstring): 8 chunks keep its error below 1.45x the
+# reference's. Fewer, larger chunks are also faster at B and C (H200, fused_loss_parts --budgets:
+# 3.52x at B with 10 chunks of 512 MiB, 3.28x with 4 of 1.5 GiB).
+MAX_CHUNKS = 8
 
 
 def chunk_rows(n: int, v: int, element_size: int, device: torch.device) -> int:
     """Rows per chunk: as few equal chunks as fit ``[rows, v]`` logits of ``element_size`` bytes
-    in the device's budget, rounded up to the device's row alignment (at most ``n``)."""
+    in the device's budget, but at most ``MAX_CHUNKS``, rounded up to the device's row alignment
+    (at most ``n``)."""
     kind = "cuda" if device.type == "cuda" else "cpu"
-    chunks = max(1, -(-n * v * element_size // CHUNK_BYTES[kind]))
+    chunks = min(MAX_CHUNKS, max(1, -(-n * v * element_size // CHUNK_BYTES[kind])))
     rows = -(-n // chunks)
     align = ROW_ALIGN[kind]
     return max(1, min(n, -(-rows // align) * align))

@@ -186,7 +186,9 @@ def test_triton_row_step_matches_reference(device, dtype, vocab, programs):
     "n,v,element_size,device,expected",
     [
         (8192, 151936, 2, "cuda", 1664),  # 4.6 chunks of 512 MiB -> 5 equal ones, 128-aligned
-        (32768, 152064, 2, "cuda", 1792),
+        (16384, 152064, 2, "cuda", 2048),  # 10 chunks of 512 MiB -> at most 8: 2048 rows
+        (32768, 152064, 2, "cuda", 4096),
+        (4000, 151936, 2, "cuda", 1408),  # 2.3 chunks of 512 MiB -> 3 of 1334 rows, 128-aligned
         (100, 1000, 2, "cuda", 100),  # one chunk: all rows
         (512, 32000, 4, "cpu", 512),
         (3000, 32000, 4, "cpu", 500),
@@ -195,8 +197,11 @@ def test_triton_row_step_matches_reference(device, dtype, vocab, programs):
 def test_chunk_rows(n, v, element_size, device, expected):
     rows = fused_loss.chunk_rows(n, v, element_size, torch.device(device))
     assert rows == expected
+    chunks = -(-n // rows)
     budget = fused_loss.CHUNK_BYTES[device] + fused_loss.ROW_ALIGN[device] * v * element_size
-    assert rows * v * element_size <= budget
+    # Within the budget, unless that would take more than MAX_CHUNKS chunks.
+    assert chunks <= fused_loss.MAX_CHUNKS
+    assert rows * v * element_size <= budget or chunks == fused_loss.MAX_CHUNKS
 
 
 def test_reference_row_step_is_the_softmax_gradient():

@@ -6,9 +6,10 @@ its ``grad_weight`` accumulators are (GPU study).
 
 Times (``do_bench`` medians, bf16) of one chunk's parts scaled to the whole shape: the logits
 matmul, the row step, the two gradient matmuls, the fp32 / bf16 ``grad_weight`` accumulation,
-next to the bf16 floor ``hidden @ weight.T``. ``--accuracy``: at N=32768, d=896, V=151936 (9
-chunks of 1 GiB), the largest error of the loss and gradients against float64, for the fp32
-accumulator, the bf16 one, and ``F.cross_entropy`` on bf16 logits (the tolerance rule's bound).
+next to the bf16 floor ``hidden @ weight.T``. ``--accuracy``: at N=32768, d=896, V=151936 (as
+many chunks as ``fused_loss.chunk_rows`` gives), the largest error of the loss and gradients
+against float64, for the fused path, the recomputing one and ``F.cross_entropy`` on bf16 logits
+(the tolerance rule's bound).
 The row step's launch variants (slice width, warps, programs) are timed at each shape's chunk
 too. ``--budgets`` (instead of the parts): the whole forward+backward (default call, bf16) and
 its extra memory with the chunk budget (``fused_loss.CHUNK_BYTES["cuda"]``) set to each size in

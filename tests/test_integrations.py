@@ -113,3 +113,89 @@ def test_a_copy_of_a_patched_model_runs_on_its_own_weights():
         twin.lm_head.weight.mul_(2.0)
     assert not torch.allclose(twin(**inputs).loss, model(**inputs).loss)
     assert model(**inputs, return_dict=False)[0] == model(**inputs).loss
+
+
+def _sft_train(kind: str, patched: bool, grad_accum: int, out) -> tuple[list[float], dict]:
+    datasets = pytest.importorskip("datasets")
+    trl = pytest.importorskip("trl")
+    from genssd.tasks import get_task
+    from genssd.tasks.arith import generate_problems
+    from search_fixtures import bpe_tokenizer
+
+    arith = get_task("arith")
+    rows = [{"prompt": arith.prompt(r), "completion": r["answer"]} for r in generate_problems(24, seed=2)]
+    tokenizer = bpe_tokenizer(VOCAB)
+    model = tiny_lm(kind, len(tokenizer), seed=3)
+    if patched:
+        apply_genssd_loss(model)
+    args = trl.SFTConfig(
+        output_dir=str(out),
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=grad_accum,
+        max_steps=3,
+        optim="sgd",  # as in _train
+        learning_rate=0.5,
+        lr_scheduler_type="constant",
+        completion_only_loss=True,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        save_strategy="no",
+        disable_tqdm=True,
+    )
+    dataset = datasets.Dataset.from_list(rows)
+    trainer = trl.SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    head_before = model.lm_head.weight.detach().clone()
+    trainer.train()
+    assert not torch.equal(model.lm_head.weight, head_before)  # the run moved the weights
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return losses, {name: value.detach().clone() for name, value in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("grad_accum", [1, 4])
+def test_sft_trainer_gives_the_same_losses_and_weights_patched_or_not(kind, grad_accum, tmp_path):
+    """TRL's SFTTrainer (completion-only) computes its loss with its own fused LM head, so a patched
+    model trains there exactly as an unpatched one: the patch neither breaks nor changes it."""
+    plain_losses, plain_weights = _sft_train(kind, False, grad_accum, tmp_path / "plain")
+    patched_losses, patched_weights = _sft_train(kind, True, grad_accum, tmp_path / "patched")
+    assert len(patched_losses) == 3
+    assert patched_losses == pytest.approx(plain_losses, rel=1e-5, abs=1e-5)
+    for name, value in plain_weights.items():
+        torch.testing.assert_close(patched_weights[name], value, rtol=1e-5, atol=1e-5, msg=name)
+
+
+class LargestTensor(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the element count of the largest tensor any op creates while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.numel = max(self.numel, t.numel())
+        return out
+
+
+def test_patched_training_step_never_holds_the_full_logits():
+    """A training step (forward and backward) at a vocabulary where ``[tokens, V]`` logits are the
+    largest tensor by far: unpatched, that tensor exists; patched, the largest one is a chunk of
+    at most half of it (the CPU chunk budget is 64 MiB; these logits take 128 MiB in fp32)."""
+    vocab, tokens = 65536, 512
+    model = tiny_lm("qwen2", vocab, seed=8, hidden=32, layers=1)
+    ids = torch.randint(3, vocab, (1, tokens), generator=torch.Generator().manual_seed(0))
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+
+    def largest_in_step() -> int:
+        with LargestTensor() as seen:
+            model(**inputs).loss.backward()
+        model.zero_grad(set_to_none=True)
+        return seen.numel
+
+    assert largest_in_step() >= tokens * vocab
+    apply_genssd_loss(model)
+    assert largest_in_step() <= tokens * vocab // 2

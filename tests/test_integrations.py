@@ -34,11 +34,9 @@ class PromptCompletionRows(torch.utils.data.Dataset):
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": self.labels[i]}
 
 
-def _train(kind: str, patched: bool, grad_accum: int, out) -> tuple[list[float], dict]:
-    model = tiny_lm(kind, VOCAB, seed=3)
-    if patched:
-        apply_genssd_loss(model)
-    args = TrainingArguments(
+def _settings(out, grad_accum: int) -> dict:
+    """The training arguments of every run here (``TrainingArguments`` or TRL's ``SFTConfig``)."""
+    return dict(
         output_dir=str(out),
         per_device_train_batch_size=2,
         gradient_accumulation_steps=grad_accum,
@@ -55,23 +53,23 @@ def _train(kind: str, patched: bool, grad_accum: int, out) -> tuple[list[float],
         save_strategy="no",
         disable_tqdm=True,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=PromptCompletionRows())
+
+
+def _losses_and_weights(trainer, model) -> tuple[list[float], dict]:
+    """Train; each step's logged loss and the final weights (checking the run moved them)."""
+    head_before = model.lm_head.weight.detach().clone()
     trainer.train()
+    assert not torch.equal(model.lm_head.weight, head_before)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return losses, {name: value.detach().clone() for name, value in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2"])
-@pytest.mark.parametrize("grad_accum", [1, 4])
-def test_trainer_gives_the_same_losses_and_weights_patched_or_not(kind, grad_accum, tmp_path):
-    plain_losses, plain_weights = _train(kind, False, grad_accum, tmp_path / "plain")
-    fused_losses, fused_weights = _train(kind, True, grad_accum, tmp_path / "fused")
-    assert len(fused_losses) == 3
-    assert fused_losses == pytest.approx(plain_losses, rel=1e-5, abs=1e-5)
-    for name, value in plain_weights.items():
-        torch.testing.assert_close(fused_weights[name], value, rtol=1e-5, atol=1e-5, msg=name)
-    # The run moved the weights, so the comparison is not of two untouched models.
-    assert not torch.equal(fused_weights["lm_head.weight"], tiny_lm(kind, VOCAB, seed=3).lm_head.weight)
+def _train(kind: str, patched: bool, grad_accum: int, out) -> tuple[list[float], dict]:
+    model = tiny_lm(kind, VOCAB, seed=3)
+    if patched:
+        apply_genssd_loss(model)
+    args = TrainingArguments(**_settings(out, grad_accum))
+    return _losses_and_weights(Trainer(model=model, args=args, train_dataset=PromptCompletionRows()), model)
 
 
 def test_patched_forward_returns_no_logits_with_labels_and_is_undone():
@@ -128,38 +126,20 @@ def _sft_train(kind: str, patched: bool, grad_accum: int, out) -> tuple[list[flo
     model = tiny_lm(kind, len(tokenizer), seed=3)
     if patched:
         apply_genssd_loss(model)
-    args = trl.SFTConfig(
-        output_dir=str(out),
-        per_device_train_batch_size=2,
-        gradient_accumulation_steps=grad_accum,
-        max_steps=3,
-        optim="sgd",  # as in _train
-        learning_rate=0.5,
-        lr_scheduler_type="constant",
-        completion_only_loss=True,
-        logging_steps=1,
-        report_to=[],
-        use_cpu=True,
-        seed=0,
-        save_strategy="no",
-        disable_tqdm=True,
-    )
+    args = trl.SFTConfig(**_settings(out, grad_accum), completion_only_loss=True)
     dataset = datasets.Dataset.from_list(rows)
     trainer = trl.SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-    head_before = model.lm_head.weight.detach().clone()
-    trainer.train()
-    assert not torch.equal(model.lm_head.weight, head_before)  # the run moved the weights
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    return losses, {name: value.detach().clone() for name, value in model.state_dict().items()}
+    return _losses_and_weights(trainer, model)
 
 
+@pytest.mark.parametrize("run", [_train, _sft_train], ids=["Trainer", "SFTTrainer"])
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
 @pytest.mark.parametrize("grad_accum", [1, 4])
-def test_sft_trainer_gives_the_same_losses_and_weights_patched_or_not(kind, grad_accum, tmp_path):
-    """TRL's SFTTrainer (completion-only) computes its loss with its own fused LM head, so a patched
-    model trains there exactly as an unpatched one: the patch neither breaks nor changes it."""
-    plain_losses, plain_weights = _sft_train(kind, False, grad_accum, tmp_path / "plain")
-    patched_losses, patched_weights = _sft_train(kind, True, grad_accum, tmp_path / "patched")
+def test_training_gives_the_same_losses_and_weights_patched_or_not(run, kind, grad_accum, tmp_path):
+    """``Trainer`` takes the patched loss; TRL's SFTTrainer (completion-only) computes its loss
+    with its own fused LM head, so there the patch must neither break nor change anything."""
+    plain_losses, plain_weights = run(kind, False, grad_accum, tmp_path / "plain")
+    patched_losses, patched_weights = run(kind, True, grad_accum, tmp_path / "patched")
     assert len(patched_losses) == 3
     assert patched_losses == pytest.approx(plain_losses, rel=1e-5, abs=1e-5)
     for name, value in plain_weights.items():

@@ -1,6 +1,7 @@
 """``apply_genssd_loss``: a Hugging Face causal LM patched with the fused loss trains exactly as the
-unpatched one inside ``transformers.Trainer`` (gradient accumulation's normalization included),
-never returns logits when given labels, refuses what it cannot honour and can be undone."""
+unpatched one inside ``transformers.Trainer`` and TRL's ``SFTTrainer`` (gradient accumulation's
+normalization included), never holds or returns the logits when given labels, takes the autocast
+dtype, refuses what it cannot honour and can be undone."""
 
 from __future__ import annotations
 
@@ -179,3 +180,21 @@ def test_patched_training_step_never_holds_the_full_logits():
     assert largest_in_step() >= tokens * vocab
     apply_genssd_loss(model)
     assert largest_in_step() <= tokens * vocab // 2
+
+
+def test_patched_loss_under_autocast_takes_the_autocast_dtype():
+    """Under ``Trainer(bf16=True)`` the body runs under autocast over an fp32 head: the patched loss
+    is then that of the bf16 head (as the unpatched ``lm_head`` matmul would be), not an fp32 one."""
+    from genssd_kernels import linear_cross_entropy
+
+    model = apply_genssd_loss(tiny_lm("llama", VOCAB, seed=9))
+    inputs = {k: v[None] for k, v in PromptCompletionRows(count=2)[0].items()}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(**inputs).loss
+        hidden = model.model(input_ids=inputs["input_ids"]).last_hidden_state[0, :-1]
+    weight = model.lm_head.weight
+    targets = inputs["labels"][0, 1:]
+    expected = linear_cross_entropy(hidden.bfloat16(), weight.bfloat16(), targets)
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
+    fp32 = linear_cross_entropy(hidden.float(), weight, targets)
+    assert not torch.allclose(loss, fp32, rtol=1e-5, atol=0)

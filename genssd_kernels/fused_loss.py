@@ -47,9 +47,9 @@ from genssd_kernels.reference.logprob_gather import stat_dtype
 # rows run far below the BLAS's speed), 16 MiB still 1.1-1.8x.
 CHUNK_BYTES = {"cuda": 512 * 2**20, "cpu": 64 * 2**20}
 ROW_ALIGN = {"cuda": 128, "cpu": 1}
-# grad_weight's roundings (see the module docstring): 8 chunks keep its error below 1.45x the
+# grad_weight's roundings (see the module docstring): 8 chunks kept its error at 1.45x the
 # reference's. Fewer, larger chunks are also faster at B and C (H200, fused_loss_parts --budgets:
-# 3.52x at B with 10 chunks of 512 MiB, 3.28x with 4 of 1.5 GiB).
+# 3.52x the floor at B with 10 chunks of 512 MiB, 3.30x with these 8 of 593 MiB; C 3.28 -> 3.14x).
 MAX_CHUNKS = 8
 
 

@@ -17,21 +17,24 @@ recomputing backward of ``logprob_gather`` (forward, recomputed logits, two grad
 The backward only multiplies the saved gradients by the upstream scalar, out of place, so a
 retained graph can be backpropagated again.
 
-Memory: the ``[R, V]`` chunk (at most ``CHUNK_BYTES``, or ``N / MAX_CHUNKS`` rows) and, from the
-forward to the backward, the gradients themselves (``[N, d]`` and ``[V, d]``, which a backward
-would allocate anyway).
-``grad_weight`` is accumulated across the chunks in the input dtype: cuBLAS sums each chunk's
+Memory: the ``[R, V]`` chunk (see :func:`plan_chunks`) and, from the forward to the backward,
+the gradients themselves (``[N, d]`` and ``[V, d]``, which a backward would allocate anyway).
+16-bit ``grad_weight`` is accumulated across the chunks in the input dtype: cuBLAS sums each chunk's
 product in fp32 and rounds the running sum once per chunk, so its error grows with the number of
 chunks. Measured on an H200 at N=32768, d=896, V=151936 (bf16): its largest error against float64
 was 1.45x that of ``F.cross_entropy`` on bf16 logits at 9 chunks and 1.86x at 19 (the tolerance
 rule allows 2x), where an fp32 accumulator matched the reference's error exactly but took another
 ``[V, d]`` fp32 buffer (519 MiB there, 2.3 GiB at d=4096) and 3-15% more time in that product.
-Hence at most ``MAX_CHUNKS`` chunks: past that the chunk grows with N (as the saved activations do).
+Hence at most ``MAX_CHUNKS`` roundings: past that either the chunks grow with N (as the saved
+activations do) or, where that would take more memory, an fp32 accumulator sums them
+(:func:`plan_chunks`). fp32 and fp64 ``grad_weight`` are summed in their own precision.
 
 Deterministic: chunks run in a fixed order, no atomics.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
@@ -47,21 +50,55 @@ from genssd_kernels.reference.logprob_gather import stat_dtype
 # rows run far below the BLAS's speed), 16 MiB still 1.1-1.8x.
 CHUNK_BYTES = {"cuda": 512 * 2**20, "cpu": 64 * 2**20}
 ROW_ALIGN = {"cuda": 128, "cpu": 1}
-# grad_weight's roundings (see the module docstring): 8 chunks kept its error at 1.45x the
+# 16-bit grad_weight's roundings (see the module docstring): 8 chunks kept its error at 1.45x the
 # reference's. Fewer, larger chunks are also faster at B and C (H200, fused_loss_parts --budgets:
 # 3.52x the floor at B with 10 chunks of 512 MiB, 3.30x with these 8 of 593 MiB; C 3.28 -> 3.14x).
 MAX_CHUNKS = 8
 
 
-def chunk_rows(n: int, v: int, element_size: int, device: torch.device) -> int:
-    """Rows per chunk: as few equal chunks as fit ``[rows, v]`` logits of ``element_size`` bytes
-    in the device's budget, but at most ``MAX_CHUNKS``, rounded up to the device's row alignment
-    (at most ``n``)."""
+class ChunkPlan(NamedTuple):
+    """How :func:`loss_and_grads` walks the rows: ``rows`` per chunk, and whether 16-bit
+    ``grad_weight`` is summed across the chunks in an fp32 ``[V, d]`` accumulator."""
+
+    rows: int
+    fp32_accumulator: bool
+
+
+def plan_chunks(
+    n: int, v: int, d: int, dtype: torch.dtype, device: torch.device, need_weight: bool
+) -> ChunkPlan:
+    """As few equal chunks as fit ``[rows, v]`` logits of ``dtype`` in the device's budget, rows
+    rounded up to the device's alignment (at most ``n``). Where 16-bit ``grad_weight`` would be
+    rounded more than ``MAX_CHUNKS`` times, the cheaper in memory of two fixes: ``MAX_CHUNKS``
+    larger chunks, or the budget's chunks with an fp32 accumulator (``V x d x 4`` bytes; e.g.
+    N=32768 at V=152064, d=4096 grows the chunks to 1.16 GiB instead of a 2.3 GiB accumulator, and
+    N=131072 keeps 512 MiB chunks with the accumulator instead of 4.6 GiB chunks)."""
     kind = "cuda" if device.type == "cuda" else "cpu"
-    chunks = min(MAX_CHUNKS, max(1, -(-n * v * element_size // CHUNK_BYTES[kind])))
-    rows = -(-n // chunks)
-    align = ROW_ALIGN[kind]
-    return max(1, min(n, -(-rows // align) * align))
+    budget, align = CHUNK_BYTES[kind], ROW_ALIGN[kind]
+    element_size = dtype.itemsize
+
+    def aligned_rows(chunks: int) -> int:
+        rows = -(-n // chunks)
+        return max(1, min(n, -(-rows // align) * align))
+
+    chunks = max(1, -(-n * v * element_size // budget))
+    rounded = need_weight and dtype in (torch.float16, torch.bfloat16)
+    if chunks <= MAX_CHUNKS or not rounded:
+        return ChunkPlan(aligned_rows(chunks), False)
+    grown = aligned_rows(MAX_CHUNKS)
+    if grown * v * element_size <= budget + v * d * 4:
+        return ChunkPlan(grown, False)
+    return ChunkPlan(aligned_rows(chunks), True)
+
+
+def _accumulate(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``acc += a @ b`` for an fp32 ``acc`` and 16-bit ``a``, ``b``."""
+    if acc.is_cuda:
+        # cuBLAS sums into fp32 in its epilogue: no 16-bit rounding of the partial product.
+        torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+    else:
+        # The CPU has no mixed-dtype GEMM: the chunk's product is rounded once, the sum is not.
+        acc.add_(torch.mm(a, b))
 
 
 def loss_and_grads(hidden, weight, targets, *, ignore_index, reduction, rows_step, need_hidden, need_weight):
@@ -90,7 +127,8 @@ def loss_and_grads(hidden, weight, targets, *, ignore_index, reduction, rows_ste
     grad_weight = None
     if need_weight:
         grad_weight = torch.empty(v, d, dtype=dtype, device=device) if n else weight.new_zeros(v, d)
-    rows = chunk_rows(n, v, hidden.element_size(), device)
+    rows, fp32_accumulator = plan_chunks(n, v, d, dtype, device, need_weight)
+    accumulator = torch.zeros(v, d, dtype=torch.float32, device=device) if fp32_accumulator else None
     buffer = torch.empty(min(rows, n), v, dtype=dtype, device=device)
     for r0 in range(0, n, rows):
         r1 = min(n, r0 + rows)
@@ -100,11 +138,15 @@ def loss_and_grads(hidden, weight, targets, *, ignore_index, reduction, rows_ste
         losses[r0:r1] = rows_step(logits, targets[r0:r1], scale, ignore_index)
         if need_hidden:
             torch.mm(logits, weight, out=grad_hidden[r0:r1])
-        if need_weight and r0 == 0:
+        if accumulator is not None:
+            _accumulate(accumulator, logits.T, chunk_hidden)
+        elif need_weight and r0 == 0:
             torch.mm(logits.T, chunk_hidden, out=grad_weight)
         elif need_weight:
             grad_weight.addmm_(logits.T, chunk_hidden)
     del buffer
+    if accumulator is not None:
+        grad_weight.copy_(accumulator)
     return losses.sum() * scale, grad_hidden, grad_weight
 
 

@@ -224,9 +224,9 @@ def linear_cross_entropy(
       will need a gradient, on the ``triton`` and ``cpp`` backends): the forward walks the rows
       in chunks, computes each chunk's ``[R, V]`` logits, its losses and ``d loss / d logits``,
       and both gradients (three matmuls in all); the backward scales them by the upstream
-      scalar. Extra memory: one ``[R, V]`` chunk (<= 512 MiB on CUDA, or N / 8 rows when that
-      is more) plus the gradients, held from the forward to the backward
-      (``genssd_kernels.fused_loss``).
+      scalar. Extra memory: one ``[R, V]`` chunk (<= 512 MiB on CUDA, or N / 8 rows, or an fp32
+      ``[V, d]`` accumulator for 16-bit inputs: ``fused_loss.plan_chunks``) plus the gradients,
+      held from the forward to the backward (``genssd_kernels.fused_loss``).
     - **recompute** (``reduction="none"``, ``recompute=True``, or no gradient needed): the fused
       ``logprob_gather`` forward, whose backward recomputes the logits by vocabulary chunks
       (four matmul-sized passes). It holds nothing between forward and backward beyond the

@@ -57,13 +57,18 @@ def _check(backend, hidden, weight, targets, reduction="mean", upstream=1.0, wha
     return actual
 
 
-@pytest.fixture(params=["one chunk", "several chunks"])
+@pytest.fixture(params=["one chunk", "several chunks", "many chunks"])
 def chunking(request, monkeypatch):
-    """Run a test with the default chunk budget, and again with chunks of a few rows (an odd
-    alignment, so the last chunk is shorter: ``grad_weight`` accumulates across them)."""
-    if request.param != "one chunk":
-        monkeypatch.setattr(fused_loss, "CHUNK_BYTES", {"cuda": 20_000, "cpu": 20_000})
+    """Run a test with the default chunk budget, again with chunks of a few rows (an odd
+    alignment, so the last chunk is shorter: ``grad_weight`` accumulates across them), and with
+    chunks so many and small that 16-bit ``grad_weight`` goes to the fp32 accumulator where the
+    shape makes that the cheaper fix (``plan_chunks``)."""
+    budget = {"several chunks": 20_000, "many chunks": 2_000}.get(request.param)
+    if budget is not None:
+        monkeypatch.setattr(fused_loss, "CHUNK_BYTES", {"cuda": budget, "cpu": budget})
         monkeypatch.setattr(fused_loss, "ROW_ALIGN", {"cuda": 3, "cpu": 3})
+    if request.param == "many chunks":
+        monkeypatch.setattr(fused_loss, "MAX_CHUNKS", 1)
     return request.param
 
 
@@ -182,26 +187,38 @@ def test_triton_row_step_matches_reference(device, dtype, vocab, programs):
     assert torch.all(actual[[2, 7]] == 0) and torch.all(losses[[2, 7]] == 0)
 
 
+BF16 = torch.bfloat16
+
+
 @pytest.mark.parametrize(
-    "n,v,element_size,device,expected",
+    "n,v,d,dtype,device,need_weight,expected",
     [
-        (8192, 151936, 2, "cuda", 1664),  # 4.6 chunks of 512 MiB -> 5 equal ones, 128-aligned
-        (16384, 152064, 2, "cuda", 2048),  # 10 chunks of 512 MiB -> at most 8: 2048 rows
-        (32768, 152064, 2, "cuda", 4096),
-        (4000, 151936, 2, "cuda", 1408),  # 2.3 chunks of 512 MiB -> 3 of 1334 rows, 128-aligned
-        (100, 1000, 2, "cuda", 100),  # one chunk: all rows
-        (512, 32000, 4, "cpu", 512),
-        (3000, 32000, 4, "cpu", 500),
+        (8192, 151936, 896, BF16, "cuda", True, (1664, False)),  # 4.6 chunks of 512 MiB -> 5, 128-aligned
+        (4000, 151936, 896, BF16, "cuda", True, (1408, False)),  # 2.3 -> 3 of 1334 rows, aligned up
+        (100, 1000, 64, BF16, "cuda", True, (100, False)),  # one chunk: all rows
+        # 19 chunks of 512 MiB: 8 chunks of 1.16 GiB take less than 512 MiB + a 2.3 GiB accumulator
+        (32768, 152064, 4096, BF16, "cuda", True, (4096, False)),
+        # ... but not 8 of 4.6 GiB: 75 chunks of 512 MiB and the fp32 accumulator
+        (131072, 152064, 4096, BF16, "cuda", True, (1792, True)),
+        # d=896: the 519 MiB accumulator is cheaper than 8 chunks of 1.16 GiB
+        (32768, 151936, 896, BF16, "cuda", True, (1792, True)),
+        # no grad_weight, or fp32: nothing rounded to 16 bits, the budget alone decides
+        (131072, 152064, 4096, BF16, "cuda", False, (1792, False)),
+        (131072, 152064, 4096, torch.float32, "cuda", True, (896, False)),
+        (512, 32000, 256, torch.float32, "cpu", True, (512, False)),
+        (3000, 32000, 256, torch.float32, "cpu", True, (500, False)),
     ],
 )
-def test_chunk_rows(n, v, element_size, device, expected):
-    rows = fused_loss.chunk_rows(n, v, element_size, torch.device(device))
-    assert rows == expected
-    chunks = -(-n // rows)
-    budget = fused_loss.CHUNK_BYTES[device] + fused_loss.ROW_ALIGN[device] * v * element_size
-    # Within the budget, unless that would take more than MAX_CHUNKS chunks.
-    assert chunks <= fused_loss.MAX_CHUNKS
-    assert rows * v * element_size <= budget or chunks == fused_loss.MAX_CHUNKS
+def test_plan_chunks(n, v, d, dtype, device, need_weight, expected):
+    plan = fused_loss.plan_chunks(n, v, d, dtype, torch.device(device), need_weight)
+    assert tuple(plan) == expected
+    chunks = -(-n // plan.rows)
+    budget = fused_loss.CHUNK_BYTES[device] + fused_loss.ROW_ALIGN[device] * v * dtype.itemsize
+    # Within the budget, unless the 16-bit grad_weight would be rounded more than MAX_CHUNKS times.
+    assert plan.rows * v * dtype.itemsize <= budget or chunks == fused_loss.MAX_CHUNKS
+    assert (
+        plan.fp32_accumulator or not need_weight or dtype == torch.float32 or chunks <= fused_loss.MAX_CHUNKS
+    )
 
 
 def test_reference_row_step_is_the_softmax_gradient():

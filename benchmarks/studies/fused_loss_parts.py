@@ -6,8 +6,8 @@ its ``grad_weight`` accumulators are (GPU study).
 
 Times (``do_bench`` medians, bf16) of one chunk's parts scaled to the whole shape: the logits
 matmul, the row step, the two gradient matmuls, the fp32 / bf16 ``grad_weight`` accumulation,
-next to the bf16 floor ``hidden @ weight.T``. ``--accuracy``: at N=32768, d=896, V=151936 (as
-many chunks as ``fused_loss.chunk_rows`` gives), the largest error of the loss and gradients
+next to the bf16 floor ``hidden @ weight.T``. ``--accuracy``: at N=32768, d=896, V=151936 (chunked
+as ``fused_loss.plan_chunks`` plans), the largest error of the loss and gradients
 against float64, for the fused path, the recomputing one and ``F.cross_entropy`` on bf16 logits
 (the tolerance rule's bound).
 The row step's launch variants (slice width, warps, programs) are timed at each shape's chunk
@@ -58,7 +58,7 @@ def inputs(n, d, v, seed=0):
 def parts(shape_name):
     n, d, v = SHAPES[shape_name]
     hidden, weight, targets = inputs(n, d, v)
-    rows = fused_loss.chunk_rows(n, v, 2, hidden.device)
+    rows = fused_loss.plan_chunks(n, v, d, torch.bfloat16, hidden.device, need_weight=True).rows
     chunks = -(-n // rows)
     h, t = hidden[:rows], targets[:rows]
     logits = torch.empty(rows, v, dtype=torch.bfloat16, device="cuda")
@@ -132,7 +132,7 @@ def budgets(shape_name, sizes_mib):
                 {
                     "shape": shape_name,
                     "budget_mib": size,
-                    "rows_per_chunk": fused_loss.chunk_rows(n, v, 2, hidden.device),
+                    **fused_loss.plan_chunks(n, v, d, torch.bfloat16, hidden.device, True)._asdict(),
                     "ms": ms,
                     "x_floor": ms / floor,
                     "extra_mib": extra,
@@ -177,7 +177,7 @@ def accuracy():
     results["F.cross_entropy bf16 logits"] = grads(
         lambda h, w: F.cross_entropy((h @ w.T).float(), targets), hidden, weight
     )
-    results["fused (bf16 grad_weight across chunks)"] = grads(
+    results["fused (the default chunk plan)"] = grads(
         lambda h, w: linear_cross_entropy(h, w, targets, backend="triton"), hidden, weight
     )
     results["recompute path"] = grads(
@@ -210,7 +210,7 @@ def main():
         out["budgets"] = [row for shape in args.shapes.split(",") for row in budgets(shape, sizes)]
         for row in out["budgets"]:
             print(
-                f"{row['shape']} budget {row['budget_mib']:>5} MiB ({row['rows_per_chunk']} rows)"
+                f"{row['shape']} budget {row['budget_mib']:>5} MiB ({row['rows']} rows)"
                 f"  {row['ms']:8.3f} ms  {row['x_floor']:.2f}x  extra {row['extra_mib']:.0f} MiB"
             )
         torch.cuda.empty_cache()

@@ -9,6 +9,10 @@
    mixed style, with the same problems and steps: the gain Gen-SSD can collect.
 
     python experiments/check_demo_models.py --models python/genssd/assets/demo
+    python experiments/check_demo_models.py --models python/genssd/assets/ledger
+
+The task is the one the teacher was made for (``teacher/train_report.json``; ``arith`` when it
+does not say).
 
 Prints a JSON report (and writes it with ``--out``). Seeded; training goes through ``genssd.train``.
 """
@@ -23,20 +27,18 @@ import time
 from pathlib import Path
 
 import torch
+from demo_tasks import DEMO_TASKS, DemoTask
 from genssd.config import EvalConfig, TrainConfig
 from genssd.evaluate import evaluate
-from genssd.tasks.arith import ArithTask, line_operation_counts, render_solution
 from genssd.train import train
 from train_demo_models import split_problems
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-TASK = ArithTask()
 
-
-def styled(rows: list[dict], style: str, seed: int) -> list[dict]:
-    """Rows with ``answer`` in ``style``; leaps uncapped, as in the teacher's training data."""
+def styled(demo: DemoTask, rows: list[dict], style: str, seed: int) -> list[dict]:
+    """Rows with ``answer`` in ``style``, leaps as in the teacher's training data."""
     rng = random.Random(seed)
-    return [dict(r, answer=render_solution(r["numbers"], r["ops"], style, rng, max_leap=None)) for r in rows]
+    return [dict(r, answer=demo.render(r, style, rng)) for r in rows]
 
 
 @torch.no_grad()
@@ -49,36 +51,32 @@ def token_logprobs(model, tokenizer, prompt: str, completion: str, *, eos: bool)
     return logp[torch.arange(len(p) - 1, ids.shape[1] - 1), ids[0, len(p) :]]
 
 
-def fine_vs_leap(model, tokenizer, rows: list[dict], seed: int) -> dict:
+def fine_vs_leap(demo: DemoTask, model, tokenizer, rows: list[dict], seed: int) -> dict:
     """The student's preference between the styles, as the search meets it and as a whole.
 
-    Decision points: along each problem's fine solution, wherever two or more operations
-    remain, the next fine line against the next two-operation leap line (each a chunk ending in
-    its newline), scored like the search scores candidates: ``trajectory`` is the mean log-prob
-    of everything generated so far including the chunk, ``chunk`` of the chunk alone. Solutions:
-    the mean log-prob of the whole fine and leap (uncapped) solutions with EOS.
+    Decision points (``demo.decision_points``): along each problem's fine solution, wherever two
+    or more steps remain, the next fine line against the leap line over the next two (each a
+    chunk ending in its newline), scored like the search scores candidates: ``trajectory`` is
+    the mean log-prob of everything generated so far including the chunk, ``chunk`` of the chunk
+    alone. Solutions: the mean log-prob of the whole fine and leap solutions with EOS.
     """
     model.eval()
+    task = demo.task
     wins = {"trajectory": [], "chunk": []}
     for row in rows:
-        prompt = TASK.prompt(row)
-        fine_lines = row["answer"].split("\n")
-        for done in range(len(row["ops"]) - 1):
-            prefix = "".join(line + "\n" for line in fine_lines[:done])
-            # The leap of two from here: the fine line after next.
-            fine_lp = token_logprobs(model, tokenizer, prompt, prefix + fine_lines[done] + "\n", eos=False)
-            leap_lp = token_logprobs(
-                model, tokenizer, prompt, prefix + fine_lines[done + 1] + "\n", eos=False
-            )
+        prompt = task.prompt(row)
+        for prefix, fine_line, leap_line in demo.decision_points(row):
+            fine_lp = token_logprobs(model, tokenizer, prompt, prefix + fine_line, eos=False)
+            leap_lp = token_logprobs(model, tokenizer, prompt, prefix + leap_line, eos=False)
             start = len(tokenizer(prefix)["input_ids"])
             wins["trajectory"].append(bool(fine_lp.mean() > leap_lp.mean()))
             wins["chunk"].append(bool(fine_lp[start:].mean() > leap_lp[start:].mean()))
-    fine, leap = styled(rows, "fine", seed), styled(rows, "leap", seed)
+    fine, leap = styled(demo, rows, "fine", seed), styled(demo, rows, "leap", seed)
     whole_f = [
-        token_logprobs(model, tokenizer, TASK.prompt(r), r["answer"], eos=True).mean().item() for r in fine
+        token_logprobs(model, tokenizer, task.prompt(r), r["answer"], eos=True).mean().item() for r in fine
     ]
     whole_l = [
-        token_logprobs(model, tokenizer, TASK.prompt(r), r["answer"], eos=True).mean().item() for r in leap
+        token_logprobs(model, tokenizer, task.prompt(r), r["answer"], eos=True).mean().item() for r in leap
     ]
     return {
         "decisions": len(wins["chunk"]),
@@ -90,21 +88,21 @@ def fine_vs_leap(model, tokenizer, rows: list[dict], seed: int) -> dict:
     }
 
 
-def leap_line_share(records: list[dict], rows: list[dict]) -> float:
+def leap_line_share(demo: DemoTask, records: list[dict], rows: list[dict]) -> float:
     counts = [
         n
         for rec, row in zip(records, rows)
         for text in rec["predictions"]
-        for n in line_operation_counts(text, len(row["ops"]))
+        for n in demo.line_operation_counts(text, len(row["ops"]))
     ]
     return sum(n >= 2 for n in counts) / max(1, len(counts))
 
 
-def sft(model, tokenizer, rows: list[dict], steps: int, seed: int, callback=None) -> None:
+def sft(demo: DemoTask, model, tokenizer, rows: list[dict], steps: int, seed: int, callback=None) -> None:
     config = TrainConfig(
         lr=3e-3, max_steps=steps, batch_size=32, warmup_ratio=0.05, weight_decay=0.01, seed=seed, bf16=False
     )
-    train(model, tokenizer, rows, config, task=TASK, progress=False, callback=callback)
+    train(model, tokenizer, rows, config, task=demo.task, progress=False, callback=callback)
     model.eval()
 
 
@@ -131,25 +129,27 @@ def main() -> None:
 
     # The teacher's own held-out split: problems it never saw in training.
     made = json.loads((args.models / "teacher" / "train_report.json").read_text())
-    train_rows, heldout = split_problems(made["train_problems"], args.heldout_problems, made["seed"])
+    demo = DEMO_TASKS[made.get("task", "arith")]
+    task = demo.task
+    train_rows, heldout = split_problems(demo, made["train_problems"], args.heldout_problems, made["seed"])
     train_rows = train_rows[: args.sft_problems]
-    greedy = EvalConfig(batch_size=250, max_new_tokens=64)
-    sampled = EvalConfig(batch_size=250, max_new_tokens=64, temperature=1.0, seed=args.seed)
-    report: dict = {}
+    greedy = EvalConfig(batch_size=250, max_new_tokens=demo.max_new_tokens)
+    sampled = EvalConfig(batch_size=250, max_new_tokens=demo.max_new_tokens, temperature=1.0, seed=args.seed)
+    report: dict = {"task": demo.name}
 
-    result = evaluate(teacher, tokenizer, TASK, heldout, greedy, progress=False)
+    result = evaluate(teacher, tokenizer, task, heldout, greedy, progress=False)
     report["teacher_greedy_accuracy"] = result["accuracy"]
-    report["teacher_greedy_leap_line_share"] = leap_line_share(result["records"], heldout)
-    result = evaluate(teacher, tokenizer, TASK, heldout, sampled, progress=False)
+    report["teacher_greedy_leap_line_share"] = leap_line_share(demo, result["records"], heldout)
+    result = evaluate(teacher, tokenizer, task, heldout, sampled, progress=False)
     report["teacher_sampled_t1_accuracy"] = result["accuracy"]
-    report["teacher_sampled_t1_leap_line_share"] = leap_line_share(result["records"], heldout)
+    report["teacher_sampled_t1_leap_line_share"] = leap_line_share(demo, result["records"], heldout)
 
     student = fresh_student()
     report["student_from_scratch_accuracy"] = evaluate(
-        student, tokenizer, TASK, heldout, greedy, progress=False
+        student, tokenizer, task, heldout, greedy, progress=False
     )["accuracy"]
     probe = heldout[: args.probe_problems]
-    report["student_from_scratch_logprobs"] = fine_vs_leap(student, tokenizer, probe, args.seed)
+    report["student_from_scratch_logprobs"] = fine_vs_leap(demo, student, tokenizer, probe, args.seed)
 
     # The cold start: SFT on the teacher's mixed style, with the student's preference between
     # the styles measured along the way (one run, so later points had more of the same schedule).
@@ -158,20 +158,20 @@ def main() -> None:
     def measure(step: int, loss: float) -> None:
         if step in args.probe_steps:
             student.eval()
-            curve[step] = fine_vs_leap(student, tokenizer, probe, args.seed)
+            curve[step] = fine_vs_leap(demo, student, tokenizer, probe, args.seed)
             student.train()
 
-    mixed = styled(train_rows, "mixed", args.seed)
-    sft(student, tokenizer, mixed, args.sft_steps, args.seed, callback=measure)
+    mixed = styled(demo, train_rows, "mixed", args.seed)
+    sft(demo, student, tokenizer, mixed, args.sft_steps, args.seed, callback=measure)
     report["sft"] = {"problems": len(train_rows), "steps": args.sft_steps, "batch_size": 32}
     report["student_sft_mixed_logprobs_by_step"] = curve
     report["student_sft_mixed_accuracy"] = evaluate(
-        student, tokenizer, TASK, heldout, greedy, progress=False
+        student, tokenizer, task, heldout, greedy, progress=False
     )["accuracy"]
 
     student = fresh_student()
-    sft(student, tokenizer, styled(train_rows, "fine", args.seed), args.sft_steps, args.seed)
-    report["student_sft_fine_accuracy"] = evaluate(student, tokenizer, TASK, heldout, greedy, progress=False)[
+    sft(demo, student, tokenizer, styled(demo, train_rows, "fine", args.seed), args.sft_steps, args.seed)
+    report["student_sft_fine_accuracy"] = evaluate(student, tokenizer, task, heldout, greedy, progress=False)[
         "accuracy"
     ]
     report["seconds"] = round(time.perf_counter() - started, 1)

@@ -1,14 +1,17 @@
-"""Train the embedded demo's teacher and initialize its student (docs/design.md §5), from scratch, on CPU.
+"""Train an embedded task's teacher and initialize its student (docs/design.md §5), from scratch, on CPU.
 
-The teacher learns ``arith`` solutions in the ``mixed`` style (every line a single operation
-or, with probability 1/2, a leap over two or more, up to all that remain), so it samples both
-kinds of steps. The student
+The teacher learns the task's solutions in the ``mixed`` style (``arith``: every line a single
+operation or, with probability 1/2, a leap over two or more, up to all that remain; ``ledger``:
+the same over whole events, and the grouped path for a third of the problems), so it samples
+every kind of step. The student
 is a much smaller model of the same family and tokenizer, saved at its seeded random
 initialization: the demo's cold start and distillation train it.
 
     python experiments/make_tokenizer.py --out python/genssd/assets/demo/tokenizer
     python experiments/train_demo_models.py --tokenizer python/genssd/assets/demo/tokenizer \
         --out python/genssd/assets/demo
+    python experiments/train_demo_models.py --task ledger \
+        --tokenizer python/genssd/assets/ledger/tokenizer --out python/genssd/assets/ledger
 
 Writes ``OUT/teacher`` and ``OUT/student`` (``save_pretrained`` safetensors + the tokenizer,
 so each folder loads on its own) and ``OUT/teacher/train_report.json`` (held-out accuracy,
@@ -24,9 +27,9 @@ import time
 from pathlib import Path
 
 import torch
+from demo_tasks import DEMO_TASKS, DemoTask
 from genssd.config import EvalConfig, TrainConfig
 from genssd.evaluate import evaluate
-from genssd.tasks.arith import ArithTask, generate_problems, line_operation_counts, render_solution
 from genssd.train import train
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -48,15 +51,17 @@ def model_config(tokenizer, sizes: dict) -> LlamaConfig:
     )
 
 
-def split_problems(num_train: int, num_heldout: int, seed: int) -> tuple[list[dict], list[dict]]:
+def split_problems(
+    demo: DemoTask, num_train: int, num_heldout: int, seed: int
+) -> tuple[list[dict], list[dict]]:
     """Training problems from the task's ``train`` partition and held-out ones from ``test``
     (the demo's default task setting), so the teacher is evaluated on problems it never saw."""
-    train_rows = generate_problems(num_train, seed, uid_prefix="train", split="train")
-    heldout = generate_problems(num_heldout, seed + 1, uid_prefix="test", split="test")
+    train_rows = demo.generate(num_train, seed, uid_prefix="train", split="train")
+    heldout = demo.generate(num_heldout, seed + 1, uid_prefix="test", split="test")
     return train_rows, heldout
 
 
-def mixed_rows(rows: list[dict], seed: int) -> list[dict]:
+def mixed_rows(demo: DemoTask, rows: list[dict], seed: int) -> list[dict]:
     """Rows whose ``answer`` is a mixed-style solution (line grouping drawn from ``seed``).
 
     Leaps have no cap (a line may carry out every remaining operation): with leaps of at most two
@@ -65,9 +70,7 @@ def mixed_rows(rows: list[dict], seed: int) -> list[dict]:
     unlearnable steps it exists to show.
     """
     rng = random.Random(seed)
-    return [
-        dict(r, answer=render_solution(r["numbers"], r["ops"], "mixed", rng, max_leap=None)) for r in rows
-    ]
+    return [dict(r, answer=demo.render(r, "mixed", rng)) for r in rows]
 
 
 def save(model, tokenizer, out: Path) -> None:
@@ -88,12 +91,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--task", choices=sorted(DEMO_TASKS), default="arith")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    task = ArithTask()
+    demo = DEMO_TASKS[args.task]
+    task = demo.task
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    train_rows, heldout = split_problems(args.train_problems, args.heldout_problems, args.seed)
+    train_rows, heldout = split_problems(demo, args.train_problems, args.heldout_problems, args.seed)
 
     torch.manual_seed(args.seed)
     teacher = LlamaForCausalLM(model_config(tokenizer, TEACHER))
@@ -109,17 +114,23 @@ def main() -> None:
         max_length=256,
     )
     started = time.perf_counter()
-    stats = train(teacher, tokenizer, mixed_rows(train_rows, args.seed), config, task=task, progress=False)
+    teacher_rows = mixed_rows(demo, train_rows, args.seed)
+    stats = train(teacher, tokenizer, teacher_rows, config, task=task, progress=False)
     train_seconds = time.perf_counter() - started
     teacher.eval()
 
     result = evaluate(
-        teacher, tokenizer, task, heldout, EvalConfig(batch_size=250, max_new_tokens=64), progress=False
+        teacher,
+        tokenizer,
+        task,
+        heldout,
+        EvalConfig(batch_size=250, max_new_tokens=demo.max_new_tokens),
+        progress=False,
     )
     leap_lines = [
         n >= 2
         for rec, row in zip(result["records"], heldout)
-        for n in line_operation_counts(rec["predictions"][0], len(row["ops"]))
+        for n in demo.line_operation_counts(rec["predictions"][0], len(row["ops"]))
     ]
     torch.manual_seed(args.seed + 1)
     student = LlamaForCausalLM(model_config(tokenizer, STUDENT))
@@ -129,6 +140,7 @@ def main() -> None:
     report = {
         "teacher_greedy_accuracy": result["accuracy"],
         "teacher_greedy_leap_line_share": sum(leap_lines) / max(1, len(leap_lines)),
+        "task": args.task,
         "train_problems": len(train_rows),
         "heldout_problems": len(heldout),
         "seed": args.seed,

@@ -32,6 +32,7 @@ _TASKS: dict[str, tuple[str, str, dict]] = {
     "gsm8k-strict": ("genssd.tasks.gsm8k", "GSM8KTask", {"strict": True}),
     "math": ("genssd.tasks.math", "MathTask", {}),
     "arith": ("genssd.tasks.arith", "ArithTask", {}),
+    "ledger": ("genssd.tasks.ledger", "LedgerTask", {}),
 }
 
 TASK_NAMES = tuple(_TASKS)

@@ -306,3 +306,34 @@ def test_equal_data_run_trains_each_method_on_at_most_m_correct_answers(models, 
         search = read_jsonl(tmp_path / "run" / "seed0" / key / "search.jsonl")
         correct_problems = sum(any(TASK.is_correct(t["text"], r) for t in r["trajectories"]) for r in search)
         assert summary["train"]["examples"] == correct_problems  # one right answer per problem that has one
+
+
+@pytest.mark.slow
+def test_ledger_demo_runs_end_to_end_on_its_own_problems(tmp_path):
+    """``--task ledger``: the word problems, the task's room for new tokens, its leap counter."""
+    preset = dataclasses.replace(TINY, task="ledger", seeds=1, equal_budget=False, max_new_tokens=None)
+    train_rows, _, heldout = demo_problems(preset, 0, 0)
+    assert all("events" in row for row in train_rows + heldout)
+    fitted = [row for seed in (0, 1) for row in demo_problems(preset, seed, 0)[0]]
+    models = arith_models(tmp_path / "models", fitted, steps=300, task="ledger")
+    results = run_demo(tmp_path / "run", preset=preset, device="cpu", models=models, progress=False)
+    assert results["task"] == "ledger" and results["preset"]["max_new_tokens"] == 112
+    assert [r["method"] for r in results["methods"]] == METHODS[:-1]
+    shares = [r["leap_share"] for r in results["methods"] if r["leap_share"] is not None]
+    assert shares and all(0 <= share <= 1 for share in shares)
+    written = [json.loads(line) for line in (tmp_path / "run" / "seed0" / "data" / "heldout.jsonl").open()]
+    assert [row["question"] for row in written] == [row["question"] for row in heldout]
+
+
+def test_ledger_models_tokenizer_covers_the_task():
+    from arith_models import LEDGER_CHARACTERS, char_tokenizer
+    from genssd.tasks.ledger import STYLES as LEDGER_STYLES
+    from genssd.tasks.ledger import generate_problems as ledger_problems
+    from genssd.tasks.ledger import render_solution as ledger_solution
+
+    tokenizer = char_tokenizer(LEDGER_CHARACTERS)
+    task = get_task("ledger")
+    for row in ledger_problems(100, seed=0):
+        for style in LEDGER_STYLES:
+            ids = tokenizer(task.prompt(row) + ledger_solution(row, style))["input_ids"]
+            assert tokenizer.unk_token_id not in ids

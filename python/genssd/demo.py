@@ -26,6 +26,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import importlib
 import multiprocessing
 import time
 from dataclasses import dataclass, field
@@ -42,11 +43,23 @@ from genssd.models import quiet_transformers, resolve_device
 from genssd.report import TABLE_NOTES, aggregate, format_table, write_plot
 from genssd.runs import guard_run, run_stage, silence_stage_lines, write_json
 from genssd.tasks import get_task
-from genssd.tasks.arith import generate_problems, line_operation_counts, write_problems
 from genssd.train import completion_text, select_rows
 
-ASSETS = Path(__file__).resolve().parent / "assets" / "demo"
-TASK = "arith"
+# The embedded tasks: each one's problem module (``generate_problems``, ``line_operation_counts``,
+# ``write_problems``), its shipped teacher and student, and the new tokens its longest solution
+# needs (arith's run to ~60 characters, ledger's to 98).
+DEMO_TASKS = {
+    "arith": ("genssd.tasks.arith", Path(__file__).resolve().parent / "assets" / "demo", 80),
+    "ledger": ("genssd.tasks.ledger", Path(__file__).resolve().parent / "assets" / "ledger", 112),
+}
+ASSETS = DEMO_TASKS["arith"][1]
+
+
+def task_module(task: str):
+    """The problem module of the embedded task ``task``."""
+    return importlib.import_module(DEMO_TASKS[task][0])
+
+
 # Training and held-out problems come from separate generator streams (offset from the seed), and
 # the held-out set is the same for every seed of a run.
 TRAIN_STREAM, HELDOUT_STREAM = 1000, 2000
@@ -63,12 +76,13 @@ class Preset:
         cold_start_problems, cold_start_steps: the cold start's data and optimizer steps.
         train_steps, train_batch_size, lr: every method's SFT (identical for all).
         num_candidates: n of rejection sampling and best-of-n; candidates per step of Gen-SSD.
-        temperature, max_new_tokens: the teacher's sampling (all methods).
+        temperature, max_new_tokens: the teacher's sampling (all methods); None: the task's room.
         search_batch_size, eval_batch_size: prompts per batch (speed only).
         seeds: runs with seeds ``seed, seed + 1, ...`` (mean and spread in the results).
         equal_budget: add Standard KD with Gen-SSD's teacher-token budget.
         equal_data: m of the equal-data protocol (None: off): instead of the usual methods,
             each trains on at most m correct trajectories per problem (``equal_data_methods``).
+        task: the embedded task (``DEMO_TASKS``): ``arith``, or ``ledger``'s word problems.
     """
 
     name: str
@@ -81,14 +95,17 @@ class Preset:
     lr: float
     num_candidates: int
     temperature: float
-    max_new_tokens: int
+    max_new_tokens: int | None
     search_batch_size: int
     eval_batch_size: int
     seeds: int = 1
     equal_budget: bool = False
     equal_data: int | None = None
+    task: str = "arith"
 
     def __post_init__(self) -> None:
+        if self.task not in DEMO_TASKS:
+            raise UsageError(f"unknown demo task {self.task!r}; choose one of {', '.join(DEMO_TASKS)}")
         if not 1 <= self.cold_start_problems <= self.train_problems:
             raise UsageError("a preset needs 1 <= cold_start_problems <= train_problems")
         if (
@@ -124,7 +141,7 @@ PRESETS = {
         lr=3e-3,
         num_candidates=4,
         temperature=1.0,
-        max_new_tokens=80,
+        max_new_tokens=None,
         search_batch_size=128,
         eval_batch_size=500,
     ),
@@ -141,7 +158,7 @@ PRESETS = {
         lr=3e-3,
         num_candidates=4,
         temperature=1.0,
-        max_new_tokens=80,
+        max_new_tokens=None,
         search_batch_size=512,
         eval_batch_size=1000,
         seeds=3,
@@ -168,7 +185,7 @@ def methods(preset: Preset) -> list[Method]:
     if preset.equal_data is not None:
         return equal_data_methods(preset.num_candidates, preset.equal_data)
     n = preset.num_candidates
-    # The arith solution's lines are its reasoning steps; a line is one chunk.
+    # The embedded tasks' solution lines are their reasoning steps; a line is one chunk.
     search = {"num_candidates": n, "step_delimiter": "\n"}
     rows = [
         Method("standard", "standard KD", "standard"),
@@ -219,6 +236,7 @@ def demo_problems(preset: Preset, seed: int, base_seed: int) -> tuple[list[dict]
     """``(train, pool, heldout)``: the training problems, a larger pool that starts with them (for
     the equal-budget run) and the held-out problems (disjoint from both, the same for every seed)."""
 
+    generate_problems = task_module(preset.task).generate_problems
     heldout = generate_problems(preset.heldout_problems, HELDOUT_STREAM + base_seed, uid_prefix="heldout")
     exclude = [row["question"] for row in heldout]
     # The pool pays for about n times the problems: Gen-SSD spends about n samples' tokens each.
@@ -238,7 +256,7 @@ def _search_config(method: str, overrides: dict, preset: Preset, seed: int):
         method,
         **overrides,
         temperature=preset.temperature,
-        max_new_tokens=preset.max_new_tokens,
+        max_new_tokens=_new_tokens(preset),
         batch_size=preset.search_batch_size,
         seed=seed,
     )
@@ -259,15 +277,22 @@ def _train_config(preset: Preset, seed: int, steps: int, only_correct: bool = Fa
 
 
 def _eval_config(preset: Preset) -> EvalConfig:
-    return EvalConfig(batch_size=preset.eval_batch_size, max_new_tokens=preset.max_new_tokens)
+    return EvalConfig(batch_size=preset.eval_batch_size, max_new_tokens=_new_tokens(preset))
 
 
-def leap_share(search_path: Path, method: Method | None = None, seed: int = 0) -> float:
+def _new_tokens(preset: Preset) -> int:
+    return preset.max_new_tokens if preset.max_new_tokens is not None else DEMO_TASKS[preset.task][2]
+
+
+def leap_share(
+    search_path: Path, method: Method | None = None, seed: int = 0, task_name: str = "arith"
+) -> float:
     """The share of solution lines in ``method``'s training data (None: each problem's first
     trajectory) that carry out two or more operations at once (leaps, which the small student
-    cannot learn; docs/design.md §5)."""
+    cannot learn; docs/design.md §5), for the embedded task ``task_name``."""
 
-    task = get_task(TASK)
+    task = get_task(task_name)
+    line_operation_counts = task_module(task_name).line_operation_counts
     method = method or Method("first", "first trajectories", "standard")
     if method.train_on == "morsd":  # chosen with the student's scores, kept beside the search
         kept = read_output(search_path.parent / "selected.jsonl")
@@ -314,6 +339,7 @@ def setup_seed(
     """Write one seed's problems, evaluate the base student and run the cold start, in ``root``."""
 
     train_rows, pool, heldout = demo_problems(preset, seed, base_seed)
+    write_problems = task_module(preset.task).write_problems
     write_problems(root / "data" / "train.jsonl", train_rows)
     write_problems(root / "data" / "heldout.jsonl", heldout)
     common = {"device": device, "progress": progress}
@@ -324,13 +350,15 @@ def setup_seed(
     info = run_stage(
         base,
         "eval",
-        lambda: eval_stage(base / "eval.jsonl", student, get_task(TASK), heldout, evaluation, **common),
+        lambda: eval_stage(
+            base / "eval.jsonl", student, get_task(preset.task), heldout, evaluation, **common
+        ),
     )
     cold = run_pipeline(
         DistillPlan(
             teacher=models / "teacher",
             student=student,
-            task=TASK,
+            task=preset.task,
             rows=train_rows[: preset.cold_start_problems],
             out=root / "coldstart",
             search=_search_config("standard", {}, preset, seed),
@@ -340,7 +368,7 @@ def setup_seed(
             **common,
         )
     )
-    leaps = leap_share(root / "coldstart" / "search.jsonl")
+    leaps = leap_share(root / "coldstart" / "search.jsonl", task_name=preset.task)
     return SeedSetup(
         root=root,
         seed=seed,
@@ -371,7 +399,7 @@ def run_method(
         DistillPlan(
             teacher=models / "teacher",
             student=setup.root / "coldstart" / "student",
-            task=TASK,
+            task=preset.task,
             rows=rows,
             out=setup.root / method.key,
             search=_search_config(method.preset, method.overrides, preset, setup.seed),
@@ -387,7 +415,7 @@ def run_method(
     )
     # Every fine-tuned student's data includes the shared cold start's.
     summary["teacher_tokens_total"] = summary["teacher_tokens"] + setup.cold_tokens
-    leaps = leap_share(setup.root / method.key / "search.jsonl", method, setup.seed)
+    leaps = leap_share(setup.root / method.key / "search.jsonl", method, setup.seed, preset.task)
     return _row(method.key, method.label, summary, leaps), summary["teacher_tokens"]
 
 
@@ -539,7 +567,7 @@ def run_demo(
     preset: str | Preset = "quick",
     device: str | None = None,
     seed: int = 0,
-    models: str | Path = ASSETS,
+    models: str | Path | None = None,
     progress: bool = True,
     jobs: int = 1,
     equal_data: int | None = None,
@@ -548,7 +576,8 @@ def run_demo(
 
     ``jobs`` > 1 runs up to that many jobs (a seed's set-up, a method) at a time, each in its own
     process, with a line per finished job instead of progress bars. ``equal_data`` (m) runs the
-    equal-data protocol instead of the usual methods (``Preset.equal_data``).
+    equal-data protocol instead of the usual methods (``Preset.equal_data``). ``models`` None:
+    the shipped models of the preset's task.
     """
     if isinstance(preset, str):
         if preset not in PRESETS:
@@ -558,9 +587,10 @@ def run_demo(
         preset = dataclasses.replace(preset, equal_data=equal_data)
     if preset.equal_data is not None:  # the equal-data protocol has no equal-budget row
         preset = dataclasses.replace(preset, equal_budget=False)
+    preset = dataclasses.replace(preset, max_new_tokens=_new_tokens(preset))  # recorded as run
     if jobs < 1:
         raise UsageError(f"jobs must be >= 1, got {jobs}")
-    models, out = Path(models), Path(out)
+    models, out = Path(models if models is not None else DEMO_TASKS[preset.task][1]), Path(out)
     check_models(models)
     device = resolve_device(device)
     if out.exists() and not out.is_dir():
@@ -574,7 +604,7 @@ def run_demo(
     rows = aggregate(per_seed)
     table = format_table(rows)
     results = {
-        "task": TASK,
+        "task": preset.task,
         "preset": dataclasses.asdict(preset),
         "seeds": seeds,
         "device": device,
@@ -584,7 +614,7 @@ def run_demo(
     }
     write_json(out / "results.json", results)
     (out / "table.txt").write_text(table + "\n\n" + TABLE_NOTES + "\n")
-    title = f"arith, {preset.train_problems} problems, {len(seeds)} seed(s), {device}"
+    title = f"{preset.task}, {preset.train_problems} problems, {len(seeds)} seed(s), {device}"
     plotted = write_plot(out / "accuracy_vs_teacher_tokens.png", rows, title)
 
     print()
@@ -597,4 +627,14 @@ def run_demo(
     return results
 
 
-__all__ = ["ASSETS", "PRESETS", "Method", "Preset", "aggregate", "format_table", "methods", "run_demo"]
+__all__ = [
+    "ASSETS",
+    "DEMO_TASKS",
+    "PRESETS",
+    "Method",
+    "Preset",
+    "aggregate",
+    "format_table",
+    "methods",
+    "run_demo",
+]

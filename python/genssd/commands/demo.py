@@ -22,16 +22,16 @@ def default_jobs() -> int:
 
 
 def register(subparsers) -> None:
-    from genssd.demo import PRESETS
+    from genssd.demo import DEMO_TASKS, PRESETS
 
     parser = subparsers.add_parser(
         "demo",
-        help="Gen-SSD vs its baselines on the built-in arith task, with the shipped models",
-        description="Distill the shipped teacher into the shipped student on the synthetic arith task with "
-        "every method (Standard KD, rejection sampling, post-hoc student selection, Gen-SSD, the "
-        "random-scorer ablation), fine-tune the student on each method's data with the same settings, "
-        "and print the held-out accuracy against the teacher tokens spent. Rerunning with the same "
-        "--out skips finished stages.",
+        help="Gen-SSD vs its baselines on a built-in task (arith, ledger), with the shipped models",
+        description="Distill the shipped teacher into the shipped student on a synthetic task (arith by "
+        "default; --task ledger: word problems) with every method (Standard KD, rejection sampling, "
+        "post-hoc student selection, Gen-SSD, the random-scorer ablation), fine-tune the student on "
+        "each method's data with the same settings, and print the held-out accuracy against the "
+        "teacher tokens spent. Rerunning with the same --out skips finished stages.",
     )
     parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
@@ -47,7 +47,10 @@ def register(subparsers) -> None:
     add_overrides_flag(parser, "--set", "override one Preset key (repeatable)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the problems, sampling and training")
     parser.add_argument(
-        "--models", help="folder with teacher/ and student/ model folders (default: the shipped ones)"
+        "--task", choices=sorted(DEMO_TASKS), help="the embedded task (default arith; = --set task=...)"
+    )
+    parser.add_argument(
+        "--models", help="folder with teacher/ and student/ model folders (default: the task's shipped ones)"
     )
     parser.add_argument(
         "--jobs",
@@ -70,13 +73,15 @@ def register(subparsers) -> None:
 
 def demo_preset(args):
     """The ``Preset`` of the parsed arguments: ``--preset``'s, then ``--config``, then the
-    ``--equal-data`` alias, then ``--set`` (unknown keys and bad values raise ``UsageError``)."""
+    ``--equal-data`` and ``--task`` aliases, then ``--set`` (unknown keys and bad values raise
+    ``UsageError``)."""
     import dataclasses
 
     from genssd.config import build_config
     from genssd.demo import PRESETS, Preset
 
     given = [] if args.equal_data is None else [f"equal_data={args.equal_data}"]
+    given += [] if args.task is None else [f"task={args.task}"]
     return build_config(
         Preset,
         yaml_path=args.config,
@@ -87,7 +92,7 @@ def demo_preset(args):
 
 def run(args) -> int:
     from genssd.data import check_writable
-    from genssd.demo import ASSETS, run_demo
+    from genssd.demo import run_demo
     from genssd.models import quiet_transformers
 
     preset = demo_preset(args)  # before anything is written
@@ -99,7 +104,7 @@ def run(args) -> int:
         preset=preset,
         device=args.device,
         seed=args.seed,
-        models=args.models or ASSETS,
+        models=args.models,
         progress=not args.no_progress,
         jobs=args.jobs,
     )

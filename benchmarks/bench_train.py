@@ -26,12 +26,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from step_rounds import median_of_rounds  # noqa: E402
 
 MiB = 2**20
 
@@ -138,25 +141,6 @@ def loss_agreement(model, batch) -> dict:
         fused = float(CompletionLoss(model)(**batch)) / count
         hf = float(model(**batch, use_cache=False).loss)
     return {"fused": fused, "hf": hf}
-
-
-def median_of_rounds(rounds: list[dict]) -> dict:
-    """One variant's row from its rounds' rows: the median step time (and its tokens/s), the
-    rounds' range, the largest peak; a note if any round ran out of memory."""
-    failed = [r for r in rounds if "note" in r]
-    if failed:
-        return failed[0]
-    ms = sorted(r["ms_per_step"] for r in rounds)
-    median = statistics.median(ms)
-    tokens_per_step = rounds[0]["batch"] * rounds[0]["seq"]
-    return {
-        **{k: rounds[0][k] for k in ("loss", "grad_ckpt", "batch", "seq")},
-        "tokens_per_s": tokens_per_step / (median / 1000),
-        "ms_per_step": median,
-        "ms_per_step_rounds": ms,
-        "peak_mib": max(r["peak_mib"] for r in rounds),
-        "step_mib": max(r["step_mib"] for r in rounds),
-    }
 
 
 def run(batch: int = 8, seq: int = 1024, prompt: int = 128, rounds: int = 3) -> dict:

@@ -37,7 +37,6 @@ import argparse
 import dataclasses
 import importlib.util
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,9 @@ from pathlib import Path
 
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from step_rounds import median_of_rounds  # noqa: E402
 
 MiB = 2**20
 VARIANTS = ("unpatched", "genssd", "liger", "liger-loss", "genssd+liger-layers")
@@ -240,25 +242,6 @@ def environment(cpu: bool) -> dict:
         "transformers": transformers.__version__,
         "liger_kernel": liger,
         "genssd_backend": resolve_backend(None, device, op="linear_cross_entropy"),
-    }
-
-
-def median_of_rounds(rounds: list[dict]) -> dict:
-    """One variant's row from its rounds' rows: the first round's losses and checksum, the median
-    step time (and its tokens/s), the rounds' times, the largest peak; a failed round's note."""
-    failed = [r for r in rounds if "note" in r]
-    if failed:
-        return failed[0]
-    ms = sorted(r["ms_per_step"] for r in rounds)
-    median = statistics.median(ms)
-    peaks = [r["peak_mib"] for r in rounds if r["peak_mib"] is not None]
-    first = rounds[0]
-    return {
-        **first,
-        "tokens_per_s": first["batch"] * first["seq"] / (median / 1000),
-        "ms_per_step": median,
-        "ms_per_step_rounds": ms,
-        "peak_mib": max(peaks) if peaks else None,
     }
 
 

@@ -31,6 +31,7 @@ import multiprocessing
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from tqdm.auto import tqdm
@@ -45,19 +46,27 @@ from genssd.runs import guard_run, run_stage, silence_stage_lines, write_json
 from genssd.tasks import get_task
 from genssd.train import completion_text, select_rows
 
-# The embedded tasks: each one's problem module (``generate_problems``, ``line_operation_counts``,
-# ``write_problems``), its shipped teacher and student, and the new tokens its longest solution
-# needs (arith's run to ~60 characters, ledger's to 98).
+
+class DemoTask(NamedTuple):
+    """An embedded task: its problem module (``generate_problems``, ``line_operation_counts``,
+    ``write_problems``), the folder of its shipped teacher and student, and the new tokens its
+    longest solution needs (arith's run to ~60 characters, ledger's to 98)."""
+
+    module: str
+    models: Path
+    max_new_tokens: int
+
+
 DEMO_TASKS = {
-    "arith": ("genssd.tasks.arith", Path(__file__).resolve().parent / "assets" / "demo", 80),
-    "ledger": ("genssd.tasks.ledger", Path(__file__).resolve().parent / "assets" / "ledger", 112),
+    "arith": DemoTask("genssd.tasks.arith", Path(__file__).resolve().parent / "assets" / "demo", 80),
+    "ledger": DemoTask("genssd.tasks.ledger", Path(__file__).resolve().parent / "assets" / "ledger", 112),
 }
-ASSETS = DEMO_TASKS["arith"][1]
+ASSETS = DEMO_TASKS["arith"].models
 
 
 def task_module(task: str):
     """The problem module of the embedded task ``task``."""
-    return importlib.import_module(DEMO_TASKS[task][0])
+    return importlib.import_module(DEMO_TASKS[task].module)
 
 
 # Training and held-out problems come from separate generator streams (offset from the seed), and
@@ -281,7 +290,10 @@ def _eval_config(preset: Preset) -> EvalConfig:
 
 
 def _new_tokens(preset: Preset) -> int:
-    return preset.max_new_tokens if preset.max_new_tokens is not None else DEMO_TASKS[preset.task][2]
+    """The preset's ``max_new_tokens``, or its task's room where None."""
+    if preset.max_new_tokens is not None:
+        return preset.max_new_tokens
+    return DEMO_TASKS[preset.task].max_new_tokens
 
 
 def leap_share(
@@ -590,7 +602,7 @@ def run_demo(
     preset = dataclasses.replace(preset, max_new_tokens=_new_tokens(preset))  # recorded as run
     if jobs < 1:
         raise UsageError(f"jobs must be >= 1, got {jobs}")
-    models, out = Path(models if models is not None else DEMO_TASKS[preset.task][1]), Path(out)
+    models, out = Path(models if models is not None else DEMO_TASKS[preset.task].models), Path(out)
     check_models(models)
     device = resolve_device(device)
     if out.exists() and not out.is_dir():

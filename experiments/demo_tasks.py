@@ -83,9 +83,9 @@ DEMO_TASKS = {
         lambda row, style, rng: arith.render_solution(row["numbers"], row["ops"], style, rng, max_leap=None),
         arith.STYLES,
         arith.line_operation_counts,
-        lambda seed: _arith_corpus(seed),
+        _arith_corpus,
         64,
-        lambda row: _arith_decisions(row),
+        _arith_decisions,
     ),
     # Ledger leaps take whole events, up to all that remain (8 operations at most).
     "ledger": DemoTask(
@@ -94,8 +94,8 @@ DEMO_TASKS = {
         lambda row, style, rng: ledger.render_solution(row, style, rng, max_leap=8),
         ledger.STYLES,
         ledger.line_operation_counts,
-        lambda seed: _ledger_corpus(seed),
+        _ledger_corpus,
         112,
-        lambda row: _ledger_decisions(row),
+        _ledger_decisions,
     ),
 }

@@ -250,11 +250,12 @@ def linear_cross_entropy(
         reduction in ("mean", "sum", "none"), f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}"
     )
     _check(isinstance(recompute, bool), f"recompute must be a bool, got {recompute!r}")
-    hidden, weight = _autocast_operands(hidden, weight)
     needs_grad = torch.is_grad_enabled() and any(
         isinstance(t, torch.Tensor) and t.requires_grad for t in (hidden, weight)
     )
     if reduction != "none" and needs_grad and not recompute:
+        # The recomputing path below casts in logprob_gather.
+        hidden, weight = _autocast_operands(hidden, weight)
         _validate_gather(hidden, weight, targets, None, 1.0, ignore_index, check_values)
         chosen = resolve_backend(backend, hidden.device, op="linear_cross_entropy")
         if chosen != "reference":

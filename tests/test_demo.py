@@ -321,7 +321,7 @@ def test_ledger_demo_runs_end_to_end_on_its_own_problems(tmp_path):
     assert [r["method"] for r in results["methods"]] == METHODS[:-1]
     shares = [r["leap_share"] for r in results["methods"] if r["leap_share"] is not None]
     assert shares and all(0 <= share <= 1 for share in shares)
-    written = [json.loads(line) for line in (tmp_path / "run" / "seed0" / "data" / "heldout.jsonl").open()]
+    written = read_jsonl(tmp_path / "run" / "seed0" / "data" / "heldout.jsonl")
     assert [row["question"] for row in written] == [row["question"] for row in heldout]
 
 

@@ -9,8 +9,12 @@ import pytest
 import torch
 from genssd.errors import UsageError
 from genssd.integrations import apply_genssd_loss, remove_genssd_loss
-from search_fixtures import tiny_lm  # noqa: F401
+from genssd.tasks import get_task
+from genssd.tasks.arith import generate_problems
+from search_fixtures import bpe_tokenizer, tiny_lm  # noqa: F401
 from transformers import Trainer, TrainingArguments
+
+from genssd_kernels import linear_cross_entropy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -117,10 +121,6 @@ def test_a_copy_of_a_patched_model_runs_on_its_own_weights():
 def _sft_train(kind: str, patched: bool, grad_accum: int, out) -> tuple[list[float], dict]:
     datasets = pytest.importorskip("datasets")
     trl = pytest.importorskip("trl")
-    from genssd.tasks import get_task
-    from genssd.tasks.arith import generate_problems
-    from search_fixtures import bpe_tokenizer
-
     arith = get_task("arith")
     rows = [{"prompt": arith.prompt(r), "completion": r["answer"]} for r in generate_problems(24, seed=2)]
     tokenizer = bpe_tokenizer(VOCAB)
@@ -185,8 +185,6 @@ def test_patched_training_step_never_holds_the_full_logits():
 def test_patched_loss_under_autocast_takes_the_autocast_dtype():
     """Under ``Trainer(bf16=True)`` the body runs under autocast over an fp32 head: the patched loss
     is then that of the bf16 head (as the unpatched ``lm_head`` matmul would be), not an fp32 one."""
-    from genssd_kernels import linear_cross_entropy
-
     model = apply_genssd_loss(tiny_lm("llama", VOCAB, seed=9))
     inputs = {k: v[None] for k, v in PromptCompletionRows(count=2)[0].items()}
     with torch.autocast("cpu", dtype=torch.bfloat16):

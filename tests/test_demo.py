@@ -219,7 +219,7 @@ def test_leap_share_counts_the_lines_of_the_data_a_method_trains_on(tmp_path):
 
 
 def test_equal_data_methods_keep_m_correct_answers_each():
-    preset = dataclasses.replace(PRESETS["quick"], equal_data=2)
+    preset = dataclasses.replace(PRESETS["quick"], studies=("equal-data-2",))
     rows = {m.key: m for m in methods(preset)}
     assert set(rows) == {"standard-correct", "rejection-m2", "post-hoc-m2", "gen-ssd-m2", "morsd-m2"}
     assert rows["rejection-m2"].train_on == "random-correct" and rows["rejection-m2"].per_problem == 2
@@ -227,8 +227,8 @@ def test_equal_data_methods_keep_m_correct_answers_each():
     assert (
         rows["gen-ssd-m2"].overrides["beam_width"] == 2 and rows["rejection-m2"].overrides["beam_width"] == 4
     )
-    with pytest.raises(UsageError, match="equal_data"):
-        dataclasses.replace(PRESETS["quick"], equal_data=5)
+    with pytest.raises(UsageError, match="equal-data-M needs M"):
+        dataclasses.replace(PRESETS["quick"], studies=("equal-data-5",))
 
 
 def test_presets_are_well_formed():
@@ -255,8 +255,8 @@ def test_bad_input_exits_2(models, tmp_path, capsys, args, message):
 
 
 def test_config_file_and_set_change_the_presets_keys(tmp_path, capsys):
-    """``--config`` (YAML of Preset keys) over ``--preset``, ``--equal-data`` as an alias of
-    ``--set equal_data=``, ``--set`` last; unknown keys and bad values exit 2 before the run."""
+    """``--config`` (YAML of Preset keys) over ``--preset``, ``--study`` and ``--equal-data`` as
+    aliases of ``--set studies=``, ``--set`` last; unknown keys and bad values exit 2 before the run."""
     from genssd.cli import build_parser
     from genssd.commands.demo import demo_preset
 
@@ -267,14 +267,19 @@ def test_config_file_and_set_change_the_presets_keys(tmp_path, capsys):
     expected = dataclasses.replace(PRESETS["full"], train_steps=40, num_candidates=3, lr=1e-3, seeds=1)
     assert demo_preset(args) == expected
     args = parser.parse_args(
-        ["demo", "--equal-data", "2", "--set", "equal_data=3", "--set", "num_candidates=4"]
+        ["demo", "--equal-data", "2", "--set", "studies=[equal-data-3]", "--set", "num_candidates=4"]
     )
-    assert demo_preset(args) == dataclasses.replace(PRESETS["quick"], equal_data=3)
+    assert demo_preset(args) == dataclasses.replace(PRESETS["quick"], studies=("equal-data-3",))
+    args = parser.parse_args(["demo", "--study", "presets", "--equal-data", "1", "--study", "sweeps"])
+    assert demo_preset(args).studies == ("presets", "sweeps", "equal-data-1")
+    assert demo_preset(parser.parse_args(["demo", "--set", "studies=iterative"])).studies == ("iterative",)
     assert demo_preset(parser.parse_args(["demo"])) == PRESETS["quick"]
     out = tmp_path / "out"
     for extra, message in [
         (["--set", "train_step=3"], "unknown config key 'train_step' for Preset"),
-        (["--set", "equal_data=9"], "equal_data (m) must be in 1..4"),
+        (["--equal-data", "9"], "equal-data-M needs M (trajectories a problem) in 1..4"),
+        (["--study", "main", "--study", "main"], "a study is named twice"),
+        (["--study", "sweep"], "unknown study 'sweep'"),
         (["--set", "train_steps=0"], "at least one held-out problem"),
         (["--config", str(tmp_path / "missing.yaml")], "config file not found"),
     ]:
@@ -294,10 +299,8 @@ def test_an_unknown_preset_is_a_usage_error(capsys):
 
 @pytest.mark.slow
 def test_equal_data_run_trains_each_method_on_at_most_m_correct_answers(models, tmp_path):
-    preset = dataclasses.replace(TINY, seeds=1)
-    results = run_demo(
-        tmp_path / "run", preset=preset, device="cpu", models=models, progress=False, equal_data=1
-    )
+    preset = dataclasses.replace(TINY, seeds=1, studies=("equal-data-1",))
+    results = run_demo(tmp_path / "run", preset=preset, device="cpu", models=models, progress=False)
     assert [r["method"] for r in results["methods"]] == [
         "base", "coldstart", "standard-correct", "rejection-m1", "post-hoc-m1", "gen-ssd-m1", "morsd-m1",
     ]  # fmt: skip

@@ -28,21 +28,23 @@ import contextlib
 import dataclasses
 import importlib
 import multiprocessing
+import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from tqdm.auto import tqdm
 
-from genssd.config import EvalConfig, TrainConfig, search_config_for
+from genssd.config import EvalConfig, TrainConfig, config_hash, search_config_for
 from genssd.data import read_output
 from genssd.distill import DEFAULT_SAVE_EVERY, DistillPlan, eval_stage, run_pipeline, training_rows
 from genssd.errors import UsageError
 from genssd.models import quiet_transformers, resolve_device
 from genssd.report import TABLE_NOTES, aggregate, format_table, write_plot
-from genssd.runs import guard_run, run_stage, silence_stage_lines, write_json
+from genssd.runs import guard_run, read_marker, run_stage, silence_stage_lines, write_json
+from genssd.studies import Method, check_studies, methods_of, study_methods
 from genssd.tasks import get_task
 from genssd.train import completion_text, select_rows
 
@@ -89,8 +91,9 @@ class Preset:
         search_batch_size, eval_batch_size: prompts per batch (speed only).
         seeds: runs with seeds ``seed, seed + 1, ...`` (mean and spread in the results).
         equal_budget: add Standard KD with Gen-SSD's teacher-token budget.
-        equal_data: m of the equal-data protocol (None: off): instead of the usual methods,
-            each trains on at most m correct trajectories per problem (``equal_data_methods``).
+        studies: the questions the run answers (``genssd.studies.STUDIES``): ``main``, the usual
+            table; ``equal-data-M``, every method on at most M correct trajectories per problem;
+            ``presets``, ``iterative``, ``sweeps``. Methods they share run once.
         task: the embedded task (``DEMO_TASKS``): ``arith``, or ``ledger``'s word problems.
     """
 
@@ -109,7 +112,7 @@ class Preset:
     eval_batch_size: int
     seeds: int = 1
     equal_budget: bool = False
-    equal_data: int | None = None
+    studies: tuple[str, ...] = ("main",)
     task: str = "arith"
 
     def __post_init__(self) -> None:
@@ -130,8 +133,10 @@ class Preset:
             raise UsageError(
                 "a preset needs at least one held-out problem, candidate, seed and training step"
             )
-        if self.equal_data is not None and not 1 <= self.equal_data <= self.num_candidates:
-            raise UsageError(f"equal_data (m) must be in 1..{self.num_candidates} (n), got {self.equal_data}")
+        # A YAML list (--config, --set studies=[...]) or one name (--set studies=main) is a tuple here.
+        studies = (self.studies,) if isinstance(self.studies, str) else tuple(self.studies)
+        object.__setattr__(self, "studies", studies)
+        check_studies(studies, self.num_candidates)
 
 
 PRESETS = {
@@ -176,66 +181,9 @@ PRESETS = {
 }
 
 
-@dataclass(frozen=True)
-class Method:
-    """One row of the table: a search preset with overrides, and how its data is used."""
-
-    key: str
-    label: str
-    preset: str
-    overrides: dict = field(default_factory=dict)
-    train_on: str = "best"
-    only_correct: bool = False
-    per_problem: int = 1
-
-
 def methods(preset: Preset) -> list[Method]:
-    """The compared methods (docs/design.md §3's table), in table order."""
-    if preset.equal_data is not None:
-        return equal_data_methods(preset.num_candidates, preset.equal_data)
-    n = preset.num_candidates
-    # The embedded tasks' solution lines are their reasoning steps; a line is one chunk.
-    search = {"num_candidates": n, "step_delimiter": "\n"}
-    rows = [
-        Method("standard", "standard KD", "standard"),
-        Method(
-            "rejection",
-            f"rejection sampling (n={n})",
-            "standard",
-            {"num_candidates": n, "beam_width": n},
-            train_on="all",
-            only_correct=True,
-        ),
-        Method("best-of-n", f"post-hoc student selection (best of {n})", "best-of-n", {"num_candidates": n}),
-        Method("gen-ssd", "Gen-SSD", "gen-ssd", search),
-        # docs/design.md §3's optional last step: the same search, then only right answers are trained on.
-        Method("gen-ssd-checked", "Gen-SSD + answer check", "gen-ssd", search, only_correct=True),
-        Method("random", "random-scorer ablation", "random", search),
-    ]
-    if preset.equal_budget:
-        rows.append(Method("standard-budget", "standard KD, Gen-SSD's budget", "standard"))
-    return rows
-
-
-def equal_data_methods(n: int, m: int) -> list[Method]:
-    """The equal-data protocol: every method keeps at most ``m`` trajectories with a correct
-    answer per problem, so the comparison is of *which* right answers are trained on. Rejection
-    sampling keeps m of its n samples' correct ones at random, post-hoc selection the m the
-    student finds likeliest, Gen-SSD its m best correct beams (``beam_width = m``), MoRSD the m
-    the student follows to the answer best (``genssd.morsd``)."""
-    samples = {"num_candidates": n, "beam_width": n}
-    search = {"num_candidates": n, "step_delimiter": "\n", "beam_width": m}
-    keep = {"per_problem": m}
-    return [
-        Method("standard-correct", "standard KD, correct only", "standard", train_on="likeliest-correct"),
-        Method(f"rejection-m{m}", f"rejection sampling ({m} of n={n}, random)", "standard", samples,
-               train_on="random-correct", **keep),
-        Method(f"post-hoc-m{m}", f"post-hoc student selection ({m} of n={n})", "standard", samples,
-               train_on="likeliest-correct", **keep),
-        Method(f"gen-ssd-m{m}", f"Gen-SSD ({m} best beam{'s' * (m > 1)})", "gen-ssd", search,
-               train_on="likeliest-correct", **keep),
-        Method(f"morsd-m{m}", f"MoRSD ({m} of n={n})", "standard", samples, train_on="morsd", **keep),
-    ]  # fmt: skip
+    """The methods of the preset's studies (``genssd.studies``), in table order."""
+    return methods_of(preset.studies, preset.num_candidates, preset.equal_budget)
 
 
 # ------------------------------------------------------------------------------------- the data
@@ -297,21 +245,24 @@ def _new_tokens(preset: Preset) -> int:
 
 
 def leap_share(
-    search_path: Path, method: Method | None = None, seed: int = 0, task_name: str = "arith"
+    search_paths: Path | list[Path], method: Method | None = None, seed: int = 0, task_name: str = "arith"
 ) -> float:
     """The share of solution lines in ``method``'s training data (None: each problem's first
     trajectory) that carry out two or more operations at once (leaps, which the small student
-    cannot learn; docs/design.md §5), for the embedded task ``task_name``."""
+    cannot learn; docs/design.md §5), for the embedded task ``task_name``. ``search_paths``: the
+    method's search output, or its rounds' outputs together."""
 
     task = get_task(task_name)
     line_operation_counts = task_module(task_name).line_operation_counts
     method = method or Method("first", "first trajectories", "standard")
-    if method.train_on == "morsd":  # chosen with the student's scores, kept beside the search
-        kept = read_output(search_path.parent / "selected.jsonl")
-    else:
-        kept = training_rows(
-            read_output(search_path), task, method.train_on, per_problem=method.per_problem, seed=seed
-        )
+    kept = []
+    for path in [search_paths] if isinstance(search_paths, Path) else search_paths:
+        if method.train_on == "morsd":  # chosen with the student's scores, kept beside the search
+            kept += read_output(path.parent / "selected.jsonl")
+        else:
+            kept += training_rows(
+                read_output(path), task, method.train_on, per_problem=method.per_problem, seed=seed
+            )
     if not kept:
         return 0.0
     rows = select_rows(kept, only_correct=method.only_correct, task=task)
@@ -393,6 +344,18 @@ def setup_seed(
     )
 
 
+def adopt_search(source: Path, folder: Path) -> None:
+    """Give ``folder`` (a method's run folder) the finished search of ``source``, a method of the
+    same seed with the same search settings (``search_owners``), so it is not run twice."""
+    if read_marker(folder, "search") is not None:
+        return
+    if read_marker(source, "search") is None:
+        raise RuntimeError(f"{source} has no finished search to share")  # a scheduling bug
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source / "search.jsonl", folder / "search.jsonl")
+    shutil.copyfile(source / "search.done", folder / "search.done")  # the marker goes last
+
+
 def run_method(
     setup: SeedSetup,
     method: Method,
@@ -401,11 +364,16 @@ def run_method(
     device: str,
     progress: bool,
     budget: int | None = None,
+    search_from: str | None = None,
 ) -> tuple[dict, int]:
     """One method on top of a seed's cold start: its result row and its own search's teacher tokens.
 
-    ``budget`` (the equal-budget run only): teacher tokens to spend, drawing problems from the pool.
+    ``budget`` (``Method.budget_of``): teacher tokens to spend, drawing problems from the pool.
+    ``search_from``: the key of a method of this seed whose finished search this one shares.
     """
+    folder = setup.root / method.key
+    if search_from is not None:
+        adopt_search(setup.root / search_from, folder)
     rows = setup.pool if budget is not None else setup.train_rows
     summary = run_pipeline(
         DistillPlan(
@@ -413,13 +381,15 @@ def run_method(
             student=setup.root / "coldstart" / "student",
             task=preset.task,
             rows=rows,
-            out=setup.root / method.key,
+            out=folder,
             search=_search_config(method.preset, method.overrides, preset, setup.seed),
-            train=_train_config(preset, setup.seed, preset.train_steps, method.only_correct),
+            # Rounds split the steps: every method trains for the same number of them.
+            train=_train_config(preset, setup.seed, preset.train_steps // method.rounds, method.only_correct),
             evaluation=_eval_config(preset),
             eval_rows=setup.heldout,
             train_on=method.train_on,
             per_problem=method.per_problem,
+            rounds=method.rounds,
             teacher_token_budget=budget,
             device=device,
             progress=progress,
@@ -427,8 +397,24 @@ def run_method(
     )
     # Every fine-tuned student's data includes the shared cold start's.
     summary["teacher_tokens_total"] = summary["teacher_tokens"] + setup.cold_tokens
-    leaps = leap_share(setup.root / method.key / "search.jsonl", method, setup.seed, preset.task)
+    searches = [folder / "search.jsonl"] if method.rounds == 1 else sorted(folder.glob("round*/search.jsonl"))
+    leaps = leap_share(searches, method, setup.seed, preset.task)
     return _row(method.key, method.label, summary, leaps), summary["teacher_tokens"]
+
+
+def search_owners(chosen: list[Method], preset: Preset) -> dict[str, str]:
+    """``{method key: key of the earlier method whose search it shares}`` for the methods of
+    ``chosen`` whose search settings (as run, seed aside) an earlier one's equal."""
+    first: dict[str, str] = {}
+    shared = {}
+    for method in chosen:
+        if not method.shares_search:
+            continue
+        identity = config_hash(_search_config(method.preset, method.overrides, preset, seed=0))
+        owner = first.setdefault(identity, method.key)
+        if owner != method.key:
+            shared[method.key] = owner
+    return shared
 
 
 def run_seed(
@@ -436,13 +422,16 @@ def run_seed(
 ) -> list[dict]:
     """Every method for one seed, in ``root``, one after another; one result row per method."""
     setup = setup_seed(root, models, preset, seed, base_seed, device, progress)
-    results = [setup.base_row, setup.cold_row]
-    spent: dict[str, int] = {}  # each method's own search tokens
-    for method in methods(preset):
-        budget = spent["gen-ssd"] if method.key == "standard-budget" else None
-        row, spent[method.key] = run_method(setup, method, models, preset, device, progress, budget)
-        results.append(row)
-    return results
+    chosen = methods(preset)
+    owners = search_owners(chosen, preset)
+    done: dict[str, tuple[dict, int]] = {}  # each method's row and its own search tokens
+    # A budget row needs its source's tokens: those run last (a method's owner always runs before it).
+    for method in sorted(chosen, key=lambda m: m.budget_of is not None):
+        budget = done[method.budget_of][1] if method.budget_of is not None else None
+        done[method.key] = run_method(
+            setup, method, models, preset, device, progress, budget, owners.get(method.key)
+        )
+    return [setup.base_row, setup.cold_row] + [done[m.key][0] for m in chosen]
 
 
 # ------------------------------------------------------------------------------------ the run
@@ -487,11 +476,11 @@ def _run_seeds(
     """Every seed's result rows, in seed order: in this process, or in ``jobs`` worker processes.
 
     With workers, each seed's set-up (base evaluation, cold start) is one job and each method on
-    top of it another, so up to ``jobs`` of them run at once (the equal-budget run waits for its
-    seed's Gen-SSD). The demo's models are so small that one process keeps a GPU mostly idle (its
-    time goes to launching kernels from one CPU core). Workers are spawned (CUDA cannot be used in
-    a forked child) and show no progress bars or stage lines of their own: one bar (or, without,
-    one line a job) counts the finished jobs.
+    top of it another, so up to ``jobs`` of them run at once (a method sharing another's search,
+    or spending its budget, waits for it). The demo's models are so small that one process keeps
+    a GPU mostly idle (its time goes to launching kernels from one CPU core). Workers are spawned
+    (CUDA cannot be used in a forked child) and show no progress bars or stage lines of their own:
+    one bar (or, without, one line a job) counts the finished jobs.
     """
     if jobs == 1:
         return [
@@ -531,34 +520,44 @@ def _run_seeds(
                 s: submit(f"seed{s} set-up", setup_seed, out / f"seed{s}", models, preset, s, base_seed)
                 for s in seeds
             }
-            runs: dict[int, dict[str, concurrent.futures.Future]] = {}
-            for s in seeds:
-                setup = setups[s].result()
-                runs[s] = {
-                    m.key: submit(f"seed{s}/{m.key}", run_method, setup, m, models, preset)
-                    for m in methods(preset)
-                    if m.key != "standard-budget"
-                }
-            for s in seeds:
-                for m in methods(preset):
-                    if m.key == "standard-budget":
-                        budget = runs[s]["gen-ssd"].result()[1]
-                        runs[s][m.key] = submit(
-                            f"seed{s}/{m.key}",
-                            run_method,
-                            setups[s].result(),
-                            m,
-                            models,
-                            preset,
-                            budget=budget,
-                        )
-            results = []
-            for s in seeds:
-                setup = setups[s].result()
-                results.append(
-                    [setup.base_row, setup.cold_row] + [runs[s][m.key].result()[0] for m in methods(preset)]
-                )
-            return results
+            chosen = methods(preset)
+            owners = search_owners(chosen, preset)
+            # A method waits for its seed's set-up and for the method it needs, if any: the one whose
+            # search it shares, or the one whose teacher tokens are its budget.
+            needs = {m.key: owners.get(m.key) or m.budget_of for m in chosen}
+            runs: dict[tuple[int, str], concurrent.futures.Future] = {}
+            # Method by method across the seeds: a run stopped early has its first rows complete.
+            waiting = [(s, m) for m in chosen for s in seeds]
+            while waiting:
+                still = []
+                for s, m in waiting:
+                    need = needs[m.key]
+                    blockers = [setups[s]] + ([runs[s, need]] if (s, need) in runs else [])
+                    if (need is not None and (s, need) not in runs) or not all(f.done() for f in blockers):
+                        still.append((s, m))
+                        continue
+                    for blocker in blockers:
+                        blocker.result()  # a failed set-up or needed method fails the run here
+                    budget = runs[s, m.budget_of].result()[1] if m.budget_of is not None else None
+                    runs[s, m.key] = submit(
+                        f"seed{s}/{m.key}",
+                        run_method,
+                        setups[s].result(),
+                        m,
+                        models,
+                        preset,
+                        budget=budget,
+                        search_from=owners.get(m.key),
+                    )
+                if len(still) == len(waiting):
+                    running = [f for f in [*setups.values(), *runs.values()] if not f.done()]
+                    concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+                waiting = still
+            return [
+                [setups[s].result().base_row, setups[s].result().cold_row]
+                + [runs[s, m.key].result()[0] for m in chosen]
+                for s in seeds
+            ]
         except BaseException:
             # Fail fast: drop the jobs not started yet (the running ones finish, and their
             # stages are kept for a rerun), instead of running them all before the error shows.
@@ -582,23 +581,18 @@ def run_demo(
     models: str | Path | None = None,
     progress: bool = True,
     jobs: int = 1,
-    equal_data: int | None = None,
 ) -> dict:
     """Run (or finish) the demo in ``out``; print the table; return ``results.json``'s content.
 
     ``jobs`` > 1 runs up to that many jobs (a seed's set-up, a method) at a time, each in its own
-    process, with a line per finished job instead of progress bars. ``equal_data`` (m) runs the
-    equal-data protocol instead of the usual methods (``Preset.equal_data``). ``models`` None:
-    the shipped models of the preset's task.
+    process, with a line per finished job instead of progress bars. ``models`` None: the shipped
+    models of the preset's task. A folder's methods may change between reruns (``Preset.studies``,
+    ``equal_budget``): the methods already run are kept, the new ones run.
     """
     if isinstance(preset, str):
         if preset not in PRESETS:
             raise UsageError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
         preset = PRESETS[preset]
-    if equal_data is not None:
-        preset = dataclasses.replace(preset, equal_data=equal_data)
-    if preset.equal_data is not None:  # the equal-data protocol has no equal-budget row
-        preset = dataclasses.replace(preset, equal_budget=False)
     preset = dataclasses.replace(preset, max_new_tokens=_new_tokens(preset))  # recorded as run
     if jobs < 1:
         raise UsageError(f"jobs must be >= 1, got {jobs}")
@@ -608,7 +602,9 @@ def run_demo(
     if out.exists() and not out.is_dir():
         raise UsageError(f"output folder {out} is a file")
     out.mkdir(parents=True, exist_ok=True)
-    guard_run(out, {"preset": dataclasses.asdict(preset), "seed": seed, "models": str(models.resolve())})
+    # Which methods run does not change the others' results (each has its own folder and guard).
+    settings = {k: v for k, v in dataclasses.asdict(preset).items() if k not in ("studies", "equal_budget")}
+    guard_run(out, {"preset": settings, "seed": seed, "models": str(models.resolve())})
 
     started = time.perf_counter()
     seeds = [seed + i for i in range(preset.seeds)]
@@ -621,6 +617,10 @@ def run_demo(
         "seeds": seeds,
         "device": device,
         "methods": rows,
+        "studies": {
+            name: [m.key for m in study_methods(name, preset.num_candidates, preset.equal_budget)]
+            for name in preset.studies
+        },
         "per_seed": per_seed,
         "seconds": round(time.perf_counter() - started, 1),
     }

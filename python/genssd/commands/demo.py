@@ -61,26 +61,36 @@ def register(subparsers) -> None:
         "progress bars; on a GPU the tiny models leave room for about one job per CPU core)",
     )
     parser.add_argument(
+        "--study",
+        action="append",
+        metavar="NAME",
+        help="a question to answer (repeatable; default main): main (the usual table), equal-data-M "
+        "(every method on at most M correct trajectories a problem), presets (ours, the paper's rule, "
+        "MoRSD at equal teacher budget), iterative (rounds vs one search), sweeps (margin, K, chunk, "
+        "score scope); methods the studies share run once (= --set studies=[...])",
+    )
+    parser.add_argument(
         "--equal-data",
         type=int,
         metavar="M",
         help="the equal-data protocol: every method trains on at most M correct trajectories per problem "
-        "(= --set equal_data=M)",
+        "(= --study equal-data-M)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
 
 def demo_preset(args):
-    """The ``Preset`` of the parsed arguments: ``--preset``'s, then ``--config``, then the
-    ``--equal-data`` and ``--task`` aliases, then ``--set`` (unknown keys and bad values raise
+    """The ``Preset`` of the parsed arguments: ``--preset``'s, then ``--config``, then ``--study``
+    (with ``--equal-data``) and ``--task``, then ``--set`` (unknown keys and bad values raise
     ``UsageError``)."""
     import dataclasses
 
     from genssd.config import build_config
     from genssd.demo import PRESETS, Preset
 
-    given = [] if args.equal_data is None else [f"equal_data={args.equal_data}"]
+    studies = list(args.study or []) + ([] if args.equal_data is None else [f"equal-data-{args.equal_data}"])
+    given = [f"studies=[{', '.join(studies)}]"] if studies else []
     given += [] if args.task is None else [f"task={args.task}"]
     return build_config(
         Preset,

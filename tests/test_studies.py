@@ -1,0 +1,168 @@
+"""The demo's studies (``genssd.studies``): which methods each question compares, methods shared
+between studies run once, searches shared between methods run once, and a folder that gains a
+study runs only the new methods."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import genssd.distill
+import genssd.studies
+import pytest
+import torch
+from arith_models import arith_models
+from genssd.demo import _search_config, demo_problems, methods, run_demo, search_owners
+from genssd.errors import UsageError
+from genssd.studies import ITERATIVE_ROUNDS, STANDARD_BUDGET, Method, methods_of, study_methods
+from test_demo import TINY
+
+FULL_GRID = ("main", "equal-data-1", "equal-data-4", "presets", "iterative", "sweeps")
+
+
+def _changed_settings(method: Method, baseline: Method, n: int) -> dict:
+    """The SearchConfig fields in which ``method``'s search differs from ``baseline``'s."""
+    preset = dataclasses.replace(TINY, num_candidates=n)
+    ours = dataclasses.asdict(_search_config(method.preset, method.overrides, preset, 0))
+    base = dataclasses.asdict(_search_config(baseline.preset, baseline.overrides, preset, 0))
+    return {k: ours[k] for k in ours if ours[k] != base[k] and k != "method"}
+
+
+def test_every_sweep_changes_one_setting_of_the_demos_gen_ssd():
+    rows = {m.key: m for m in study_methods("sweeps", 4)}
+    gen_ssd = rows.pop("gen-ssd")
+    changed = {key: _changed_settings(m, gen_ssd, 4) for key, m in rows.items()}
+    assert changed == {
+        "gen-ssd-margin-0.25": {"margin": 0.25},
+        "gen-ssd-margin-1": {"margin": 1.0},
+        "gen-ssd-margin-2": {"margin": 2.0},
+        "gen-ssd-margin-inf": {"margin": float("inf")},
+        "gen-ssd-k2": {"num_candidates": 2},
+        "gen-ssd-k8": {"num_candidates": 8},
+        # a chunk of tokens instead of a line: no delimiter, and the chunk's length
+        "gen-ssd-chunk16": {"step_delimiter": None, "chunk_tokens": 16},
+        "gen-ssd-chunk32": {"step_delimiter": None},
+        "gen-ssd-chunk-scope": {"score_scope": "chunk"},
+    }
+    assert all(m.train_on == "best" and not m.only_correct for m in rows.values())
+
+
+def test_the_presets_study_compares_ours_the_papers_rule_and_morsd_at_equal_budget():
+    rows = {m.key: m for m in study_methods("presets", 4)}
+    assert set(rows) == {
+        "standard-budget", "rejection", "morsd-m1", "gen-ssd", "gen-ssd-checked", "gen-ssd-paper",
+        "gen-ssd-paper-checked",
+    }  # fmt: skip
+    paper = _search_config("gen-ssd-paper", rows["gen-ssd-paper"].overrides, TINY, 0)
+    assert (paper.margin, paper.score_scope, paper.max_ppl, paper.step_delimiter) == (
+        float("inf"), "chunk", 10.0, "\n",
+    )  # fmt: skip
+    assert rows["gen-ssd-paper-checked"].only_correct and not rows["gen-ssd-paper"].only_correct
+    assert rows["morsd-m1"].train_on == "morsd" and rows["morsd-m1"].per_problem == 1
+    assert rows["standard-budget"].budget_of == "gen-ssd"
+
+
+def test_the_iterative_study_splits_the_problems_and_the_steps_into_rounds():
+    rows = {m.key: m for m in study_methods("iterative", 4)}
+    rounds = rows[f"gen-ssd-r{ITERATIVE_ROUNDS}"]
+    assert rounds.rounds == ITERATIVE_ROUNDS and not rounds.shares_search
+    assert rows[f"gen-ssd-r{ITERATIVE_ROUNDS}-checked"].only_correct
+    assert rows["gen-ssd"].rounds == 1
+
+
+def test_studies_share_their_common_methods_and_refuse_conflicting_ones():
+    chosen = methods_of(FULL_GRID, 4, equal_budget=True)
+    keys = [m.key for m in chosen]
+    assert len(keys) == len(set(keys))
+    expected = {m.key for name in FULL_GRID for m in study_methods(name, 4, True)}
+    assert set(keys) == expected
+    assert keys[:7] == [m.key for m in study_methods("main", 4, True)]  # study order, first seen
+
+
+def test_a_budget_row_without_its_source_and_a_key_defined_twice_are_refused(monkeypatch):
+    # A study whose budget row has no Gen-SSD beside it.
+    monkeypatch.setattr(genssd.studies, "iterative_methods", lambda n: [STANDARD_BUDGET])
+    with pytest.raises(UsageError, match="a budget row needs the method"):
+        methods_of(("iterative",), 4)
+    # A study that means something else by "gen-ssd" than another one does.
+    monkeypatch.setattr(genssd.studies, "sweep_methods", lambda n: [Method("gen-ssd", "Gen-SSD", "random")])
+    with pytest.raises(UsageError, match="'gen-ssd' differs between studies"):
+        methods_of(("main", "sweeps"), 4)
+    assert [m.key for m in methods_of(("sweeps",), 4)] == ["gen-ssd"]
+
+
+def test_searches_with_the_same_settings_run_once_per_seed():
+    preset = dataclasses.replace(TINY, num_candidates=4, studies=FULL_GRID)
+    owners = search_owners(methods(preset), preset)
+    assert owners == {
+        "gen-ssd-checked": "gen-ssd",
+        "gen-ssd-m1": "gen-ssd",  # beam_width 1 is Gen-SSD's default
+        "standard-correct": "standard",
+        "rejection-m1": "rejection",
+        "post-hoc-m1": "rejection",
+        "morsd-m1": "rejection",
+        "rejection-m4": "rejection",
+        "post-hoc-m4": "rejection",
+        "morsd-m4": "rejection",
+        "gen-ssd-paper-checked": "gen-ssd-paper",
+    }
+    # Rounds search with their own students and a budget row with its own budget: never shared.
+    assert not {"gen-ssd-r3", "gen-ssd-r3-checked", "standard-budget"} & set(owners)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    rows = [row for seed in (0, 1) for row in demo_problems(TINY, seed, 0)[0]]
+    with torch.random.fork_rng():
+        return arith_models(tmp_path_factory.mktemp("models"), rows, steps=300)
+
+
+@pytest.mark.slow
+def test_a_folder_that_gains_a_study_runs_only_its_new_methods(models, tmp_path, monkeypatch):
+    searched, trained = [], []
+    search_stage, train_stage = genssd.distill.search_stage, genssd.distill.train_stage
+
+    def counting_search(path, *args, **kwargs):
+        searched.append(f"{path.parent.parent.name}/{path.parent.name}")
+        return search_stage(path, *args, **kwargs)
+
+    def counting_train(path, *args, **kwargs):
+        trained.append((f"{path.parent.parent.name}/{path.parent.name}", args[3].max_steps))
+        return train_stage(path, *args, **kwargs)
+
+    monkeypatch.setattr(genssd.distill, "search_stage", counting_search)
+    monkeypatch.setattr(genssd.distill, "train_stage", counting_train)
+    # Batches of one: a round's block of four problems may hold a single right answer.
+    preset = dataclasses.replace(TINY, seeds=1, train_steps=6, train_batch_size=1, studies=("iterative",))
+    out = tmp_path / "run"
+    first = run_demo(out, preset=preset, device="cpu", models=models, progress=False)
+    assert [r["method"] for r in first["methods"]] == [
+        "base", "coldstart", "gen-ssd", "gen-ssd-checked", "gen-ssd-r3", "gen-ssd-r3-checked",
+    ]  # fmt: skip
+    rounds = [f"gen-ssd-r3{suffix}/round{r}" for suffix in ("", "-checked") for r in range(3)]
+    # The checked variant trains on Gen-SSD's own search: searched once for both.
+    assert sorted(searched) == sorted(["seed0/coldstart", "seed0/gen-ssd", *rounds])
+    steps = dict(trained)
+    assert steps["seed0/gen-ssd"] == steps["seed0/gen-ssd-checked"] == 6
+    assert all(steps[r] == 2 for r in rounds)  # the same six steps, split between the rounds
+    shared = [(out / "seed0" / m / "search.jsonl").read_text() for m in ("gen-ssd", "gen-ssd-checked")]
+    assert shared[0] == shared[1]
+    assert first["studies"] == {
+        "iterative": ["gen-ssd", "gen-ssd-checked", "gen-ssd-r3", "gen-ssd-r3-checked"]
+    }
+
+    searched.clear(), trained.clear()
+    more = dataclasses.replace(preset, studies=("iterative", "equal-data-1"))
+    second = run_demo(out, preset=more, device="cpu", models=models, progress=False)
+    # Only the new study's methods ran, and its Gen-SSD took the first run's search.
+    assert sorted(searched) == ["seed0/rejection-m1", "seed0/standard-correct"]
+    assert {m for m, _ in trained} == {
+        "seed0/standard-correct", "seed0/rejection-m1", "seed0/post-hoc-m1", "seed0/gen-ssd-m1",
+        "seed0/morsd-m1",
+    }  # fmt: skip
+    assert (out / "seed0" / "gen-ssd-m1" / "search.jsonl").read_text() == shared[0]
+    before = {r["method"]: r for r in first["methods"]}
+    for row in second["methods"]:
+        if row["method"] in before:
+            assert row == before[row["method"]]
+    assert set(json.loads((out / "results.json").read_text())["studies"]) == {"iterative", "equal-data-1"}

@@ -32,7 +32,7 @@ if kill -0 "$pid" 2>/dev/null; then
 fi
 wait "$pid"
 echo "exit status $?"
-find "$run" \( -name results.json -o -name table.txt -o -name summary.json -o -name '*.done' \
+find "$run" \( -name results.json -o -name table.txt -o -name summary.json -o -name row.json -o -name '*.done' \
   -o -name eval.jsonl -o -name run.json \) -print0 | tar czf "$OUT/$name.tgz" --null -T -
 grep -c "finished" "$OUT/$name.log"
 tail -n 25 "$OUT/$name.log"

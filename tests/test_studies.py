@@ -5,7 +5,9 @@ study runs only the new methods."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
+from pathlib import Path
 
 import genssd.distill
 import genssd.studies
@@ -166,3 +168,26 @@ def test_a_folder_that_gains_a_study_runs_only_its_new_methods(models, tmp_path,
         if row["method"] in before:
             assert row == before[row["method"]]
     assert set(json.loads((out / "results.json").read_text())["studies"]) == {"iterative", "equal-data-1"}
+
+    # The study tables read the rows back: paired differences are the seed's accuracy differences.
+    tables = _load_script("study_tables")
+    table = tables.study_table("equal-data-1", tables.seed_rows(out), TINY.num_candidates)
+    assert table["reference"] == "gen-ssd-m1"
+    rows = {r["method"]: r for r in table["rows"]}
+    assert set(rows) == {"standard-correct", "rejection-m1", "post-hoc-m1", "gen-ssd-m1", "morsd-m1"}
+    final = {r["method"]: r for r in second["methods"]}
+    for key, row in rows.items():
+        assert row["accuracy"] == [final[key]["accuracy"]]
+        if key != "gen-ssd-m1":
+            difference = final[key]["accuracy"] - final["gen-ssd-m1"]["accuracy"]
+            assert row["vs_reference"]["differences"] == [pytest.approx(difference)]
+    assert "| MoRSD (1 of n=2) |" in tables.markdown(table)
+
+
+def _load_script(name: str):
+    """A script of experiments/ as a module."""
+    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

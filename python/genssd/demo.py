@@ -399,7 +399,10 @@ def run_method(
     summary["teacher_tokens_total"] = summary["teacher_tokens"] + setup.cold_tokens
     searches = [folder / "search.jsonl"] if method.rounds == 1 else sorted(folder.glob("round*/search.jsonl"))
     leaps = leap_share(searches, method, setup.seed, preset.task)
-    return _row(method.key, method.label, summary, leaps), summary["teacher_tokens"]
+    row = _row(method.key, method.label, summary, leaps)
+    # The row beside the method's outputs: a run stopped before results.json can still be read.
+    write_json(folder / "row.json", row)
+    return row, summary["teacher_tokens"]
 
 
 def search_owners(chosen: list[Method], preset: Preset) -> dict[str, str]:

@@ -1,0 +1,130 @@
+"""One table per study of a ``genssd demo`` run, with paired differences by seed.
+
+Reads each finished method's ``row.json`` in every seed folder (so a run stopped before its
+``results.json`` can be read too) and, for every study named (default: the run's own, from
+``results.json``), prints a Markdown table: the accuracy's mean and standard deviation over the
+seeds, the teacher tokens, the leap lines in the training data, and the paired difference to the
+study's Gen-SSD row (same seed: same problems, same cold start), its mean, standard deviation and
+each seed's value. ``--json DIR`` writes one results JSON per study.
+
+    python experiments/study_tables.py runs/arith --json experiments/results/arith-h200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from pathlib import Path
+
+from genssd.studies import study_methods
+
+
+def reference_of(study: str) -> str:
+    """The Gen-SSD row every other row of ``study`` is compared with."""
+    return f"gen-ssd-m{study.rsplit('-', 1)[1]}" if study.startswith("equal-data-") else "gen-ssd"
+
+
+def seed_rows(run: Path) -> dict[str, dict[str, dict]]:
+    """``{seed folder: {method: row}}`` of every finished method (``row.json``)."""
+    return {
+        seed.name: {p.parent.name: json.loads(p.read_text()) for p in sorted(seed.glob("*/row.json"))}
+        for seed in sorted(run.glob("seed*"))
+    }
+
+
+def _spread(values: list[float]) -> tuple[float, float | None]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def study_table(study: str, per_seed: dict[str, dict[str, dict]], n: int) -> dict:
+    """The study's rows: per method its seeds' numbers and the paired differences to the reference."""
+    reference = reference_of(study)
+    rows = []
+    for method in study_methods(study, n, equal_budget=True):
+        seeds = [s for s, rows_ in per_seed.items() if method.key in rows_]
+        if not seeds:
+            continue
+        found = [per_seed[s][method.key] for s in seeds]
+        accuracy, spread = _spread([r["accuracy"] for r in found])
+        leaps = [r["leap_share"] for r in found if r["leap_share"] is not None]
+        row = {
+            "method": method.key,
+            "label": method.label,
+            "seeds": seeds,
+            "accuracy": [r["accuracy"] for r in found],
+            "accuracy_mean": accuracy,
+            "accuracy_std": spread,
+            "teacher_tokens": statistics.fmean(r["teacher_tokens"] for r in found),
+            "leap_share": statistics.fmean(leaps) if leaps else None,
+        }
+        paired = [s for s in seeds if reference in per_seed[s] and method.key != reference]
+        if paired:
+            diffs = [per_seed[s][method.key]["accuracy"] - per_seed[s][reference]["accuracy"] for s in paired]
+            mean, std = _spread(diffs)
+            row["vs_reference"] = {
+                "reference": reference,
+                "seeds": paired,
+                "differences": diffs,
+                "mean": mean,
+                "std": std,
+                "standard_error": std / math.sqrt(len(diffs)) if std is not None else None,
+            }
+        rows.append(row)
+    return {"study": study, "reference": reference, "rows": rows}
+
+
+def _points(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def markdown(table: dict) -> str:
+    """The study's table in Markdown."""
+    lines = [
+        f"### {table['study']} (paired: minus {table['reference']}, points)",
+        "",
+        "| method | accuracy | teacher tokens | leap lines | minus reference | by seed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in table["rows"]:
+        accuracy = f"{_points(row['accuracy_mean'])}"
+        if row["accuracy_std"] is not None:
+            accuracy += f" ± {_points(row['accuracy_std'])}"
+        accuracy += f" ({len(row['seeds'])} seeds)" if len(row["seeds"]) != 3 else ""
+        paired = row.get("vs_reference")
+        difference = by_seed = "-"
+        if paired is not None:
+            difference = f"{100 * paired['mean']:+.1f}"
+            if paired["std"] is not None:
+                difference += f" ± {_points(paired['std'])}"
+            by_seed = " / ".join(f"{100 * d:+.1f}" for d in paired["differences"])
+        leaps = "-" if row["leap_share"] is None else f"{_points(row['leap_share'])}%"
+        cells = [row["label"], f"{accuracy}%", f"{row['teacher_tokens']:,.0f}", leaps, difference, by_seed]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="a genssd demo output folder")
+    parser.add_argument("--study", action="append", help="a study to tabulate (default: the run's)")
+    parser.add_argument("--json", type=Path, help="write STUDY.json per study into this folder")
+    args = parser.parse_args()
+    settings = json.loads((args.run / "run.json").read_text())["preset"]
+    results = args.run / "results.json"
+    studies = args.study or (json.loads(results.read_text())["studies"] if results.is_file() else None)
+    if not studies:
+        parser.error("the run has no results.json: name the studies with --study")
+    per_seed = seed_rows(args.run)
+    for study in studies:
+        table = study_table(study, per_seed, settings["num_candidates"])
+        table.update(task=settings["task"], preset=settings, run=str(args.run))
+        print(markdown(table), end="\n\n")
+        if args.json:
+            args.json.mkdir(parents=True, exist_ok=True)
+            (args.json / f"{study}.json").write_text(json.dumps(table, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -66,7 +66,7 @@ def analyze(run: Path) -> dict:
         methods = {}
         for method_dir in sorted(p for p in seed_dir.iterdir() if p.is_dir() and p.name != "data"):
             stats = {}
-            if (method_dir / "search.done").exists():
+            if (method_dir / "search.jsonl").exists():  # a packed run may hold its markers alone
                 stats["data"] = search_stats(method_dir / "search.jsonl")
             if (method_dir / "eval.done").exists():
                 stats["student"] = eval_stats(method_dir / "eval.jsonl")

@@ -5,9 +5,10 @@ Reads each finished method's ``row.json`` in every seed folder (so a run stopped
 ``results.json``), prints a Markdown table: the accuracy's mean and standard deviation over the
 seeds, the teacher tokens, the leap lines in the training data, and the paired difference to the
 study's Gen-SSD row (same seed: same problems, same cold start), its mean, standard deviation and
-each seed's value. ``--json DIR`` writes one results JSON per study.
+each seed's value. ``--json DIR`` writes one results JSON per study and its plot of accuracy
+against teacher tokens (with matplotlib).
 
-    python experiments/study_tables.py runs/arith --json experiments/results/arith-h200
+    python experiments/study_tables.py runs/arith --json experiments/results/arith-studies-h200
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import math
 import statistics
 from pathlib import Path
 
+from genssd.report import write_plot
 from genssd.studies import study_methods
 
 
@@ -124,6 +126,8 @@ def main() -> None:
         if args.json:
             args.json.mkdir(parents=True, exist_ok=True)
             (args.json / f"{study}.json").write_text(json.dumps(table, indent=1) + "\n")
+            points = [{**r, "accuracy": r["accuracy_mean"]} for r in table["rows"]]
+            write_plot(args.json / f"{study}.png", points, f"{settings['task']}: {study}")
 
 
 if __name__ == "__main__":

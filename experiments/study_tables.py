@@ -1,14 +1,15 @@
-"""One table per study of a ``genssd demo`` run, with paired differences by seed.
+"""One table per study of ``genssd demo`` runs, with paired differences by seed.
 
-Reads each finished method's ``row.json`` in every seed folder (so a run stopped before its
-``results.json`` can be read too) and, for every study named (default: the run's own, from
-``results.json``), prints a Markdown table: the accuracy's mean and standard deviation over the
-seeds, the teacher tokens, the leap lines in the training data, and the paired difference to the
-study's Gen-SSD row (same seed: same problems, same cold start), its mean, standard deviation and
-each seed's value. ``--json DIR`` writes one results JSON per study and its plot of accuracy
-against teacher tokens (with matplotlib).
+Reads each finished method's ``row.json`` in every seed folder of the runs given (so a run
+stopped before its ``results.json`` can be read too, and runs of other seeds with the same
+settings, e.g. ``--seed 3 --set seeds=2`` after seeds 0-2, add their seeds) and, for every study
+named (default: the first run's own, from ``results.json``), prints a Markdown table: the
+accuracy's mean and standard deviation over the seeds, the teacher tokens, the leap lines in the
+training data, and the paired difference to the study's Gen-SSD row (same seed: same problems,
+same cold start), its mean, standard deviation and each seed's value. ``--json DIR`` writes one
+results JSON per study and its plot of accuracy against teacher tokens (with matplotlib).
 
-    python experiments/study_tables.py runs/arith --json experiments/results/arith-studies-h200
+    python experiments/study_tables.py runs/arith [runs/arith-3-4] --json experiments/results/NAME
 """
 
 from __future__ import annotations
@@ -28,12 +29,16 @@ def reference_of(study: str) -> str:
     return f"gen-ssd-m{study.rsplit('-', 1)[1]}" if study.startswith("equal-data-") else "gen-ssd"
 
 
-def seed_rows(run: Path) -> dict[str, dict[str, dict]]:
-    """``{seed folder: {method: row}}`` of every finished method (``row.json``)."""
-    return {
-        seed.name: {p.parent.name: json.loads(p.read_text()) for p in sorted(seed.glob("*/row.json"))}
-        for seed in sorted(run.glob("seed*"))
-    }
+def seed_rows(*runs: Path) -> dict[str, dict[str, dict]]:
+    """``{seed folder: {method: row}}`` of every finished method (``row.json``) of ``runs``."""
+    rows: dict[str, dict[str, dict]] = {}
+    for run in runs:
+        for seed in sorted(run.glob("seed*")):
+            if seed.name in rows:
+                raise SystemExit(f"{seed.name} is in more than one of the runs: {', '.join(map(str, runs))}")
+            found = sorted(seed.glob("*/row.json"))
+            rows[seed.name] = {p.parent.name: json.loads(p.read_text()) for p in found}
+    return rows
 
 
 def _spread(values: list[float]) -> tuple[float, float | None]:
@@ -109,19 +114,22 @@ def markdown(table: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", type=Path, help="a genssd demo output folder")
+    parser.add_argument("runs", type=Path, nargs="+", help="genssd demo output folders, the same settings")
     parser.add_argument("--study", action="append", help="a study to tabulate (default: the run's)")
     parser.add_argument("--json", type=Path, help="write STUDY.json per study into this folder")
     args = parser.parse_args()
-    settings = json.loads((args.run / "run.json").read_text())["preset"]
-    results = args.run / "results.json"
+    settings = json.loads((args.runs[0] / "run.json").read_text())["preset"]
+    for run in args.runs[1:]:
+        if json.loads((run / "run.json").read_text())["preset"] != settings:
+            parser.error(f"{run} was run with other settings than {args.runs[0]}")
+    results = args.runs[0] / "results.json"
     studies = args.study or (json.loads(results.read_text())["studies"] if results.is_file() else None)
     if not studies:
         parser.error("the run has no results.json: name the studies with --study")
-    per_seed = seed_rows(args.run)
+    per_seed = seed_rows(*args.runs)
     for study in studies:
         table = study_table(study, per_seed, settings["num_candidates"])
-        table.update(task=settings["task"], preset=settings, run=str(args.run))
+        table.update(task=settings["task"], preset=settings, runs=[str(run) for run in args.runs])
         print(markdown(table), end="\n\n")
         if args.json:
             args.json.mkdir(parents=True, exist_ok=True)

@@ -57,7 +57,7 @@ METHODS = [
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """Tiny models; the teacher fitted to the demo's problems so its answers are mostly right."""
-    rows = [row for seed in (0, 1) for row in demo_problems(TINY, seed, 0)[0]]
+    rows = [row for seed in (0, 1) for row in demo_problems(TINY, seed)[0]]
     with torch.random.fork_rng():
         return arith_models(tmp_path_factory.mktemp("models"), rows, steps=200)
 
@@ -221,12 +221,19 @@ def test_leap_share_counts_the_lines_of_the_data_a_method_trains_on(tmp_path):
 def test_equal_data_methods_keep_m_correct_answers_each():
     preset = dataclasses.replace(PRESETS["quick"], studies=("equal-data-2",))
     rows = {m.key: m for m in methods(preset)}
-    assert set(rows) == {"standard-correct", "rejection-m2", "post-hoc-m2", "gen-ssd-m2", "morsd-m2"}
+    assert set(rows) == {
+        "standard-correct", "rejection-m2", "post-hoc-m2", "gen-ssd-m2", "morsd-m2", "gen-ssd-n4-m2",
+    }  # fmt: skip
     assert rows["rejection-m2"].train_on == "random-correct" and rows["rejection-m2"].per_problem == 2
     assert rows["post-hoc-m2"].train_on == rows["gen-ssd-m2"].train_on == "likeliest-correct"
     assert (
         rows["gen-ssd-m2"].overrides["beam_width"] == 2 and rows["rejection-m2"].overrides["beam_width"] == 4
     )
+    # Gen-SSD with n beams, its m likeliest correct kept: as many problems covered as n samples.
+    wide = rows["gen-ssd-n4-m2"]
+    assert (wide.overrides["beam_width"], wide.train_on, wide.per_problem) == (4, "likeliest-correct", 2)
+    at_n = {m.key for m in methods(dataclasses.replace(PRESETS["quick"], studies=("equal-data-4",)))}
+    assert "gen-ssd-m4" in at_n and not any(key.startswith("gen-ssd-n") for key in at_n)
     with pytest.raises(UsageError, match="equal-data-M needs M"):
         dataclasses.replace(PRESETS["quick"], studies=("equal-data-5",))
 
@@ -303,8 +310,9 @@ def test_equal_data_run_trains_each_method_on_at_most_m_correct_answers(models, 
     results = run_demo(tmp_path / "run", preset=preset, device="cpu", models=models, progress=False)
     assert [r["method"] for r in results["methods"]] == [
         "base", "coldstart", "standard-correct", "rejection-m1", "post-hoc-m1", "gen-ssd-m1", "morsd-m1",
+        "gen-ssd-n2-m1",
     ]  # fmt: skip
-    for key in ("rejection-m1", "post-hoc-m1", "gen-ssd-m1", "morsd-m1"):
+    for key in ("rejection-m1", "post-hoc-m1", "gen-ssd-m1", "morsd-m1", "gen-ssd-n2-m1"):
         summary = json.loads((tmp_path / "run" / "seed0" / key / "summary.json").read_text())
         search = read_jsonl(tmp_path / "run" / "seed0" / key / "search.jsonl")
         correct_problems = sum(any(TASK.is_correct(t["text"], r) for t in r["trajectories"]) for r in search)
@@ -315,9 +323,9 @@ def test_equal_data_run_trains_each_method_on_at_most_m_correct_answers(models, 
 def test_ledger_demo_runs_end_to_end_on_its_own_problems(tmp_path):
     """``--task ledger``: the word problems, the task's room for new tokens, its leap counter."""
     preset = dataclasses.replace(TINY, task="ledger", seeds=1, equal_budget=False, max_new_tokens=None)
-    train_rows, _, heldout = demo_problems(preset, 0, 0)
+    train_rows, _, heldout = demo_problems(preset, 0)
     assert all("events" in row for row in train_rows + heldout)
-    fitted = [row for seed in (0, 1) for row in demo_problems(preset, seed, 0)[0]]
+    fitted = [row for seed in (0, 1) for row in demo_problems(preset, seed)[0]]
     models = arith_models(tmp_path / "models", fitted, steps=300, task="ledger")
     results = run_demo(tmp_path / "run", preset=preset, device="cpu", models=models, progress=False)
     assert results["task"] == "ledger" and results["preset"]["max_new_tokens"] == 112
@@ -340,3 +348,15 @@ def test_ledger_models_tokenizer_covers_the_task():
         for style in LEDGER_STYLES:
             ids = tokenizer(task.prompt(row) + ledger_solution(row, style))["input_ids"]
             assert tokenizer.unk_token_id not in ids
+
+
+def test_the_held_out_set_is_the_same_for_every_seed_and_apart_from_the_training_problems():
+    """So a run of seeds 3-4 adds to one of seeds 0-2 (``--seed 3 --set seeds=2``)."""
+    first, _, heldout = demo_problems(TINY, 0)
+    other, pool, heldout_other = demo_problems(TINY, 3)
+    assert heldout == heldout_other
+    assert [r["question"] for r in first] != [r["question"] for r in other]
+    questions = {r["question"] for r in heldout}
+    assert not questions & {r["question"] for r in first + pool}
+    # The budget row's pool begins with the training problems.
+    assert pool[: len(other)] == other and len(pool) > len(other)

@@ -106,6 +106,7 @@ def test_searches_with_the_same_settings_run_once_per_seed():
         "rejection-m4": "rejection",
         "post-hoc-m4": "rejection",
         "morsd-m4": "rejection",
+        "gen-ssd-m4": "gen-ssd-n4-m1",  # four beams, for one correct answer a problem or four
         "gen-ssd-paper-checked": "gen-ssd-paper",
     }
     # Rounds search with their own students and a budget row with its own budget: never shared.
@@ -114,7 +115,7 @@ def test_searches_with_the_same_settings_run_once_per_seed():
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    rows = [row for seed in (0, 1) for row in demo_problems(TINY, seed, 0)[0]]
+    rows = [row for seed in (0, 1) for row in demo_problems(TINY, seed)[0]]
     with torch.random.fork_rng():
         return arith_models(tmp_path_factory.mktemp("models"), rows, steps=300)
 
@@ -157,10 +158,10 @@ def test_a_folder_that_gains_a_study_runs_only_its_new_methods(models, tmp_path,
     more = dataclasses.replace(preset, studies=("iterative", "equal-data-1"))
     second = run_demo(out, preset=more, device="cpu", models=models, progress=False)
     # Only the new study's methods ran, and its Gen-SSD took the first run's search.
-    assert sorted(searched) == ["seed0/rejection-m1", "seed0/standard-correct"]
+    assert sorted(searched) == ["seed0/gen-ssd-n2-m1", "seed0/rejection-m1", "seed0/standard-correct"]
     assert {m for m, _ in trained} == {
         "seed0/standard-correct", "seed0/rejection-m1", "seed0/post-hoc-m1", "seed0/gen-ssd-m1",
-        "seed0/morsd-m1",
+        "seed0/morsd-m1", "seed0/gen-ssd-n2-m1",
     }  # fmt: skip
     assert (out / "seed0" / "gen-ssd-m1" / "search.jsonl").read_text() == shared[0]
     before = {r["method"]: r for r in first["methods"]}
@@ -174,7 +175,9 @@ def test_a_folder_that_gains_a_study_runs_only_its_new_methods(models, tmp_path,
     table = tables.study_table("equal-data-1", tables.seed_rows(out), TINY.num_candidates)
     assert table["reference"] == "gen-ssd-m1"
     rows = {r["method"]: r for r in table["rows"]}
-    assert set(rows) == {"standard-correct", "rejection-m1", "post-hoc-m1", "gen-ssd-m1", "morsd-m1"}
+    assert set(rows) == {
+        "standard-correct", "rejection-m1", "post-hoc-m1", "gen-ssd-m1", "morsd-m1", "gen-ssd-n2-m1",
+    }  # fmt: skip
     final = {r["method"]: r for r in second["methods"]}
     for key, row in rows.items():
         assert row["accuracy"] == [final[key]["accuracy"]]

@@ -71,8 +71,9 @@ def task_module(task: str):
     return importlib.import_module(DEMO_TASKS[task].module)
 
 
-# Training and held-out problems come from separate generator streams (offset from the seed), and
-# the held-out set is the same for every seed of a run.
+# Training and held-out problems come from separate generator streams, the training one offset by
+# the seed; the held-out set is the task's own, the same for every seed of every run (so runs of
+# other seeds, e.g. seeds 3-4 after 0-2, add to the same comparison).
 TRAIN_STREAM, HELDOUT_STREAM = 1000, 2000
 
 
@@ -189,17 +190,16 @@ def methods(preset: Preset) -> list[Method]:
 # ------------------------------------------------------------------------------------- the data
 
 
-def demo_problems(preset: Preset, seed: int, base_seed: int) -> tuple[list[dict], list[dict], list[dict]]:
+def demo_problems(preset: Preset, seed: int) -> tuple[list[dict], list[dict], list[dict]]:
     """``(train, pool, heldout)``: the training problems, a larger pool that starts with them (for
-    the equal-budget run) and the held-out problems (disjoint from both, the same for every seed)."""
+    a budget row) and the held-out problems (disjoint from both, the same for every seed)."""
 
     generate_problems = task_module(preset.task).generate_problems
-    heldout = generate_problems(preset.heldout_problems, HELDOUT_STREAM + base_seed, uid_prefix="heldout")
+    heldout = generate_problems(preset.heldout_problems, HELDOUT_STREAM, uid_prefix="heldout")
     exclude = [row["question"] for row in heldout]
     # The pool pays for about n times the problems: Gen-SSD spends about n samples' tokens each.
-    size = (
-        preset.train_problems * (preset.num_candidates + 1) if preset.equal_budget else preset.train_problems
-    )
+    budget_row = any(m.budget_of is not None for m in methods(preset))
+    size = preset.train_problems * (preset.num_candidates + 1) if budget_row else preset.train_problems
     # The generator draws in sequence, so a larger draw begins with the smaller one.
     pool = generate_problems(size, TRAIN_STREAM + seed, uid_prefix="train", exclude=exclude)
     return pool[: preset.train_problems], pool, heldout
@@ -296,12 +296,10 @@ class SeedSetup:
     cold_tokens: int
 
 
-def setup_seed(
-    root: Path, models: Path, preset: Preset, seed: int, base_seed: int, device: str, progress: bool
-) -> SeedSetup:
+def setup_seed(root: Path, models: Path, preset: Preset, seed: int, device: str, progress: bool) -> SeedSetup:
     """Write one seed's problems, evaluate the base student and run the cold start, in ``root``."""
 
-    train_rows, pool, heldout = demo_problems(preset, seed, base_seed)
+    train_rows, pool, heldout = demo_problems(preset, seed)
     write_problems = task_module(preset.task).write_problems
     write_problems(root / "data" / "train.jsonl", train_rows)
     write_problems(root / "data" / "heldout.jsonl", heldout)
@@ -420,11 +418,9 @@ def search_owners(chosen: list[Method], preset: Preset) -> dict[str, str]:
     return shared
 
 
-def run_seed(
-    root: Path, models: Path, preset: Preset, seed: int, base_seed: int, device: str, progress: bool
-) -> list[dict]:
+def run_seed(root: Path, models: Path, preset: Preset, seed: int, device: str, progress: bool) -> list[dict]:
     """Every method for one seed, in ``root``, one after another; one result row per method."""
-    setup = setup_seed(root, models, preset, seed, base_seed, device, progress)
+    setup = setup_seed(root, models, preset, seed, device, progress)
     chosen = methods(preset)
     owners = search_owners(chosen, preset)
     done: dict[str, tuple[dict, int]] = {}  # each method's row and its own search tokens
@@ -471,7 +467,6 @@ def _run_seeds(
     models: Path,
     preset: Preset,
     seeds: list[int],
-    base_seed: int,
     device: str,
     progress: bool,
     jobs: int,
@@ -487,9 +482,7 @@ def _run_seeds(
     """
     if jobs == 1:
         return [
-            _in_worker(
-                run_seed, out / f"seed{s}", models, preset, s, base_seed, device=device, progress=progress
-            )
+            _in_worker(run_seed, out / f"seed{s}", models, preset, s, device=device, progress=progress)
             for s in seeds
         ]
 
@@ -520,8 +513,7 @@ def _run_seeds(
 
         try:
             setups = {
-                s: submit(f"seed{s} set-up", setup_seed, out / f"seed{s}", models, preset, s, base_seed)
-                for s in seeds
+                s: submit(f"seed{s} set-up", setup_seed, out / f"seed{s}", models, preset, s) for s in seeds
             }
             chosen = methods(preset)
             owners = search_owners(chosen, preset)
@@ -611,7 +603,7 @@ def run_demo(
 
     started = time.perf_counter()
     seeds = [seed + i for i in range(preset.seeds)]
-    per_seed = _run_seeds(out, models, preset, seeds, seed, device, progress, jobs)
+    per_seed = _run_seeds(out, models, preset, seeds, device, progress, jobs)
     rows = aggregate(per_seed)
     table = format_table(rows)
     results = {

@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 from pathlib import Path
 
-from genssd.tasks.arith import line_operation_counts
-
-_OPERATOR = re.compile(r" [+-] ")
+from genssd.demo import task_module
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -27,49 +24,54 @@ def _jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def _leap_share(texts_and_ops: list[tuple[str, int]]) -> float | None:
+def _leap_share(texts_and_ops: list[tuple[str, int]], task: str) -> float | None:
+    line_operation_counts = task_module(task).line_operation_counts
     counts = [n for text, ops in texts_and_ops for n in line_operation_counts(text, ops)]
     return sum(n >= 2 for n in counts) / len(counts) if counts else None
 
 
-def search_stats(path: Path) -> dict:
+def search_stats(path: Path, task: str) -> dict:
     """Kept trajectories of one search output: how many, share right, share of leap lines."""
     rows = [row for row in _jsonl(path) if row.get("trajectories")]
     kept = [(row["trajectories"][0]["text"], len(row["ops"])) for row in rows]
     return {
         "problems": len(rows),
         "answer_right": statistics.fmean(bool(row.get("correct")) for row in rows) if rows else None,
-        "leap_lines": _leap_share(kept),
+        "leap_lines": _leap_share(kept, task),
     }
 
 
-def eval_stats(path: Path) -> dict:
-    """Greedy held-out answers of one student: accuracy, by operation count, leap lines."""
+def eval_stats(path: Path, operations: dict[str, int], task: str) -> dict:
+    """Greedy held-out answers of one student: accuracy, by operation count (``operations``: per
+    problem uid), leap lines."""
     rows = _jsonl(path)
     by_ops: dict[int, list[bool]] = {}
     answers = []
     for row in rows:
-        ops = len(_OPERATOR.findall(row["question"]))
+        ops = operations[row["uid"]]
         by_ops.setdefault(ops, []).append(bool(row["correct"][0]))
         answers.append((row["predictions"][0], ops))
     return {
         "accuracy": statistics.fmean(bool(row["correct"][0]) for row in rows),
         "accuracy_by_operations": {ops: statistics.fmean(v) for ops, v in sorted(by_ops.items())},
-        "student_leap_lines": _leap_share(answers),
+        "student_leap_lines": _leap_share(answers, task),
     }
 
 
 def analyze(run: Path) -> dict:
     """``{seed folder: {method: stats}}`` for every seed folder under ``run``."""
+    task = json.loads((run / "run.json").read_text())["preset"]["task"]
     out = {}
     for seed_dir in sorted(run.glob("seed*")):
+        heldout = _jsonl(seed_dir / "data" / "heldout.jsonl")
+        operations = {row["uid"]: len(row["ops"]) for row in heldout}
         methods = {}
         for method_dir in sorted(p for p in seed_dir.iterdir() if p.is_dir() and p.name != "data"):
             stats = {}
             if (method_dir / "search.jsonl").exists():  # a packed run may hold its markers alone
-                stats["data"] = search_stats(method_dir / "search.jsonl")
+                stats["data"] = search_stats(method_dir / "search.jsonl", task)
             if (method_dir / "eval.done").exists():
-                stats["student"] = eval_stats(method_dir / "eval.jsonl")
+                stats["student"] = eval_stats(method_dir / "eval.jsonl", operations, task)
             if stats:
                 methods[method_dir.name] = stats
         out[seed_dir.name] = methods

@@ -33,6 +33,6 @@ fi
 wait "$pid"
 echo "exit status $?"
 find "$run" \( -name results.json -o -name table.txt -o -name summary.json -o -name row.json -o -name '*.done' \
-  -o -name eval.jsonl -o -name run.json \) -print0 | tar czf "$OUT/$name.tgz" --null -T -
+  -o -name eval.jsonl -o -name run.json -o -name heldout.jsonl \) -print0 | tar czf "$OUT/$name.tgz" --null -T -
 grep -c "finished" "$OUT/$name.log"
 tail -n 25 "$OUT/$name.log"

@@ -33,7 +33,7 @@ def seed_rows(*runs: Path) -> dict[str, dict[str, dict]]:
     """``{seed folder: {method: row}}`` of every finished method (``row.json``) of ``runs``."""
     rows: dict[str, dict[str, dict]] = {}
     for run in runs:
-        for seed in sorted(run.glob("seed*")):
+        for seed in sorted(run.glob("seed*"), key=lambda p: int(p.name.removeprefix("seed"))):
             if seed.name in rows:
                 raise SystemExit(f"{seed.name} is in more than one of the runs: {', '.join(map(str, runs))}")
             found = sorted(seed.glob("*/row.json"))
@@ -94,11 +94,12 @@ def markdown(table: dict) -> str:
         "| method | accuracy | teacher tokens | leap lines | minus reference | by seed |",
         "|---|---|---|---|---|---|",
     ]
+    most_seeds = max((len(row["seeds"]) for row in table["rows"]), default=0)
     for row in table["rows"]:
         accuracy = f"{_points(row['accuracy_mean'])}"
         if row["accuracy_std"] is not None:
             accuracy += f" ± {_points(row['accuracy_std'])}"
-        accuracy += f" ({len(row['seeds'])} seeds)" if len(row["seeds"]) != 3 else ""
+        accuracy += f" ({len(row['seeds'])} seeds)" if len(row["seeds"]) != most_seeds else ""
         paired = row.get("vs_reference")
         difference = by_seed = "-"
         if paired is not None:
@@ -118,9 +119,14 @@ def main() -> None:
     parser.add_argument("--study", action="append", help="a study to tabulate (default: the run's)")
     parser.add_argument("--json", type=Path, help="write STUDY.json per study into this folder")
     args = parser.parse_args()
-    settings = json.loads((args.runs[0] / "run.json").read_text())["preset"]
+
+    def settings_of(run: Path) -> dict:  # what must match for runs to be compared (not their seeds)
+        preset = json.loads((run / "run.json").read_text())["preset"]
+        return {k: v for k, v in preset.items() if k not in ("seeds", "name")}
+
+    settings = settings_of(args.runs[0])
     for run in args.runs[1:]:
-        if json.loads((run / "run.json").read_text())["preset"] != settings:
+        if settings_of(run) != settings:
             parser.error(f"{run} was run with other settings than {args.runs[0]}")
     results = args.runs[0] / "results.json"
     studies = args.study or (json.loads(results.read_text())["studies"] if results.is_file() else None)

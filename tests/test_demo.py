@@ -103,12 +103,13 @@ def test_results_hold_every_method_with_the_numbers_its_run_folders_record(demo)
         assert by_method["rejection"]["pruned_share"] == pytest.approx(1 - correct / len(samples))
         for method in ("best-of-n", "gen-ssd", "gen-ssd-checked", "random"):
             assert 0 <= by_method[method]["pruned_share"] <= 1
-        # The checked variant searches exactly like Gen-SSD, then drops the wrong answers.
-        texts = {
-            m: [r["trajectories"][0]["text"] for r in read_jsonl(root / m / "search.jsonl")]
-            for m in ("gen-ssd", "gen-ssd-checked")
+        # The checked variant trains on Gen-SSD's search (run once), its wrong answers dropped.
+        summaries = {
+            m: json.loads((root / m / "summary.json").read_text()) for m in ("gen-ssd", "gen-ssd-checked")
         }
-        assert texts["gen-ssd"] == texts["gen-ssd-checked"]
+        assert summaries["gen-ssd-checked"]["search"] == summaries["gen-ssd"]["search"]
+        rows = read_jsonl(root / "gen-ssd" / "search.jsonl")
+        assert summaries["gen-ssd-checked"]["train"]["examples"] == sum(bool(r["correct"]) for r in rows)
         assert by_method["gen-ssd-checked"]["pruned_share"] >= by_method["gen-ssd"]["pruned_share"]
 
 

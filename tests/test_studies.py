@@ -16,6 +16,7 @@ import torch
 from arith_models import arith_models
 from genssd.demo import _search_config, demo_problems, methods, run_demo, search_owners
 from genssd.errors import UsageError
+from genssd.runs import write_marker
 from genssd.studies import ITERATIVE_ROUNDS, STANDARD_BUDGET, Method, methods_of, study_methods
 from test_demo import TINY
 
@@ -95,7 +96,7 @@ def test_a_budget_row_without_its_source_and_a_key_defined_twice_are_refused(mon
 
 def test_searches_with_the_same_settings_run_once_per_seed():
     preset = dataclasses.replace(TINY, num_candidates=4, studies=FULL_GRID)
-    owners = search_owners(methods(preset), preset)
+    owners = search_owners(methods(preset), preset, Path("nowhere"))
     assert owners == {
         "gen-ssd-checked": "gen-ssd",
         "gen-ssd-m1": "gen-ssd",  # beam_width 1 is Gen-SSD's default
@@ -111,6 +112,22 @@ def test_searches_with_the_same_settings_run_once_per_seed():
     }
     # Rounds search with their own students and a budget row with its own budget: never shared.
     assert not {"gen-ssd-r3", "gen-ssd-r3-checked", "standard-budget"} & set(owners)
+
+
+def test_a_finished_search_is_the_one_shared(tmp_path):
+    """A folder that gained a study reuses the search it holds, whichever method ran it."""
+    preset = dataclasses.replace(TINY, studies=("main", "equal-data-1"))
+    chosen = methods(preset)
+    assert search_owners(chosen, preset, tmp_path)["gen-ssd-m1"] == "gen-ssd"
+    write_marker(tmp_path / "gen-ssd-m1", "search", {"problems": 1})
+    owners = search_owners(chosen, preset, tmp_path)
+    assert owners["gen-ssd"] == owners["gen-ssd-checked"] == "gen-ssd-m1" and "gen-ssd-m1" not in owners
+
+
+def test_rounds_need_as_many_training_steps():
+    with pytest.raises(UsageError, match="train_steps must be >= 3"):
+        dataclasses.replace(TINY, train_steps=2, studies=("iterative",))
+    dataclasses.replace(TINY, train_steps=2, studies=("main",))
 
 
 @pytest.fixture(scope="module")

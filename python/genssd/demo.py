@@ -15,10 +15,13 @@ generator, ``run_demo`` runs the distillation pipeline (``genssd.distill``) once
 - ``standard KD, equal budget`` (with ``equal_budget``): Standard KD on as many more problems
   as Gen-SSD's teacher tokens pay for.
 
-Every method trains with the same settings and number of steps and is evaluated greedily on the
-same held-out problems. The output folder holds, per seed and method, the pipeline's run folder
-(JSONL, checkpoints, ``summary.json``), and at the top ``results.json``, the printed table and a
-plot of accuracy against teacher tokens. A rerun with the same settings skips finished stages.
+That is the ``main`` study; ``Preset.studies`` picks others (``genssd.studies``: equal data,
+the presets at equal budget, iterative Gen-SSD, sweeps), in one run with what they share run
+once. Every method trains with the same settings and number of steps (iterative rounds split
+them) and is evaluated greedily on the same held-out problems. The output folder holds, per seed
+and method, the pipeline's run folder (JSONL, checkpoints, ``summary.json``, the method's table
+row in ``row.json``), and at the top ``results.json``, the printed table and a plot of accuracy
+against teacher tokens. A rerun with the same settings skips finished stages.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from genssd.distill import DEFAULT_SAVE_EVERY, DistillPlan, eval_stage, run_pipe
 from genssd.errors import UsageError
 from genssd.models import quiet_transformers, resolve_device
 from genssd.report import TABLE_NOTES, aggregate, format_table, write_plot
-from genssd.runs import guard_run, read_marker, run_stage, silence_stage_lines, write_json
+from genssd.runs import guard_run, read_marker, run_stage, silence_stage_lines, write_json, write_marker
 from genssd.studies import Method, check_studies, methods_of, study_methods
 from genssd.tasks import get_task
 from genssd.train import completion_text, select_rows
@@ -91,7 +94,8 @@ class Preset:
         temperature, max_new_tokens: the teacher's sampling (all methods); None: the task's room.
         search_batch_size, eval_batch_size: prompts per batch (speed only).
         seeds: runs with seeds ``seed, seed + 1, ...`` (mean and spread in the results).
-        equal_budget: add Standard KD with Gen-SSD's teacher-token budget.
+        equal_budget: add Standard KD with Gen-SSD's teacher-token budget to ``main`` (the
+            ``presets`` study always has it).
         studies: the questions the run answers (``genssd.studies.STUDIES``): ``main``, the usual
             table; ``equal-data-M``, every method on at most M correct trajectories per problem;
             ``presets``, ``iterative``, ``sweeps``. Methods they share run once.
@@ -138,6 +142,11 @@ class Preset:
         studies = (self.studies,) if isinstance(self.studies, str) else tuple(self.studies)
         object.__setattr__(self, "studies", studies)
         check_studies(studies, self.num_candidates)
+        rounds = max(m.rounds for m in methods_of(studies, self.num_candidates, self.equal_budget))
+        if self.train_steps < rounds:
+            raise UsageError(
+                f"train_steps must be >= {rounds}: iterative Gen-SSD splits them between {rounds} rounds"
+            )
 
 
 PRESETS = {
@@ -347,11 +356,12 @@ def adopt_search(source: Path, folder: Path) -> None:
     same seed with the same search settings (``search_owners``), so it is not run twice."""
     if read_marker(folder, "search") is not None:
         return
-    if read_marker(source, "search") is None:
+    info = read_marker(source, "search")
+    if info is None:
         raise RuntimeError(f"{source} has no finished search to share")  # a scheduling bug
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source / "search.jsonl", folder / "search.jsonl")
-    shutil.copyfile(source / "search.done", folder / "search.done")  # the marker goes last
+    write_marker(folder, "search", info)  # last, and atomically: a kill leaves no half marker
 
 
 def run_method(
@@ -364,7 +374,7 @@ def run_method(
     budget: int | None = None,
     search_from: str | None = None,
 ) -> tuple[dict, int]:
-    """One method on top of a seed's cold start: its result row and its own search's teacher tokens.
+    """One method on top of a seed's cold start: its result row and its search's teacher tokens.
 
     ``budget`` (``Method.budget_of``): teacher tokens to spend, drawing problems from the pool.
     ``search_from``: the key of a method of this seed whose finished search this one shares.
@@ -403,18 +413,21 @@ def run_method(
     return row, summary["teacher_tokens"]
 
 
-def search_owners(chosen: list[Method], preset: Preset) -> dict[str, str]:
-    """``{method key: key of the earlier method whose search it shares}`` for the methods of
-    ``chosen`` whose search settings (as run, seed aside) an earlier one's equal."""
-    first: dict[str, str] = {}
-    shared = {}
+def search_owners(chosen: list[Method], preset: Preset, root: Path) -> dict[str, str]:
+    """``{method key: key of the method whose search it shares}`` for the methods of ``chosen``
+    whose search settings (as run, seed aside) another one's equal. The owner of each setting is
+    the first method with a finished search in the seed folder ``root`` (a folder that gained
+    studies reuses what it holds), else the first in ``chosen``'s order."""
+    groups: dict[str, list[str]] = {}
     for method in chosen:
-        if not method.shares_search:
-            continue
-        identity = config_hash(_search_config(method.preset, method.overrides, preset, seed=0))
-        owner = first.setdefault(identity, method.key)
-        if owner != method.key:
-            shared[method.key] = owner
+        if method.shares_search:
+            identity = config_hash(_search_config(method.preset, method.overrides, preset, seed=0))
+            groups.setdefault(identity, []).append(method.key)
+    shared = {}
+    for keys in groups.values():
+        finished = [key for key in keys if read_marker(root / key, "search") is not None]
+        owner = (finished or keys)[0]
+        shared.update({key: owner for key in keys if key != owner})
     return shared
 
 
@@ -422,10 +435,11 @@ def run_seed(root: Path, models: Path, preset: Preset, seed: int, device: str, p
     """Every method for one seed, in ``root``, one after another; one result row per method."""
     setup = setup_seed(root, models, preset, seed, device, progress)
     chosen = methods(preset)
-    owners = search_owners(chosen, preset)
-    done: dict[str, tuple[dict, int]] = {}  # each method's row and its own search tokens
-    # A budget row needs its source's tokens: those run last (a method's owner always runs before it).
-    for method in sorted(chosen, key=lambda m: m.budget_of is not None):
+    owners = search_owners(chosen, preset, root)
+    done: dict[str, tuple[dict, int]] = {}  # each method's row and its search's teacher tokens
+    # Owners first, then those sharing their searches, then budget rows (they need their
+    # source's tokens); otherwise in table order.
+    for method in sorted(chosen, key=lambda m: (m.budget_of is not None, m.key in owners)):
         budget = done[method.budget_of][1] if method.budget_of is not None else None
         done[method.key] = run_method(
             setup, method, models, preset, device, progress, budget, owners.get(method.key)
@@ -516,23 +530,32 @@ def _run_seeds(
                 s: submit(f"seed{s} set-up", setup_seed, out / f"seed{s}", models, preset, s) for s in seeds
             }
             chosen = methods(preset)
-            owners = search_owners(chosen, preset)
-            # A method waits for its seed's set-up and for the method it needs, if any: the one whose
-            # search it shares, or the one whose teacher tokens are its budget.
-            needs = {m.key: owners.get(m.key) or m.budget_of for m in chosen}
+            owners = {s: search_owners(chosen, preset, out / f"seed{s}") for s in seeds}
             runs: dict[tuple[int, str], concurrent.futures.Future] = {}
+
+            def ready(s: int, m: Method) -> bool:
+                """Whether seed ``s``'s method ``m`` can start: its set-up done, the search it
+                shares finished (the owner's marker: its training is not waited for), the method
+                whose tokens are its budget done. A failed set-up or owner fails the run here."""
+                if not setups[s].done():
+                    return False
+                setups[s].result()
+                owner = owners[s].get(m.key)
+                if owner is not None and read_marker(out / f"seed{s}" / owner, "search") is None:
+                    if (s, owner) in runs and runs[s, owner].done():
+                        runs[s, owner].result()
+                    return False
+                source = runs.get((s, m.budget_of)) if m.budget_of is not None else None
+                return m.budget_of is None or (source is not None and source.done())
+
             # Method by method across the seeds: a run stopped early has its first rows complete.
             waiting = [(s, m) for m in chosen for s in seeds]
             while waiting:
                 still = []
                 for s, m in waiting:
-                    need = needs[m.key]
-                    blockers = [setups[s]] + ([runs[s, need]] if (s, need) in runs else [])
-                    if (need is not None and (s, need) not in runs) or not all(f.done() for f in blockers):
+                    if not ready(s, m):
                         still.append((s, m))
                         continue
-                    for blocker in blockers:
-                        blocker.result()  # a failed set-up or needed method fails the run here
                     budget = runs[s, m.budget_of].result()[1] if m.budget_of is not None else None
                     runs[s, m.key] = submit(
                         f"seed{s}/{m.key}",
@@ -542,11 +565,15 @@ def _run_seeds(
                         models,
                         preset,
                         budget=budget,
-                        search_from=owners.get(m.key),
+                        search_from=owners[s].get(m.key),
                     )
                 if len(still) == len(waiting):
                     running = [f for f in [*setups.values(), *runs.values()] if not f.done()]
-                    concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+                    if not running:
+                        raise RuntimeError("demo jobs wait on each other")  # a scheduling bug
+                    # An owner marks its search finished while its job goes on: look again soon.
+                    first = concurrent.futures.FIRST_COMPLETED
+                    concurrent.futures.wait(running, timeout=5, return_when=first)
                 waiting = still
             return [
                 [setups[s].result().base_row, setups[s].result().cold_row]

@@ -45,7 +45,8 @@ class Method:
         train_on, per_problem: which trajectories are trained on (``DistillPlan.train_on``).
         only_correct: train only on trajectories with a right answer.
         rounds: iterative Gen-SSD's rounds (``DistillPlan.rounds``); the SFT steps are split
-            evenly between them, so every method trains for the same number of steps.
+            evenly between them (``train_steps // rounds`` each: 3,000 -> 3 x 1,000, a remainder
+            dropped), so every method trains for the same number of steps.
         budget_of: spend as many teacher tokens as this method's search did (drawing problems from
             the larger pool) instead of searching the usual problems.
     """
@@ -211,20 +212,19 @@ def check_studies(studies: tuple[str, ...], n: int) -> None:
     if not studies:
         raise UsageError(f"name at least one study ({', '.join(STUDIES)})")
     for name in studies:
-        equal = _EQUAL_DATA.fullmatch(name)
-        if equal is not None and not 1 <= int(equal.group(1)) <= n:
-            raise UsageError(f"equal-data-M needs M (trajectories a problem) in 1..{n} (n), got {name!r}")
-        if equal is None and name not in STUDIES:
-            raise UsageError(f"unknown study {name!r}; choose from {', '.join(STUDIES)} (M in 1..{n})")
+        study_methods(name, n)
     if len(set(studies)) != len(studies):
         raise UsageError(f"a study is named twice in {list(studies)}")
 
 
 def study_methods(name: str, n: int, equal_budget: bool = False) -> list[Method]:
     """The methods of study ``name`` (``STUDIES``) with n candidates a problem."""
-    equal = _EQUAL_DATA.fullmatch(name)
+    equal = _EQUAL_DATA.fullmatch(name) if isinstance(name, str) else None
     if equal is not None:
-        return equal_data_methods(n, int(equal.group(1)))
+        m = int(equal.group(1))
+        if not 1 <= m <= n:
+            raise UsageError(f"equal-data-M needs M (trajectories a problem) in 1..{n} (n), got {name!r}")
+        return equal_data_methods(n, m)
     builders = {
         "main": lambda: main_methods(n, equal_budget),
         "presets": lambda: preset_methods(n),
@@ -232,7 +232,7 @@ def study_methods(name: str, n: int, equal_budget: bool = False) -> list[Method]
         "sweeps": lambda: sweep_methods(n),
     }
     if name not in builders:
-        raise UsageError(f"unknown study {name!r}; choose from {', '.join(STUDIES)}")
+        raise UsageError(f"unknown study {name!r}; choose from {', '.join(STUDIES)} (M in 1..{n})")
     return builders[name]()
 
 

@@ -16,18 +16,12 @@ import json
 import statistics
 from pathlib import Path
 
-from genssd.demo import task_module
+from genssd.demo import leap_line_share
 
 
 def _jsonl(path: Path) -> list[dict]:
     with path.open() as f:
         return [json.loads(line) for line in f if line.strip()]
-
-
-def _leap_share(texts_and_ops: list[tuple[str, int]], task: str) -> float | None:
-    line_operation_counts = task_module(task).line_operation_counts
-    counts = [n for text, ops in texts_and_ops for n in line_operation_counts(text, ops)]
-    return sum(n >= 2 for n in counts) / len(counts) if counts else None
 
 
 def search_stats(path: Path, task: str) -> dict:
@@ -37,7 +31,7 @@ def search_stats(path: Path, task: str) -> dict:
     return {
         "problems": len(rows),
         "answer_right": statistics.fmean(bool(row.get("correct")) for row in rows) if rows else None,
-        "leap_lines": _leap_share(kept, task),
+        "leap_lines": leap_line_share(kept, task),
     }
 
 
@@ -54,7 +48,7 @@ def eval_stats(path: Path, operations: dict[str, int], task: str) -> dict:
     return {
         "accuracy": statistics.fmean(bool(row["correct"][0]) for row in rows),
         "accuracy_by_operations": {ops: statistics.fmean(v) for ops, v in sorted(by_ops.items())},
-        "student_leap_lines": _leap_share(answers, task),
+        "student_leap_lines": leap_line_share(answers, task),
     }
 
 

@@ -47,7 +47,7 @@ from genssd.errors import UsageError
 from genssd.models import quiet_transformers, resolve_device
 from genssd.report import TABLE_NOTES, aggregate, format_table, write_plot
 from genssd.runs import guard_run, read_marker, run_stage, silence_stage_lines, write_json, write_marker
-from genssd.studies import Method, check_studies, methods_of, study_methods
+from genssd.studies import Method, methods_of, study_methods
 from genssd.tasks import get_task
 from genssd.train import completion_text, select_rows
 
@@ -141,7 +141,6 @@ class Preset:
         # A YAML list (--config, --set studies=[...]) or one name (--set studies=main) is a tuple here.
         studies = (self.studies,) if isinstance(self.studies, str) else tuple(self.studies)
         object.__setattr__(self, "studies", studies)
-        check_studies(studies, self.num_candidates)
         rounds = max(m.rounds for m in methods_of(studies, self.num_candidates, self.equal_budget))
         if self.train_steps < rounds:
             raise UsageError(
@@ -262,7 +261,6 @@ def leap_share(
     method's search output, or its rounds' outputs together."""
 
     task = get_task(task_name)
-    line_operation_counts = task_module(task_name).line_operation_counts
     method = method or Method("first", "first trajectories", "standard")
     kept = []
     for path in [search_paths] if isinstance(search_paths, Path) else search_paths:
@@ -275,8 +273,17 @@ def leap_share(
     if not kept:
         return 0.0
     rows = select_rows(kept, only_correct=method.only_correct, task=task)
-    counts = [n for row in rows for n in line_operation_counts(completion_text(row), len(row["ops"]))]
-    return sum(n >= 2 for n in counts) / len(counts) if counts else 0.0
+    share = leap_line_share([(completion_text(row), len(row["ops"])) for row in rows], task_name)
+    return share if share is not None else 0.0
+
+
+def leap_line_share(texts_and_operations: list[tuple[str, int]], task_name: str) -> float | None:
+    """The share of the lines of ``(solution text, the problem's operation count)`` pairs that
+    carry out two or more operations at once, by the embedded task's own line counter (None: no
+    lines)."""
+    line_operation_counts = task_module(task_name).line_operation_counts
+    counts = [n for text, ops in texts_and_operations for n in line_operation_counts(text, ops)]
+    return sum(n >= 2 for n in counts) / len(counts) if counts else None
 
 
 def _row(method: str, label: str, summary: dict, leaps: float | None) -> dict:
@@ -669,6 +676,7 @@ __all__ = [
     "Preset",
     "aggregate",
     "format_table",
+    "leap_line_share",
     "methods",
     "run_demo",
 ]

@@ -207,16 +207,6 @@ STUDIES = ("main", "equal-data-M", "presets", "iterative", "sweeps")
 _EQUAL_DATA = re.compile(r"equal-data-(\d+)")
 
 
-def check_studies(studies: tuple[str, ...], n: int) -> None:
-    """``UsageError`` unless every name is a study (``STUDIES``, M in 1..n) and none repeats."""
-    if not studies:
-        raise UsageError(f"name at least one study ({', '.join(STUDIES)})")
-    for name in studies:
-        study_methods(name, n)
-    if len(set(studies)) != len(studies):
-        raise UsageError(f"a study is named twice in {list(studies)}")
-
-
 def study_methods(name: str, n: int, equal_budget: bool = False) -> list[Method]:
     """The methods of study ``name`` (``STUDIES``) with n candidates a problem."""
     equal = _EQUAL_DATA.fullmatch(name) if isinstance(name, str) else None
@@ -238,7 +228,12 @@ def study_methods(name: str, n: int, equal_budget: bool = False) -> list[Method]
 
 def methods_of(studies: tuple[str, ...], n: int, equal_budget: bool = False) -> list[Method]:
     """The methods of several studies, in study order, each once: a method two studies share
-    (same key) is run once, and must be the same in both."""
+    (same key) is run once, and must be the same in both. ``UsageError`` unless ``studies`` names
+    at least one study (``STUDIES``, M in 1..n), none twice."""
+    if not studies:
+        raise UsageError(f"name at least one study ({', '.join(STUDIES)})")
+    if len(set(studies)) != len(studies):
+        raise UsageError(f"a study is named twice in {list(studies)}")
     chosen: dict[str, Method] = {}
     for name in studies:
         for method in study_methods(name, n, equal_budget):
@@ -255,7 +250,6 @@ __all__ = [
     "ITERATIVE_ROUNDS",
     "STUDIES",
     "Method",
-    "check_studies",
     "equal_data_methods",
     "iterative_methods",
     "main_methods",

@@ -6,7 +6,8 @@ settings, e.g. ``--seed 3 --set seeds=2`` after seeds 0-2, add their seeds) and,
 named (default: the first run's own, from ``results.json``), prints a Markdown table: the
 accuracy's mean and standard deviation over the seeds, the teacher tokens, the leap lines in the
 training data, and the paired difference to the study's Gen-SSD row (same seed: same problems,
-same cold start), its mean, standard deviation and each seed's value. ``--json DIR`` writes one
+same cold start), its mean, standard deviation and each seed's value, marked where it lies within
+two standard errors of zero (what more seeds should settle). ``--json DIR`` writes one
 results JSON per study and its plot of accuracy against teacher tokens (with matplotlib).
 
     python experiments/study_tables.py runs/arith [runs/arith-3-4] --json experiments/results/NAME
@@ -70,13 +71,16 @@ def study_table(study: str, per_seed: dict[str, dict[str, dict]], n: int) -> dic
         if paired:
             diffs = [per_seed[s][method.key]["accuracy"] - per_seed[s][reference]["accuracy"] for s in paired]
             mean, std = _spread(diffs)
+            error = std / math.sqrt(len(diffs)) if std is not None else None
             row["vs_reference"] = {
                 "reference": reference,
                 "seeds": paired,
                 "differences": diffs,
                 "mean": mean,
                 "std": std,
-                "standard_error": std / math.sqrt(len(diffs)) if std is not None else None,
+                "standard_error": error,
+                # The rule: a difference within two standard errors of zero wants 5 seeds.
+                "within_two_errors": error is not None and abs(mean) <= 2 * error,
             }
         rows.append(row)
     return {"study": study, "reference": reference, "rows": rows}
@@ -106,10 +110,14 @@ def markdown(table: dict) -> str:
             difference = f"{100 * paired['mean']:+.1f}"
             if paired["std"] is not None:
                 difference += f" ± {_points(paired['std'])}"
+            if paired["within_two_errors"]:
+                difference += " †"
             by_seed = " / ".join(f"{100 * d:+.1f}" for d in paired["differences"])
         leaps = "-" if row["leap_share"] is None else f"{_points(row['leap_share'])}%"
         cells = [row["label"], f"{accuracy}%", f"{row['teacher_tokens']:,.0f}", leaps, difference, by_seed]
         lines.append("| " + " | ".join(cells) + " |")
+    if any(row.get("vs_reference", {}).get("within_two_errors") for row in table["rows"]):
+        lines += ["", "†: within two standard errors of zero (the mean's, over the paired seeds)."]
     return "\n".join(lines)
 
 

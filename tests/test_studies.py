@@ -211,3 +211,32 @@ def _load_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_study_tables_mark_differences_within_two_standard_errors():
+    """A paired difference is marked when |mean| <= 2 * std / sqrt(seeds), and only then."""
+    tables = _load_script("study_tables")
+    accuracy = {
+        "gen-ssd": [0.50, 0.60, 0.55],
+        "gen-ssd-margin-1": [0.55, 0.66, 0.62],  # +5, +6, +7: mean 6, error 0.58
+        "gen-ssd-margin-2": [0.55, 0.56, 0.56],  # +5, -4, +1: mean 0.67, error 2.6
+    }
+    per_seed = {
+        f"seed{i}": {
+            m: {"accuracy": a[i], "teacher_tokens": 1.0, "leap_share": None} for m, a in accuracy.items()
+        }
+        for i in range(3)
+    }
+    table = tables.study_table("sweeps", per_seed, 4)
+    paired = {r["method"]: r["vs_reference"] for r in table["rows"] if "vs_reference" in r}
+    for method, values in accuracy.items():
+        if method == "gen-ssd":
+            continue
+        diffs = [v - r for v, r in zip(values, accuracy["gen-ssd"])]
+        mean = sum(diffs) / 3
+        error = (sum((d - mean) ** 2 for d in diffs) / 2) ** 0.5 / 3**0.5
+        assert paired[method]["standard_error"] == pytest.approx(error)
+        assert paired[method]["within_two_errors"] == (abs(mean) <= 2 * error)
+    assert [paired[m]["within_two_errors"] for m in ("gen-ssd-margin-1", "gen-ssd-margin-2")] == [False, True]
+    text = tables.markdown(table)
+    assert text.count(" †") == 1 and "†: within two standard errors" in text

@@ -87,7 +87,10 @@ def test_bf16_search_runs(models):
     assert all(-20 < t.student_score < 0 for r in results for t in r.trajectories)
 
 
-def _sampler_run(teacher, tokenizer, graphs: bool):
+def _sampler_run(teacher, tokenizer, graphs: bool, drop_graphs: bool = False):
+    """Three chunks of 3 candidates per prompt; ``drop_graphs`` frees every captured graph
+    between chunks (as a cache reallocation or a new generation does), so each chunk captures
+    anew into the sampler's pool."""
     from genssd.engine.decode import StaticTeacherSampler
 
     prompts = [tokenizer(p)["input_ids"] for p in PROMPTS]
@@ -103,12 +106,23 @@ def _sampler_run(teacher, tokenizer, graphs: bool):
         chunks.append((chunk.ids.tolist(), chunk.mask.tolist(), chunk.ended.tolist()))
         parent = torch.arange(parent.numel(), device="cuda")
         sampler.select(parent)
+        if drop_graphs:
+            for state in sampler._states.values():
+                state.graphs.clear()
     return chunks
 
 
 def test_graph_replay_gives_the_eager_tokens(models):
     teacher, _, tokenizer = models
     assert _sampler_run(teacher, tokenizer, graphs=True) == _sampler_run(teacher, tokenizer, graphs=False)
+
+
+def test_graphs_capture_again_after_every_graph_was_freed(models):
+    """The pool outlives its graphs: with a bare graph_pool_handle() id, the capture after the
+    last graph's release failed the allocator's ``use_count > 0`` assert (seen in the demo)."""
+    teacher, _, tokenizer = models
+    eager = _sampler_run(teacher, tokenizer, graphs=False)
+    assert _sampler_run(teacher, tokenizer, graphs=True, drop_graphs=True) == eager
 
 
 @pytest.mark.parametrize("cuda_graphs", [False, True])

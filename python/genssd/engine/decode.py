@@ -126,7 +126,14 @@ class StaticTeacherSampler(ChunkSampler):
         # stream, and a step keeps nothing in the pool between replays (its results go to the
         # state's buffers), so their temporaries can share memory. Per graph at 256 rows and a
         # 152k vocabulary they are ~1.5 GB by count (logits and the int64 sampling hashes).
-        self._pool = torch.cuda.graph_pool_handle() if self.graphs else None
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> torch.cuda.MemPool | None:
+        """The graphs' memory pool, referenced for as long as the sampler uses it. A bare
+        ``graph_pool_handle()`` id is not: once every graph captured into it was freed, a capture
+        into the same id failed the allocator's ``use_count > 0`` assert while the pool still held
+        cached blocks (H200, torch 2.11, the demo's ledger searches)."""
+        return torch.cuda.MemPool() if self.graphs else None
 
     @property
     def cache_bytes(self) -> int:
@@ -137,9 +144,11 @@ class StaticTeacherSampler(ChunkSampler):
         """Encode the prompts: one live row per prompt; the cache is sized for ``rows`` x ``columns``."""
         rows = row_bucket(max(rows, 1))
         if not self.runner.fits(*self.runner.prefill_shape(prompt_ids, rows, columns)):
-            # New buffers: the graphs captured on the old ones are stale, and they hold memory.
+            # New buffers: the graphs captured on the old ones are stale, and they hold memory
+            # (a new pool: the old one is freed with its last graph).
             for state in self._states.values():
                 state.graphs.clear()
+            self._pool = self._new_pool()
         hidden = self.runner.prefill(prompt_ids, self.pad_id, rows=rows, columns=columns)
         self.next_logits = self._kept_logits(self.decoder.logits(hidden))
 
@@ -232,7 +241,7 @@ class StaticTeacherSampler(ChunkSampler):
         for tensor, value in zip(state.mutable() + [cache.length], saved):
             tensor.copy_(value)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        with torch.cuda.graph(graph, pool=self._pool.id):
             self._step(state, span)
         state.graphs[key] = graph
         return graph

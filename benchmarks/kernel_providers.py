@@ -106,6 +106,16 @@ def train_providers():
             lambda: linear_cross_entropy(h, w, t, backend="triton", check_values=False, recompute=True), h, w
         )
 
+    def genssd_chunk_step(h, w, t, cu):
+        # The default call's path with the logits written by the forward kernel (one gradient
+        # pass instead of cuBLAS + the row step's two): timed beside it before it replaces it.
+        from genssd_kernels.fused_loss import FusedLinearCrossEntropy
+        from genssd_kernels.triton.cross_entropy_rows import cross_entropy_chunk_
+
+        return _with_backward(
+            lambda: FusedLinearCrossEntropy.apply(h, w, t, -100, "mean", cross_entropy_chunk_), h, w
+        )
+
     def compiled(h, w, t, cu):
         fn = _compiled_fn(naive_loss)
         return _with_backward(lambda: fn(h, w, t), h, w)
@@ -129,6 +139,7 @@ def train_providers():
         "matmul": matmul,
         "genssd": genssd_triton,
         "genssd (recompute)": genssd_recompute,
+        "genssd (logits kernel)": genssd_chunk_step,
         "torch.compile": compiled,
         "liger": liger,
         "cce": cce,

@@ -8,7 +8,9 @@ needs only one number from upstream, so the forward computes it right away: for 
 2. the row step (``cross_entropy_rows_``: Triton on CUDA, PyTorch on CPU) takes each row's
    softmax statistics, writes its loss, and overwrites the logits with
    ``scale * (softmax - onehot)``, ``scale`` being ``1 / count`` for the mean (a device tensor:
-   no host sync) and 1 for the sum;
+   no host sync) and 1 for the sum (steps 1 and 2 are the chunk step: :func:`matmul_then` a row
+   step, or Triton's ``cross_entropy_chunk_``, which takes the statistics while it writes the
+   logits);
 3. ``grad_hidden[rows] = grad_logits @ weight`` (complete per chunk, one rounding) and
    ``grad_weight += grad_logits.T @ hidden[rows]``.
 
@@ -101,12 +103,25 @@ def _accumulate(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
         acc.add_(torch.mm(a, b))
 
 
-def loss_and_grads(hidden, weight, targets, *, ignore_index, reduction, rows_step, need_hidden, need_weight):
+def matmul_then(rows_step):
+    """The chunk step of ``torch.mm`` (cuBLAS, the CPU's BLAS) for the logits, then ``rows_step``
+    (``(logits [R, V], targets [R], scale [], ignore_index) -> losses [R]``) over them."""
+
+    def chunk_step(hidden, weight, targets, scale, ignore_index, logits):
+        torch.mm(hidden, weight.T, out=logits)
+        return rows_step(logits, targets, scale, ignore_index)
+
+    return chunk_step
+
+
+def loss_and_grads(hidden, weight, targets, *, ignore_index, reduction, chunk_step, need_hidden, need_weight):
     """The loss and its gradients in one pass (see the module docstring).
 
     Args:
         hidden: ``[N, d]``; weight: ``[V, d]`` (same dtype, any strides); targets: ``[N]`` int64.
-        rows_step: the row step, ``(logits [R, V], targets [R], scale [], ignore_index) -> losses [R]``.
+        chunk_step: steps 1 and 2 for a chunk of rows, ``(hidden [R, d], weight, targets [R],
+            scale [], ignore_index, logits [R, V]) -> losses [R]``, the logits buffer overwritten
+            with their gradient.
         need_hidden / need_weight: which gradients to compute.
     Returns:
         ``loss []`` (float32; float64 for float64 inputs), ``grad_hidden [N, d] | None``,
@@ -134,8 +149,7 @@ def loss_and_grads(hidden, weight, targets, *, ignore_index, reduction, rows_ste
         r1 = min(n, r0 + rows)
         chunk_hidden = hidden[r0:r1]
         logits = buffer[: r1 - r0]
-        torch.mm(chunk_hidden, weight.T, out=logits)
-        losses[r0:r1] = rows_step(logits, targets[r0:r1], scale, ignore_index)
+        losses[r0:r1] = chunk_step(chunk_hidden, weight, targets[r0:r1], scale, ignore_index, logits)
         if need_hidden:
             torch.mm(logits, weight, out=grad_hidden[r0:r1])
         if accumulator is not None:
@@ -154,14 +168,14 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
     """The scalar loss; its gradients are computed in the forward and scaled in the backward."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, ignore_index, reduction, rows_step):
+    def forward(ctx, hidden, weight, targets, ignore_index, reduction, chunk_step):
         loss, grad_hidden, grad_weight = loss_and_grads(
             hidden,
             weight,
             targets,
             ignore_index=ignore_index,
             reduction=reduction,
-            rows_step=rows_step,
+            chunk_step=chunk_step,
             need_hidden=ctx.needs_input_grad[0],
             need_weight=ctx.needs_input_grad[1],
         )

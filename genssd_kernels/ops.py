@@ -22,7 +22,7 @@ import torch
 
 from genssd_kernels import reference
 from genssd_kernels.dispatch import resolve_backend, unavailable_reason
-from genssd_kernels.fused_loss import FusedLinearCrossEntropy
+from genssd_kernels.fused_loss import FusedLinearCrossEntropy, matmul_then
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 INDEX_DTYPES = (torch.int32, torch.int64)
@@ -281,12 +281,12 @@ def _fused_cross_entropy(hidden, weight, targets, ignore_index, reduction, backe
         check_kernel_dtype("hidden", hidden)
         with device_guard(hidden):
             return FusedLinearCrossEntropy.apply(
-                hidden, weight, targets, int(ignore_index), reduction, cross_entropy_rows_
+                hidden, weight, targets, int(ignore_index), reduction, matmul_then(cross_entropy_rows_)
             )
     from genssd_kernels import cpp
 
     return FusedLinearCrossEntropy.apply(
-        hidden, weight, targets, int(ignore_index), reduction, cpp.cross_entropy_rows_
+        hidden, weight, targets, int(ignore_index), reduction, matmul_then(cpp.cross_entropy_rows_)
     )
 
 

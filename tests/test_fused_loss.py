@@ -37,11 +37,15 @@ def _loss_and_grads(loss_fn, hidden, weight, upstream=1.0):
     return loss.detach(), hidden.grad, weight.grad
 
 
-def _check(backend, hidden, weight, targets, reduction="mean", upstream=1.0, what=""):
+def _check(backend, hidden, weight, targets, reduction="mean", upstream=1.0, what="", fused=None):
+    """The loss and both gradients of ``fused(hidden, weight)`` (default: ``linear_cross_entropy``
+    on ``backend``) within the tolerance rule."""
     dtype = hidden.dtype
 
-    def fused(h, w):
+    def default(h, w):
         return linear_cross_entropy(h, w, targets, ignore_index=IGNORE, reduction=reduction, backend=backend)
+
+    fused = fused or default
 
     actual = _loss_and_grads(fused, hidden, weight, upstream)
     same_dtype = _loss_and_grads(lambda h, w: _explicit(h, w, targets, reduction), hidden, weight, upstream)
@@ -185,6 +189,85 @@ def test_triton_row_step_matches_reference(device, dtype, vocab, programs):
     torch.testing.assert_close(losses, expected_losses, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(actual.float(), expected.float(), rtol=1e-2, atol=1e-5)
     assert torch.all(actual[[2, 7]] == 0) and torch.all(losses[[2, 7]] == 0)
+
+
+def _triton_here(device):
+    if "triton" not in backends_on(device, "linear_cross_entropy"):
+        pytest.skip("triton cannot run here")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", [(37, 24, 200), (5, 40, 63), (70, 16, 1)], ids=str)
+def test_forward_writes_the_logits_it_takes_statistics_of(device, dtype, shape):
+    """``logprob_gather.forward(logits_out=)``: the logits as ``torch.mm`` rounds them (ragged
+    row and vocabulary tiles), and log-probs of those logits."""
+    _triton_here(device)
+    from genssd_kernels.triton import logprob_gather
+
+    hidden, weight, targets = testing.random_gather_inputs(
+        *shape, dtype, device=device, seed=sum(shape), ignore_fraction=0.2
+    )
+    logits = torch.full((shape[0], shape[2]), float("nan"), dtype=dtype, device=device)
+    logp, *_ = logprob_gather.forward(hidden, weight, targets, ignore_index=IGNORE, logits_out=logits)
+    exact = hidden.double() @ weight.double().T
+    # Each element rounded once from an fp32 sum: within one unit of the dtype of the exact value.
+    ulp = {torch.float32: 2**-23, torch.float16: 2**-10, torch.bfloat16: 2**-7}[dtype]
+    assert torch.all((logits.double() - exact).abs() <= ulp * exact.abs() + 1e-6)
+    # The log-softmax of the written logits; the target logit is the kernel's fp32 dot product,
+    # so 16-bit rows differ by about one rounding of it.
+    valid = targets != IGNORE
+    log_probs = torch.log_softmax(logits.double(), dim=1).gather(1, torch.where(valid, targets, 0)[:, None])
+    expected = torch.where(valid, log_probs.squeeze(1), 0.0)
+    torch.testing.assert_close(logp.double(), expected, rtol=0, atol=1e-5 if dtype == torch.float32 else 3e-2)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("vocab", [1, 63, 64, 200])
+def test_triton_chunk_step_matches_matmul_and_row_step(device, dtype, vocab):
+    """``cross_entropy_chunk_`` (logits written by the forward kernel, one gradient pass) against
+    ``torch.mm`` + the PyTorch row step: losses and the overwritten gradient."""
+    _triton_here(device)
+    from genssd_kernels.fused_loss import matmul_then
+    from genssd_kernels.triton.cross_entropy_rows import cross_entropy_chunk_
+
+    hidden, weight, targets = testing.random_gather_inputs(11, 24, vocab, dtype, device=device, seed=vocab)
+    targets[[2, 7]] = IGNORE
+    scale = torch.tensor(0.3, device=device)
+    actual = torch.empty(11, vocab, dtype=dtype, device=device)
+    expected = torch.empty_like(actual)
+    losses = cross_entropy_chunk_(hidden, weight, targets, scale, IGNORE, actual)
+    expected_losses = matmul_then(reference.cross_entropy_rows_)(
+        hidden, weight, targets, scale, IGNORE, expected
+    )
+    torch.testing.assert_close(
+        losses, expected_losses, rtol=1e-4, atol=2e-2 if dtype != torch.float32 else 1e-5
+    )
+    torch.testing.assert_close(actual.float(), expected.float(), rtol=2e-2, atol=1e-4)
+    assert torch.all(actual[[2, 7]] == 0) and torch.all(losses[[2, 7]] == 0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", [(97, 40, 300), (1, 16, 33), (33, 70, 517)], ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_fused_loss_with_the_triton_chunk_step(device, dtype, shape, reduction, chunking):
+    """The gradient-in-forward loss with ``cross_entropy_chunk_`` as its chunk step: loss and
+    both gradients within the tolerance rule, over one, several and many chunks."""
+    _triton_here(device)
+    from genssd_kernels.triton.cross_entropy_rows import cross_entropy_chunk_
+
+    hidden, weight, targets = testing.random_gather_inputs(
+        *shape, dtype, device=device, seed=sum(shape), ignore_fraction=0.2
+    )
+
+    def fused(h, w):
+        return fused_loss.FusedLinearCrossEntropy.apply(
+            h, w, targets, IGNORE, reduction, cross_entropy_chunk_
+        )
+
+    _check("triton", hidden, weight, targets, reduction, what=f"chunk step {chunking} {shape}", fused=fused)
 
 
 BF16 = torch.bfloat16

@@ -9,6 +9,13 @@ The second pass walks the row backwards, so it starts on the slices the first pa
 which are the likeliest to still be in L2 (a 151936-column bf16 row is 297 KiB; the card's L2
 holds the tails of the rows in flight). The target logit is read before the row is overwritten.
 See ``genssd_kernels.reference.cross_entropy_rows`` for the contract.
+
+``cross_entropy_chunk_`` does the matmul as well: the forward kernels of ``logprob_gather``
+write the chunk's logits while they take its statistics, and ``_softmax_grad_kernel`` then
+overwrites them with the gradient in one read and one write, where the matmul + row step above
+stream the chunk four times (the matmul's write, the statistics' read, the gradient's read and
+write). Expected on an H200 (``fused_loss_parts``: row step 0.58 / 0.26 / 0.13x the matmul at
+A / B / C): a third of the row step, 0.19 / 0.09 / 0.04x, less per call.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from genssd_kernels.triton import INTERPRETED, check_kernel_dtype, device_guard, round_to
+from genssd_kernels.triton import INTERPRETED, check_kernel_dtype, device_guard, logprob_gather, round_to
 
 # 4096 columns a slice: 8 KiB of bf16 per load at 8 warps (16 bytes a thread), enough bytes in
 # flight per SM to stream at full bandwidth with a few programs resident. The interpreter
@@ -110,3 +117,56 @@ def cross_entropy_rows_(
                 BLOCK=block, PROGRAMS=programs, num_warps=num_warps,
             )  # fmt: skip
     return losses
+
+
+@triton.jit
+def _softmax_grad_kernel(z_ptr, t_ptr, max_ptr, log2sum_ptr, scale_ptr, V, stride_z, ignore_index,
+                         BLOCK: tl.constexpr):  # fmt: skip
+    """Program (row, slice): ``scale * (softmax - onehot)`` over the row's logits in that slice,
+    0 on an ignored row, from the row's base-2 statistics (``max`` of ``z * log2(e)``,
+    ``log2(sum)``; ``logprob_gather``'s forward)."""
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < V
+    ptrs = z_ptr + row * stride_z + cols
+    target = tl.load(t_ptr + row)
+    coef = tl.where(target != ignore_index, tl.load(scale_ptr), 0.0)
+    z = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    p = tl.exp2(tl.fma(z, 1.4426950408889634, -tl.load(max_ptr + row)) - tl.load(log2sum_ptr + row))
+    grad = (p - tl.where(cols == target, 1.0, 0.0)) * coef
+    tl.store(ptrs, round_to(grad, z_ptr.dtype.element_ty), mask=mask)
+
+
+def cross_entropy_chunk_(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    scale: torch.Tensor,
+    ignore_index: int,
+    logits: torch.Tensor,
+) -> torch.Tensor:
+    """``logits = hidden @ weight.T`` and the row step over them (see :func:`cross_entropy_rows_`)
+    in two launches that stream the chunk twice.
+
+    Args:
+        hidden: ``[R, d]``, weight: ``[V, d]`` (fp16/bf16/fp32, one dtype), targets: ``[R]`` int64
+        (contiguous), scale: ``[]`` fp32, logits: ``[R, V]`` in the inputs' dtype with a unit inner
+        stride: overwritten with ``scale * (softmax - onehot)``, the softmax of the logits rounded
+        to that dtype (as the matmul + row step take it).
+    Returns:
+        ``losses [R]`` float32: ``logsumexp - logit[target]`` (0 on ignored rows), the target
+        logit taken in fp32.
+    """
+    check_kernel_dtype("hidden", hidden)
+    rows, vocab = logits.shape
+    if not rows:
+        return torch.empty(0, dtype=torch.float32, device=logits.device)
+    with device_guard(logits):
+        logp, _, _, row_max, log2_sum = logprob_gather.forward(
+            hidden, weight, targets, ignore_index=ignore_index, logits_out=logits
+        )
+        _softmax_grad_kernel[(rows, triton.cdiv(vocab, BLOCK))](
+            logits, targets, row_max, log2_sum, scale, vocab, logits.stride(0), ignore_index,
+            BLOCK=BLOCK, num_warps=NUM_WARPS,
+        )  # fmt: skip
+    return logp.neg_()

@@ -267,12 +267,29 @@ def _online_update(
 
 
 @triton.jit
+def _stored_logits(acc, z_ptr, row0, col0, N, V, stride_zn, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
+                   MASKED: tl.constexpr, INTERP_BF16: tl.constexpr):  # fmt: skip
+    """Write the fp32 logit tile ``acc`` into ``z`` (``[N, V]``, rows ``row0:``, columns ``col0:``)
+    in ``z``'s dtype and return the written values in fp32, so the statistics are those of the
+    logits as stored (the softmax ``F.cross_entropy`` takes of 16-bit logits)."""
+    z = _round_bf16(acc, INTERP_BF16).to(z_ptr.dtype.element_ty)
+    rows = tl.arange(0, BLOCK_N)
+    cols = tl.arange(0, BLOCK_V)
+    mask = (rows < N - row0)[:, None]
+    if MASKED:
+        mask = mask & (cols < V - col0)[None, :]
+    tl.store(z_ptr + row0 * stride_zn + col0 + (rows[:, None] * stride_zn + cols[None, :]), z, mask=mask)
+    return z.to(tl.float32)
+
+
+@triton.jit
 def _forward_partials_kernel(
     h_ptr,
     w_ptr,
     h_desc,
     w_desc,
     part_ptr,
+    z_ptr,
     N,
     V,
     D,
@@ -282,8 +299,10 @@ def _forward_partials_kernel(
     stride_hd,
     stride_wv,
     stride_wd,
+    stride_zn,
     scale,
     RETURN_ENTROPY: tl.constexpr,
+    STORE_LOGITS: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_V: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -296,7 +315,9 @@ def _forward_partials_kernel(
     """One program per (row block, vocabulary split); writes the split's per-row statistics.
 
     ``part`` is ``[2 or 3, n_splits, N]`` fp32: max, sum-exp and (with entropy) the entropy sum,
-    as defined in ``_online_update``. Programs are numbered so that ``GROUP_ROWS`` consecutive
+    as defined in ``_online_update``. With ``STORE_LOGITS`` the raw logits are also written to
+    ``z [N, V]`` (unit inner stride, the inputs' dtype) and the statistics are taken of them as
+    written. Programs are numbered so that ``GROUP_ROWS`` consecutive
     ones take consecutive row blocks of the same split: those resident together walk the same
     weight tiles at about the same time and keep their hidden panels in L2.
     """
@@ -316,9 +337,14 @@ def _forward_partials_kernel(
     run_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
     run_ent = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for t in tl.range(tile0, full_end, flatten=FLATTEN_TILES):
-        acc = _logit_tile(h_ptr, w_ptr, h_desc, w_desc, row0, tl.cast(t, tl.int64) * BLOCK_V, N, V, D,
+        col0 = tl.cast(t, tl.int64) * BLOCK_V
+        acc = _logit_tile(h_ptr, w_ptr, h_desc, w_desc, row0, col0, N, V, D,
                           stride_hn, stride_hd, stride_wv, stride_wd, BLOCK_N, BLOCK_V, BLOCK_D,
                           EVEN_D, TMA, INTERP_BF16)  # fmt: skip
+        if STORE_LOGITS:
+            acc = _stored_logits(
+                acc, z_ptr, row0, col0, N, V, stride_zn, BLOCK_N, BLOCK_V, False, INTERP_BF16
+            )
         run_max, run_sum, run_ent = _online_update(
             acc, run_max, run_sum, run_ent, scale, BLOCK_V, RETURN_ENTROPY, False, BLOCK_V
         )
@@ -327,6 +353,8 @@ def _forward_partials_kernel(
         acc = _logit_tile(h_ptr, w_ptr, h_desc, w_desc, row0, col0, N, V, D,
                           stride_hn, stride_hd, stride_wv, stride_wd, BLOCK_N, BLOCK_V, BLOCK_D,
                           EVEN_D, TMA, INTERP_BF16)  # fmt: skip
+        if STORE_LOGITS:
+            acc = _stored_logits(acc, z_ptr, row0, col0, N, V, stride_zn, BLOCK_N, BLOCK_V, True, INTERP_BF16)
         run_max, run_sum, run_ent = _online_update(
             acc, run_max, run_sum, run_ent, scale, V - col0, RETURN_ENTROPY, True, BLOCK_V
         )
@@ -685,12 +713,16 @@ def forward(
     ignore_index=-100,
     return_entropy=False,
     config: TileConfig | None = None,
+    logits_out: torch.Tensor | None = None,
 ):
     """Launch the forward kernels (no autograd, no validation; ``targets`` contiguous).
 
     Args:
         hidden: ``[N, d]``, weight: ``[V, d]`` (fp16/bf16/fp32, any strides), targets: ``[N]`` int64,
         cu_seqlens: ``[S+1]`` or None. ``config`` overrides :func:`forward_config` (for tile sweeps).
+        logits_out: ``[N, V]`` in the inputs' dtype with a unit inner stride, or None: receives
+            the raw logits ``hidden @ weight.T`` (the gradient-in-forward loss's chunk), and the
+            statistics are then those of the logits as written.
     Returns:
         ``logp [N]``, ``entropy [N] | None``, ``segment_mean [S] | None`` (fp32) and the base-2 row
         statistics ``row_max [N]``, ``log2_sum [N]`` that the backward needs.
@@ -722,14 +754,17 @@ def forward(
             h_desc,
             w_desc,
             partials,
+            partials if logits_out is None else logits_out,
             n,
             v,
             d,
             n_splits,
             tiles_per_split,
             *strides,
+            0 if logits_out is None else logits_out.stride(0),
             scale,
             RETURN_ENTROPY=return_entropy,
+            STORE_LOGITS=logits_out is not None,
             BLOCK_N=config.block_n,
             BLOCK_V=config.block_v,
             BLOCK_D=config.block_d,

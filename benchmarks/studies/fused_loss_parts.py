@@ -5,11 +5,11 @@ its ``grad_weight`` accumulators are (GPU study).
         [--budgets 256,512,1024]
 
 Times (``do_bench`` medians, bf16) of one chunk's parts scaled to the whole shape: the logits
-matmul, the row step, the two gradient matmuls, the fp32 / bf16 ``grad_weight`` accumulation,
-next to the bf16 floor ``hidden @ weight.T``. ``--accuracy``: at N=32768, d=896, V=151936 (chunked
-as ``fused_loss.plan_chunks`` plans), the largest error of the loss and gradients
-against float64, for the fused path, the recomputing one and ``F.cross_entropy`` on bf16 logits
-(the tolerance rule's bound).
+matmul, the row step (and both as ``cross_entropy_chunk_``), the two gradient matmuls, the
+fp32 / bf16 ``grad_weight`` accumulation, next to the bf16 floor ``hidden @ weight.T``.
+``--accuracy``: at N=32768, d=896, V=151936 (chunked as ``fused_loss.plan_chunks`` plans), the
+largest error of the loss and gradients against float64, for the fused path, the recomputing one
+and ``F.cross_entropy`` on bf16 logits (the tolerance rule's bound).
 The row step's launch variants (slice width, warps, programs) are timed at each shape's chunk
 too. ``--budgets`` (instead of the parts): the whole forward+backward (default call, bf16) and
 its extra memory with the chunk budget (``fused_loss.CHUNK_BYTES["cuda"]``) set to each size in
@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kernel_providers import SHAPES  # noqa: E402
 
 from genssd_kernels import fused_loss, linear_cross_entropy  # noqa: E402
-from genssd_kernels.triton.cross_entropy_rows import cross_entropy_rows_  # noqa: E402
+from genssd_kernels.triton.cross_entropy_rows import cross_entropy_chunk_, cross_entropy_rows_  # noqa: E402
 
 # (slice width, warps) of the row step to compare with the default.
 # (slice width, warps, programs per SM; 0: one program per row): with one program per SM the
@@ -72,6 +72,10 @@ def parts(shape_name):
         "floor (whole shape)": do_bench(lambda: hidden @ weight.T, rep=500) / chunks,
         "logits mm": do_bench(lambda: torch.mm(h, weight.T, out=logits), rep=500),
         "row step": do_bench(lambda: cross_entropy_rows_(logits, t, scale, -100), rep=500),
+        # Both of the above in Triton: the forward kernels write the logits, one gradient pass.
+        "logits kernel + gradient pass": do_bench(
+            lambda: cross_entropy_chunk_(h, weight, t, scale, -100, logits), rep=500
+        ),
         **{
             f"row step {block}/{warps}w/{per_sm}": do_bench(
                 lambda b=block, w=warps, p=per_sm: cross_entropy_rows_(

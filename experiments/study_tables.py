@@ -80,7 +80,8 @@ def study_table(study: str, per_seed: dict[str, dict[str, dict]], n: int) -> dic
                 "std": std,
                 "standard_error": error,
                 # The rule: a difference within two standard errors of zero wants 5 seeds.
-                "within_two_errors": error is not None and abs(mean) <= 2 * error,
+                # None with one seed: nothing to judge the difference by.
+                "within_two_errors": None if error is None else abs(mean) <= 2 * error,
             }
         rows.append(row)
     return {"study": study, "reference": reference, "rows": rows}

@@ -249,6 +249,43 @@ def test_triton_chunk_step_matches_matmul_and_row_step(device, dtype, vocab):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_triton_chunk_step_losses_of_confident_rows(device, dtype):
+    """Rows whose target logit dominates: the loss is ~0, and the chunk step's, like the row
+    step's, takes the log-sum-exp and the target logit from the same rounded logits (never
+    negative, as close to the float64 truth as the row step's)."""
+    _triton_here(device)
+    from genssd_kernels.fused_loss import matmul_then
+    from genssd_kernels.triton.cross_entropy_rows import cross_entropy_chunk_
+
+    gen = torch.Generator().manual_seed(1)
+    weight = torch.randn(300, 32, generator=gen) * 32**-0.5
+    targets = torch.randint(0, 300, (64,), generator=gen)
+    hidden = weight[targets] * 12 + torch.randn(64, 32, generator=gen) * 0.1
+    hidden, weight, targets = (t.to(device) for t in (hidden.to(dtype), weight.to(dtype), targets))
+    scale = torch.tensor(1.0, device=device)
+    truth = F.cross_entropy(hidden.double() @ weight.double().T, targets, reduction="none")
+    logits = torch.empty(64, 300, dtype=dtype, device=device)
+    losses = cross_entropy_chunk_(hidden, weight, targets, scale, IGNORE, logits)
+    row_step = matmul_then(reference.cross_entropy_rows_)
+    expected = row_step(hidden, weight, targets, scale, IGNORE, torch.empty_like(logits))
+    assert torch.all(losses >= 0)
+    error, bound = (losses.double() - truth).abs().max(), (expected.double() - truth).abs().max()
+    assert error <= 2 * bound + 1e-6, (error, bound)
+
+
+def test_triton_chunk_step_refuses_a_bad_logits_buffer():
+    _triton_here("cpu")
+    from genssd_kernels.triton.cross_entropy_rows import cross_entropy_chunk_
+
+    hidden, weight, targets = testing.random_gather_inputs(4, 8, 20, torch.float32, seed=0)
+    scale = torch.tensor(1.0)
+    for bad in (torch.empty(4, 19), torch.empty(4, 20, dtype=torch.float16), torch.empty(20, 4).T):
+        with pytest.raises(ValueError, match="logits must be"):
+            cross_entropy_chunk_(hidden, weight, targets, scale, IGNORE, bad)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("shape", [(97, 40, 300), (1, 16, 33), (33, 70, 517)], ids=str)
 @pytest.mark.parametrize("reduction", ["mean", "sum"])

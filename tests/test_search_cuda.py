@@ -109,6 +109,8 @@ def _sampler_run(teacher, tokenizer, graphs: bool, drop_graphs: bool = False):
         if drop_graphs:
             for state in sampler._states.values():
                 state.graphs.clear()
+            torch.cuda.empty_cache()  # erases a pool nobody references, as a capture does first
+            assert sampler._pool.use_count() >= 1  # the sampler's own reference keeps it
     return chunks
 
 

@@ -1,6 +1,6 @@
 """Triton ``logprob_gather``: fused ``hidden @ weight.T`` -> log-softmax -> gather, with its backward.
 
-Forward (three launches, no ``[N, V]`` buffer):
+Forward (three launches, no ``[N, V]`` buffer unless ``logits_out`` asks for the logits):
 
 1. ``_forward_partials_kernel``, grid = row blocks x vocabulary splits. Each program walks its
    strip of the vocabulary in ``[BLOCK_N, BLOCK_V]`` logit tiles (``tl.dot`` over ``d``, fp32

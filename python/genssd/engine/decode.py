@@ -133,7 +133,10 @@ class StaticTeacherSampler(ChunkSampler):
         ``graph_pool_handle()`` id is not: once every graph captured into it was freed, a capture
         into the same id failed the allocator's ``use_count > 0`` assert while the pool still held
         cached blocks (H200, torch 2.11, the demo's ledger searches)."""
-        return torch.cuda.MemPool() if self.graphs else None
+        if not self.graphs:
+            return None
+        with torch.cuda.device(self.device):  # a pool belongs to the device current at its creation
+            return torch.cuda.MemPool()
 
     @property
     def cache_bytes(self) -> int:

@@ -3,8 +3,9 @@
 For every seed folder and method: the held-out accuracy (also by the problem's number of
 operations), the share of leap lines (two or more operations at once) in the method's search
 output and in the fine-tuned student's own held-out answers, and the share of the search's kept
-trajectories whose answer is right. Works on finished and unfinished runs alike (a stage that
-has not run yet is left out).
+trajectories whose answer is right; from the stage markers, the share of the search's answers
+that are right and the examples trained on. Works on finished and unfinished runs alike (a stage
+that has not run yet is left out) and on packed runs (markers without the search output).
 
     python experiments/analyze_demo_run.py runs/demo --json experiments/results/NAME.json
 """
@@ -52,6 +53,18 @@ def eval_stats(path: Path, operations: dict[str, int], task: str) -> dict:
     }
 
 
+def marker_stats(method_dir: Path) -> dict:
+    """What the stage markers record, which a packed run keeps without the search output: the
+    share of the search's answers that are right, and the examples the student trained on (one
+    per problem where a method keeps at most one)."""
+    stats = {}
+    if (method_dir / "search.done").exists():
+        stats["search_answer_right"] = json.loads((method_dir / "search.done").read_text())["answer_accuracy"]
+    if (method_dir / "train.done").exists():
+        stats["examples_trained_on"] = json.loads((method_dir / "train.done").read_text())["examples"]
+    return stats
+
+
 def analyze(run: Path) -> dict:
     """``{seed folder: {method: stats}}`` for every seed folder under ``run``."""
     task = json.loads((run / "run.json").read_text())["preset"]["task"]
@@ -66,6 +79,8 @@ def analyze(run: Path) -> dict:
                 stats["data"] = search_stats(method_dir / "search.jsonl", task)
             if (method_dir / "eval.done").exists():
                 stats["student"] = eval_stats(method_dir / "eval.jsonl", operations, task)
+            if markers := marker_stats(method_dir):
+                stats["markers"] = markers
             if stats:
                 methods[method_dir.name] = stats
         out[seed_dir.name] = methods
@@ -80,7 +95,7 @@ def main() -> None:
     report = analyze(args.run)
     for seed, methods in report.items():
         for method, stats in methods.items():
-            data, student = stats.get("data", {}), stats.get("student", {})
+            data, student, markers = stats.get("data", {}), stats.get("student", {}), stats.get("markers", {})
             cells = [
                 f"acc {student['accuracy']:.3f}" if student else "acc -",
                 f"data right {data['answer_right']:.3f}" if data.get("answer_right") is not None else "",
@@ -88,6 +103,10 @@ def main() -> None:
                 f"student leaps {student['student_leap_lines']:.3f}"
                 if student.get("student_leap_lines") is not None
                 else "",
+                f"search right {markers['search_answer_right']:.3f}"
+                if "search_answer_right" in markers
+                else "",
+                f"examples {markers['examples_trained_on']}" if "examples_trained_on" in markers else "",
             ]
             print(f"{seed:6} {method:16} " + "  ".join(c for c in cells if c))
     if args.json:

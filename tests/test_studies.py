@@ -203,6 +203,15 @@ def test_a_folder_that_gains_a_study_runs_only_its_new_methods(models, tmp_path,
             assert row["vs_reference"]["differences"] == [pytest.approx(difference)]
     assert "| MoRSD (1 of n=2) |" in tables.markdown(table)
 
+    # The run's analysis reads the markers too: at most one example a problem at M = 1, the
+    # answer check's examples are the problems whose search answer was right.
+    analysis = _load_script("analyze_demo_run").analyze(out)["seed0"]
+    problems = TINY.train_problems
+    for key in ("rejection-m1", "post-hoc-m1", "gen-ssd-m1", "standard-correct"):
+        assert 0 < analysis[key]["markers"]["examples_trained_on"] <= problems
+    one_beam = analysis["gen-ssd-m1"]["markers"]
+    assert one_beam["examples_trained_on"] == round(one_beam["search_answer_right"] * problems)
+
 
 def _load_script(name: str):
     """A script of experiments/ as a module."""

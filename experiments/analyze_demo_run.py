@@ -18,6 +18,7 @@ import statistics
 from pathlib import Path
 
 from genssd.demo import leap_line_share
+from genssd.runs import read_marker
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -58,10 +59,10 @@ def marker_stats(method_dir: Path) -> dict:
     share of the search's answers that are right, and the examples the student trained on (one
     per problem where a method keeps at most one)."""
     stats = {}
-    if (method_dir / "search.done").exists():
-        stats["search_answer_right"] = json.loads((method_dir / "search.done").read_text())["answer_accuracy"]
-    if (method_dir / "train.done").exists():
-        stats["examples_trained_on"] = json.loads((method_dir / "train.done").read_text())["examples"]
+    if (search := read_marker(method_dir, "search")) is not None:
+        stats["search_answer_right"] = search["answer_accuracy"]
+    if (train := read_marker(method_dir, "train")) is not None:
+        stats["examples_trained_on"] = train["examples"]
     return stats
 
 

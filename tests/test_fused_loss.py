@@ -167,6 +167,11 @@ def test_recompute_path_is_the_gather_backward(device, backend):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def _triton_here(device):
+    if "triton" not in backends_on(device, "linear_cross_entropy"):
+        pytest.skip("triton cannot run here")
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("vocab", [1, 63, 64, 200])
@@ -174,8 +179,7 @@ def test_recompute_path_is_the_gather_backward(device, backend):
 def test_triton_row_step_matches_reference(device, dtype, vocab, programs):
     """The Triton row step: losses and the overwritten gradient rows against the PyTorch one
     (several slices and a ragged last one; ignored rows zeroed)."""
-    if "triton" not in backends_on(device, "linear_cross_entropy"):
-        pytest.skip("triton cannot run here")
+    _triton_here(device)
     from genssd_kernels.triton.cross_entropy_rows import cross_entropy_rows_
 
     gen = torch.Generator().manual_seed(vocab)
@@ -189,11 +193,6 @@ def test_triton_row_step_matches_reference(device, dtype, vocab, programs):
     torch.testing.assert_close(losses, expected_losses, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(actual.float(), expected.float(), rtol=1e-2, atol=1e-5)
     assert torch.all(actual[[2, 7]] == 0) and torch.all(losses[[2, 7]] == 0)
-
-
-def _triton_here(device):
-    if "triton" not in backends_on(device, "linear_cross_entropy"):
-        pytest.skip("triton cannot run here")
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -2,7 +2,8 @@
 
 Reads each finished method's ``row.json`` in every seed folder of the runs given (so a run
 stopped before its ``results.json`` can be read too, and runs of other seeds with the same
-settings, e.g. ``--seed 3 --set seeds=2`` after seeds 0-2, add their seeds) and, for every study
+settings, e.g. ``--seed 3 --set seeds=2`` after seeds 0-2, add their seeds), or a finished run's
+``results.json`` alone (its rows by seed: what experiments/results/ keeps), and, for every study
 named (default: the first run's own, from ``results.json``), prints a Markdown table: the
 accuracy's mean and standard deviation over the seeds, the teacher tokens, the leap lines in the
 training data, and the paired difference to the study's Gen-SSD row (same seed: same problems,
@@ -11,6 +12,7 @@ two standard errors of zero (what more seeds should settle). ``--json DIR`` writ
 results JSON per study and its plot of accuracy against teacher tokens (with matplotlib).
 
     python experiments/study_tables.py runs/arith [runs/arith-3-4] --json experiments/results/NAME
+    python experiments/study_tables.py experiments/results/NAME/results.json runs/arith-3-4 ...
 """
 
 from __future__ import annotations
@@ -30,16 +32,43 @@ def reference_of(study: str) -> str:
     return f"gen-ssd-m{study.rsplit('-', 1)[1]}" if study.startswith("equal-data-") else "gen-ssd"
 
 
+def _rows_of_run(run: Path) -> dict[str, dict[str, dict]]:
+    """``{seed folder: {method: row}}`` of a run folder's finished methods, or of its results.json."""
+    if run.is_file():
+        results = json.loads(run.read_text())
+        return {
+            f"seed{seed}": {r["method"]: r for r in rows}
+            for seed, rows in zip(results["seeds"], results["per_seed"])
+        }
+    seeds = sorted(run.glob("seed*"), key=lambda p: int(p.name.removeprefix("seed")))
+    return {
+        seed.name: {p.parent.name: json.loads(p.read_text()) for p in sorted(seed.glob("*/row.json"))}
+        for seed in seeds
+    }
+
+
 def seed_rows(*runs: Path) -> dict[str, dict[str, dict]]:
-    """``{seed folder: {method: row}}`` of every finished method (``row.json``) of ``runs``."""
+    """``{seed folder: {method: row}}`` of every finished method of ``runs`` (run folders, whose
+    ``row.json`` files are read, or ``results.json`` files)."""
     rows: dict[str, dict[str, dict]] = {}
     for run in runs:
-        for seed in sorted(run.glob("seed*"), key=lambda p: int(p.name.removeprefix("seed"))):
-            if seed.name in rows:
-                raise SystemExit(f"{seed.name} is in more than one of the runs: {', '.join(map(str, runs))}")
-            found = sorted(seed.glob("*/row.json"))
-            rows[seed.name] = {p.parent.name: json.loads(p.read_text()) for p in found}
+        for seed, methods in _rows_of_run(run).items():
+            if seed in rows:
+                raise SystemExit(f"{seed} is in more than one of the runs: {', '.join(map(str, runs))}")
+            rows[seed] = methods
     return rows
+
+
+def settings_of(run: Path) -> dict:
+    """What must match for runs to be compared: the preset, less its seeds, name and studies."""
+    preset = json.loads((run if run.is_file() else run / "run.json").read_text())["preset"]
+    return {k: v for k, v in preset.items() if k not in ("seeds", "name", "studies", "equal_budget")}
+
+
+def studies_of(run: Path) -> list[str] | None:
+    """The studies a finished run answered (from its results.json), None before it finished."""
+    results = run if run.is_file() else run / "results.json"
+    return json.loads(results.read_text())["studies"] if results.is_file() else None
 
 
 def _spread(values: list[float]) -> tuple[float, float | None]:
@@ -104,7 +133,7 @@ def markdown(table: dict) -> str:
         accuracy = f"{_points(row['accuracy_mean'])}"
         if row["accuracy_std"] is not None:
             accuracy += f" ± {_points(row['accuracy_std'])}"
-        accuracy += f" ({len(row['seeds'])} seeds)" if len(row["seeds"]) != most_seeds else ""
+        accuracy += "%" + (f" ({len(row['seeds'])} seeds)" if len(row["seeds"]) != most_seeds else "")
         paired = row.get("vs_reference")
         difference = by_seed = "-"
         if paired is not None:
@@ -115,7 +144,7 @@ def markdown(table: dict) -> str:
                 difference += " †"
             by_seed = " / ".join(f"{100 * d:+.1f}" for d in paired["differences"])
         leaps = "-" if row["leap_share"] is None else f"{_points(row['leap_share'])}%"
-        cells = [row["label"], f"{accuracy}%", f"{row['teacher_tokens']:,.0f}", leaps, difference, by_seed]
+        cells = [row["label"], accuracy, f"{row['teacher_tokens']:,.0f}", leaps, difference, by_seed]
         lines.append("| " + " | ".join(cells) + " |")
     if any(row.get("vs_reference", {}).get("within_two_errors") for row in table["rows"]):
         lines += ["", "†: within two standard errors of zero (the mean's, over the paired seeds)."]
@@ -124,21 +153,21 @@ def markdown(table: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", type=Path, nargs="+", help="genssd demo output folders, the same settings")
+    parser.add_argument(
+        "runs",
+        type=Path,
+        nargs="+",
+        help="genssd demo output folders or results.json files, the same settings",
+    )
     parser.add_argument("--study", action="append", help="a study to tabulate (default: the run's)")
     parser.add_argument("--json", type=Path, help="write STUDY.json per study into this folder")
     args = parser.parse_args()
-
-    def settings_of(run: Path) -> dict:  # what must match for runs to be compared (not their seeds)
-        preset = json.loads((run / "run.json").read_text())["preset"]
-        return {k: v for k, v in preset.items() if k not in ("seeds", "name")}
 
     settings = settings_of(args.runs[0])
     for run in args.runs[1:]:
         if settings_of(run) != settings:
             parser.error(f"{run} was run with other settings than {args.runs[0]}")
-    results = args.runs[0] / "results.json"
-    studies = args.study or (json.loads(results.read_text())["studies"] if results.is_file() else None)
+    studies = args.study or studies_of(args.runs[0])
     if not studies:
         parser.error("the run has no results.json: name the studies with --study")
     per_seed = seed_rows(*args.runs)

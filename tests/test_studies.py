@@ -202,6 +202,14 @@ def test_a_folder_that_gains_a_study_runs_only_its_new_methods(models, tmp_path,
             difference = final[key]["accuracy"] - final["gen-ssd-m1"]["accuracy"]
             assert row["vs_reference"]["differences"] == [pytest.approx(difference)]
     assert "| MoRSD (1 of n=2) |" in tables.markdown(table)
+    # A finished run's results.json alone gives the same rows, settings and studies.
+    kept, folders = tables.seed_rows(out / "results.json"), tables.seed_rows(out)
+    assert list(kept) == list(folders) == ["seed0"]
+    fields = ("method", "accuracy", "teacher_tokens", "leap_share")
+    for key, row in folders["seed0"].items():
+        assert [kept["seed0"][key][f] for f in fields] == [row[f] for f in fields]
+    assert tables.settings_of(out / "results.json") == tables.settings_of(out)
+    assert tables.studies_of(out / "results.json") == tables.studies_of(out) == second["studies"]
 
     # The run's analysis reads the markers too: at most one example a problem at M = 1, the
     # answer check's examples are the problems whose search answer was right.
@@ -236,8 +244,12 @@ def test_study_tables_mark_differences_within_two_standard_errors():
         }
         for i in range(3)
     }
+    for i, value in enumerate([0.60, 0.71]):  # K = 2 on two seeds only: +10, +11
+        per_seed[f"seed{i}"]["gen-ssd-k2"] = {"accuracy": value, "teacher_tokens": 1.0, "leap_share": None}
     table = tables.study_table("sweeps", per_seed, 4)
     paired = {r["method"]: r["vs_reference"] for r in table["rows"] if "vs_reference" in r}
+    assert paired["gen-ssd-k2"]["seeds"] == ["seed0", "seed1"]
+    assert paired["gen-ssd-k2"]["within_two_errors"] is False
     for method, values in accuracy.items():
         if method == "gen-ssd":
             continue
@@ -249,3 +261,4 @@ def test_study_tables_mark_differences_within_two_standard_errors():
     assert [paired[m]["within_two_errors"] for m in ("gen-ssd-margin-1", "gen-ssd-margin-2")] == [False, True]
     text = tables.markdown(table)
     assert text.count(" †") == 1 and "†: within two standard errors" in text
+    assert "| Gen-SSD, K = 2 | 65.5 ± 7.8% (2 seeds) |" in text

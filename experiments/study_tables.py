@@ -5,10 +5,10 @@ stopped before its ``results.json`` can be read too, and runs of other seeds wit
 settings, e.g. ``--seed 3 --set seeds=2`` after seeds 0-2, add their seeds), or a finished run's
 ``results.json`` alone (its rows by seed: what experiments/results/ keeps), and, for every study
 named (default: the first run's own, from ``results.json``), prints a Markdown table: the
-accuracy's mean and standard deviation over the seeds, the teacher tokens, the leap lines in the
-training data, and the paired difference to the study's Gen-SSD row (same seed: same problems,
-same cold start), its mean, standard deviation and each seed's value, marked where it lies within
-two standard errors of zero (what more seeds should settle). ``--json DIR`` writes one
+accuracy's mean and standard deviation over the seeds, the teacher tokens, the branches pruned,
+the leap lines in the training data, and the paired difference to the study's Gen-SSD row (same
+seed: same problems, same cold start), its mean, standard deviation and each seed's value, marked
+where it lies within two standard errors of zero (what more seeds should settle). ``--json DIR`` writes one
 results JSON per study and its plot of accuracy against teacher tokens (with matplotlib).
 
     python experiments/study_tables.py runs/arith [runs/arith-3-4] --json experiments/results/NAME
@@ -86,6 +86,7 @@ def study_table(study: str, per_seed: dict[str, dict[str, dict]], n: int) -> dic
         found = [per_seed[s][method.key] for s in seeds]
         accuracy, spread = _spread([r["accuracy"] for r in found])
         leaps = [r["leap_share"] for r in found if r["leap_share"] is not None]
+        pruned = [r["pruned_share"] for r in found if r.get("pruned_share") is not None]
         row = {
             "method": method.key,
             "label": method.label,
@@ -95,6 +96,7 @@ def study_table(study: str, per_seed: dict[str, dict[str, dict]], n: int) -> dic
             "accuracy_std": spread,
             "teacher_tokens": statistics.fmean(r["teacher_tokens"] for r in found),
             "leap_share": statistics.fmean(leaps) if leaps else None,
+            "pruned_share": statistics.fmean(pruned) if pruned else None,
         }
         paired = [s for s in seeds if reference in per_seed[s] and method.key != reference]
         if paired:
@@ -125,8 +127,8 @@ def markdown(table: dict) -> str:
     lines = [
         f"### {table['study']} (paired: minus {table['reference']}, points)",
         "",
-        "| method | accuracy | teacher tokens | leap lines | minus reference | by seed |",
-        "|---|---|---|---|---|---|",
+        "| method | accuracy | teacher tokens | branches pruned | leap lines | minus reference | by seed |",
+        "|---|---|---|---|---|---|---|",
     ]
     most_seeds = max((len(row["seeds"]) for row in table["rows"]), default=0)
     for row in table["rows"]:
@@ -143,8 +145,10 @@ def markdown(table: dict) -> str:
             if paired["within_two_errors"]:
                 difference += " †"
             by_seed = " / ".join(f"{100 * d:+.1f}" for d in paired["differences"])
-        leaps = "-" if row["leap_share"] is None else f"{_points(row['leap_share'])}%"
-        cells = [row["label"], accuracy, f"{row['teacher_tokens']:,.0f}", leaps, difference, by_seed]
+        leaps, pruned = (
+            f"{_points(row[key])}%" if row[key] is not None else "-" for key in ("leap_share", "pruned_share")
+        )
+        cells = [row["label"], accuracy, f"{row['teacher_tokens']:,.0f}", pruned, leaps, difference, by_seed]
         lines.append("| " + " | ".join(cells) + " |")
     if any(row.get("vs_reference", {}).get("within_two_errors") for row in table["rows"]):
         lines += ["", "†: within two standard errors of zero (the mean's, over the paired seeds)."]

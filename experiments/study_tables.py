@@ -66,9 +66,12 @@ def settings_of(run: Path) -> dict:
 
 
 def studies_of(run: Path) -> list[str] | None:
-    """The studies a finished run answered (from its results.json), None before it finished."""
+    """The studies a finished run answered (from its results.json), None before it finished or
+    for results written before the studies were recorded."""
     results = run if run.is_file() else run / "results.json"
-    return json.loads(results.read_text())["studies"] if results.is_file() else None
+    if not results.is_file():
+        return None
+    return list(json.loads(results.read_text()).get("studies", ())) or None
 
 
 def _spread(values: list[float]) -> tuple[float, float | None]:
@@ -131,6 +134,9 @@ def markdown(table: dict) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     most_seeds = max((len(row["seeds"]) for row in table["rows"]), default=0)
+    reference_seeds = next(
+        (row["seeds"] for row in table["rows"] if row["method"] == table["reference"]), None
+    )
     for row in table["rows"]:
         accuracy = f"{_points(row['accuracy_mean'])}"
         if row["accuracy_std"] is not None:
@@ -145,6 +151,8 @@ def markdown(table: dict) -> str:
             if paired["within_two_errors"]:
                 difference += " †"
             by_seed = " / ".join(f"{100 * d:+.1f}" for d in paired["differences"])
+            if not paired["seeds"] == row["seeds"] == reference_seeds:  # say which seeds were paired
+                by_seed += f" (seeds {', '.join(s.removeprefix('seed') for s in paired['seeds'])})"
         leaps, pruned = (
             f"{_points(row[key])}%" if row[key] is not None else "-" for key in ("leap_share", "pruned_share")
         )
@@ -167,6 +175,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write STUDY.json per study into this folder")
     args = parser.parse_args()
 
+    for run in args.runs:
+        if not run.exists():
+            parser.error(f"{run} does not exist (a genssd demo output folder or a results.json)")
     settings = settings_of(args.runs[0])
     for run in args.runs[1:]:
         if settings_of(run) != settings:

@@ -262,3 +262,57 @@ def test_study_tables_mark_differences_within_two_standard_errors():
     text = tables.markdown(table)
     assert text.count(" †") == 1 and "†: within two standard errors" in text
     assert "| Gen-SSD, K = 2 | 65.5 ± 7.8% (2 seeds) |" in text
+
+
+def test_study_tables_pair_results_files_with_run_folders(tmp_path):
+    """Results JSONs of several seeds and a run folder of others make one table; a row paired on
+    fewer seeds than it has names them, and the branches pruned are the seeds' mean."""
+    tables = _load_script("study_tables")
+    preset = {"task": "arith", "num_candidates": 4, "seeds": 2, "name": "full"}
+
+    def row(method, accuracy, pruned=None):
+        return {
+            "method": method,
+            "accuracy": accuracy,
+            "teacher_tokens": 10,
+            "leap_share": 0.1,
+            "pruned_share": pruned,
+        }
+
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({
+        "preset": {**preset, "studies": ["main"], "equal_budget": True},
+        "seeds": [3, 5],  # not 0, 1: the rows are paired with these names
+        "studies": {"main": ["standard", "gen-ssd", "gen-ssd-checked"]},
+        "per_seed": [
+            [row("standard", 0.50), row("gen-ssd", 0.40, 0.02), row("gen-ssd-checked", 0.45, 0.04)],
+            [row("standard", 0.70), row("gen-ssd", 0.60, 0.04), row("gen-ssd-checked", 0.66, 0.08)],
+        ],
+    }))  # fmt: skip
+    folder = tmp_path / "more"
+    (folder / "seed7" / "standard").mkdir(parents=True)
+    (folder / "seed7" / "standard" / "row.json").write_text(json.dumps(row("standard", 0.90)))
+    (folder / "run.json").write_text(json.dumps({"preset": {**preset, "seeds": 1}}))
+
+    assert tables.settings_of(results) == tables.settings_of(folder)
+    assert tables.studies_of(results) == ["main"] and tables.studies_of(folder) is None
+    per_seed = tables.seed_rows(results, folder)
+    assert list(per_seed) == ["seed3", "seed5", "seed7"]
+    table = tables.study_table("main", per_seed, 4)
+    rows = {r["method"]: r for r in table["rows"]}
+    assert rows["standard"]["accuracy"] == [0.50, 0.70, 0.90]
+    assert rows["standard"]["vs_reference"]["differences"] == [pytest.approx(0.10), pytest.approx(0.10)]
+    assert rows["gen-ssd-checked"]["pruned_share"] == pytest.approx(0.06)
+    text = tables.markdown(table)
+    assert (
+        "| standard KD | 70.0 ± 20.0% | 10 | - | 10.0% | +10.0 ± 0.0 | +10.0 / +10.0 (seeds 3, 5) |" in text
+    )
+    assert (
+        "| Gen-SSD + answer check | 55.5 ± 14.8% (2 seeds) | 10 | 6.0% | 10.0% | +5.5 ± 0.7 | +5.0 / +6.0 |"
+        in text
+    )
+    with pytest.raises(SystemExit, match="seed3 is in more than one"):
+        tables.seed_rows(results, results)
+    old = tmp_path / "old.json"  # results written before the studies were recorded
+    old.write_text(json.dumps({"preset": preset, "seeds": [0], "per_seed": [[row("standard", 0.5)]]}))
+    assert tables.studies_of(old) is None

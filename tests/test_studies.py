@@ -209,7 +209,7 @@ def test_a_folder_that_gains_a_study_runs_only_its_new_methods(models, tmp_path,
     for key, row in folders["seed0"].items():
         assert [kept["seed0"][key][f] for f in fields] == [row[f] for f in fields]
     assert tables.settings_of(out / "results.json") == tables.settings_of(out)
-    assert tables.studies_of(out / "results.json") == tables.studies_of(out) == second["studies"]
+    assert tables.studies_of(out / "results.json") == tables.studies_of(out) == list(second["studies"])
 
     # The run's analysis reads the markers too: at most one example a problem at M = 1, the
     # answer check's examples are the problems whose search answer was right.

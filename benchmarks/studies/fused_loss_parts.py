@@ -62,11 +62,18 @@ def parts(shape_name):
     chunks = -(-n // rows)
     h, t = hidden[:rows], targets[:rows]
     logits = torch.empty(rows, v, dtype=torch.bfloat16, device="cuda")
-    scale = torch.ones((), device="cuda")
+    scale = torch.full((), 1.0 / n, device="cuda")  # the mean's, as in training
     grad_hidden = torch.empty(rows, d, dtype=torch.bfloat16, device="cuda")
     acc32 = torch.zeros(v, d, device="cuda")
     acc16 = torch.zeros(v, d, dtype=torch.bfloat16, device="cuda")
     torch.mm(h, weight.T, out=logits)
+    # The gradient matmuls read what one row step leaves, in a buffer of their own: a matmul's
+    # speed depends on its data (tensor cores clock higher on low-entropy operands), and the
+    # timings below leave `logits` holding the row step applied many times over (near-uniform
+    # values). On those the two products read 0.78-0.87x the floor at B and C (H200, 02f1449)
+    # while the whole op sat 0.36-0.52x above its parts.
+    grad_logits = logits.clone()
+    cross_entropy_rows_(grad_logits, t, scale, -100)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     timed = {
         "floor (whole shape)": do_bench(lambda: hidden @ weight.T, rep=500) / chunks,
@@ -85,11 +92,11 @@ def parts(shape_name):
             )
             for block, warps, per_sm in ROW_STEP_VARIANTS
         },
-        "grad_hidden mm": do_bench(lambda: torch.mm(logits, weight, out=grad_hidden), rep=500),
-        "grad_weight mm (write)": do_bench(lambda: torch.mm(logits.T, h, out=acc16), rep=500),
-        "grad_weight += bf16": do_bench(lambda: acc16.addmm_(logits.T, h), rep=500),
+        "grad_hidden mm": do_bench(lambda: torch.mm(grad_logits, weight, out=grad_hidden), rep=500),
+        "grad_weight mm (write)": do_bench(lambda: torch.mm(grad_logits.T, h, out=acc16), rep=500),
+        "grad_weight += bf16": do_bench(lambda: acc16.addmm_(grad_logits.T, h), rep=500),
         "grad_weight += fp32": do_bench(
-            lambda: torch.addmm(acc32, logits.T, h, out_dtype=torch.float32, out=acc32), rep=500
+            lambda: torch.addmm(acc32, grad_logits.T, h, out_dtype=torch.float32, out=acc32), rep=500
         ),
     }
     floor = timed["floor (whole shape)"]

@@ -8,8 +8,9 @@ named (default: the first run's own, from ``results.json``), prints a Markdown t
 accuracy's mean and standard deviation over the seeds, the teacher tokens, the branches pruned,
 the leap lines in the training data, and the paired difference to the study's Gen-SSD row (same
 seed: same problems, same cold start), its mean, standard deviation and each seed's value, marked
-where it lies within two standard errors of zero (what more seeds should settle). ``--json DIR`` writes one
-results JSON per study and its plot of accuracy against teacher tokens (with matplotlib).
+where it lies within two standard errors of zero (what more seeds should settle). ``--json DIR``
+writes one results JSON per study and its plot of accuracy against teacher tokens (with
+matplotlib).
 
     python experiments/study_tables.py runs/arith [runs/arith-3-4] --json experiments/results/NAME
     python experiments/study_tables.py experiments/results/NAME/results.json runs/arith-3-4 ...

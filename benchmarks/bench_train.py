@@ -6,7 +6,8 @@ AdamW. A batch is ``--batch`` sequences of ``--seq`` tokens whose first ``--prom
 prompt (not trained). One step is forward, backward and the optimizer step:
 
 - ``fused``: ``genssd.train.CompletionLoss`` (the base model's hidden states of completion
-  positions into ``genssd_kernels.linear_cross_entropy``; no ``[tokens, vocab]`` logits);
+  positions, whose indices come with the batch as ``collate`` gives them, into
+  ``genssd_kernels.linear_cross_entropy``; no ``[tokens, vocab]`` logits, no host sync);
 - ``hf``: ``model(input_ids, attention_mask, labels=labels).loss``, the same loop with the
   model's default loss (full logits, upcast to fp32 in the loss).
 
@@ -62,12 +63,25 @@ def qwen2_half_b():
 
 def make_batch(batch: int, seq: int, prompt: int, vocab: int) -> dict[str, torch.Tensor]:
     """Random ``input_ids``, full ``attention_mask`` and ``labels`` (``-100`` on the prompt),
-    each ``[batch, seq]``."""
+    each ``[batch, seq]``, and ``completion_positions`` as ``genssd train``'s ``collate`` gives them
+    (found once here, before the timed steps)."""
+    from genssd.train import completion_positions
+
     gen = torch.Generator(device="cuda").manual_seed(1)
     input_ids = torch.randint(0, vocab, (batch, seq), device="cuda", generator=gen)
     labels = input_ids.clone()
     labels[:, :prompt] = -100
-    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
+    return {
+        "input_ids": input_ids,
+        "attention_mask": torch.ones_like(input_ids),
+        "labels": labels,
+        "completion_positions": completion_positions(labels),
+    }
+
+
+def hf_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch as the Hugging Face model takes it."""
+    return {name: batch[name] for name in ("input_ids", "attention_mask", "labels")}
 
 
 def step_fn(model, optimizer, batch, loss_kind: str):
@@ -82,7 +96,7 @@ def step_fn(model, optimizer, batch, loss_kind: str):
             if loss_kind == "fused":
                 loss = fused(**batch) / count
             else:
-                loss = model(**batch, use_cache=False).loss
+                loss = model(**hf_inputs(batch), use_cache=False).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -139,7 +153,7 @@ def loss_agreement(model, batch) -> dict:
     count = int((batch["labels"][:, 1:] != -100).sum())
     with torch.autocast("cuda", dtype=torch.bfloat16):
         fused = float(CompletionLoss(model)(**batch)) / count
-        hf = float(model(**batch, use_cache=False).loss)
+        hf = float(model(**hf_inputs(batch), use_cache=False).loss)
     return {"fused": fused, "hf": hf}
 
 

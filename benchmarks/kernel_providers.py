@@ -90,6 +90,21 @@ def _with_backward(loss_fn, hidden, weight):
     return run
 
 
+def matmul_then_row_step():
+    """The fused loss's chunk step of cuBLAS + the Triton row step."""
+    from genssd_kernels.fused_loss import matmul_then
+    from genssd_kernels.triton.cross_entropy_rows import cross_entropy_rows_
+
+    return matmul_then(cross_entropy_rows_)
+
+
+def logits_kernel_step():
+    """The fused loss's chunk step of the Triton logits kernel + one gradient pass."""
+    from genssd_kernels.triton.cross_entropy_rows import cross_entropy_chunk_
+
+    return cross_entropy_chunk_
+
+
 def train_providers():
     """name -> make(...) for forward+backward of the mean cross-entropy (inputs require grad)."""
 
@@ -97,24 +112,24 @@ def train_providers():
         return lambda: h @ w.T
 
     def genssd_triton(h, w, t, cu):
-        return _with_backward(
-            lambda: linear_cross_entropy(h, w, t, backend="triton", check_values=False), h, w
-        )
+        return _with_backward(lambda: linear_cross_entropy(h, w, t, backend="triton"), h, w)
 
     def genssd_recompute(h, w, t, cu):
-        return _with_backward(
-            lambda: linear_cross_entropy(h, w, t, backend="triton", check_values=False, recompute=True), h, w
-        )
+        return _with_backward(lambda: linear_cross_entropy(h, w, t, backend="triton", recompute=True), h, w)
 
-    def genssd_chunk_step(h, w, t, cu):
-        # The default call's path with the logits written by the forward kernel (one gradient
-        # pass instead of cuBLAS + the row step's two): timed beside it before it replaces it.
-        from genssd_kernels.fused_loss import FusedLinearCrossEntropy
-        from genssd_kernels.triton.cross_entropy_rows import cross_entropy_chunk_
+    def genssd_chunk_step(chunk_step):
+        # The default call's path with one chunk step forced (the default picks by the hidden
+        # size: cross_entropy_rows.fused_chunk_step), to time the one it did not pick.
+        def make(h, w, t, cu):
+            from genssd_kernels.fused_loss import FusedLinearCrossEntropy
+            from genssd_kernels.triton.scale import scaled
 
-        return _with_backward(
-            lambda: FusedLinearCrossEntropy.apply(h, w, t, -100, "mean", cross_entropy_chunk_), h, w
-        )
+            step = chunk_step()
+            return _with_backward(
+                lambda: FusedLinearCrossEntropy.apply(h, w, t, -100, "mean", step, scaled), h, w
+            )
+
+        return make
 
     def compiled(h, w, t, cu):
         fn = _compiled_fn(naive_loss)
@@ -139,7 +154,8 @@ def train_providers():
         "matmul": matmul,
         "genssd": genssd_triton,
         "genssd (recompute)": genssd_recompute,
-        "genssd (logits kernel)": genssd_chunk_step,
+        "genssd (cuBLAS + row step)": genssd_chunk_step(matmul_then_row_step),
+        "genssd (logits kernel)": genssd_chunk_step(logits_kernel_step),
         "torch.compile": compiled,
         "liger": liger,
         "cce": cce,

@@ -17,7 +17,8 @@ needs only one number from upstream, so the forward computes it right away: for 
 Training then costs three matmuls and the row step, against four matmul-sized passes for the
 recomputing backward of ``logprob_gather`` (forward, recomputed logits, two gradient products).
 The backward only multiplies the saved gradients by the upstream scalar, out of place, so a
-retained graph can be backpropagated again.
+retained graph can be backpropagated again (on CUDA in a Triton kernel: PyTorch's mixed-dtype
+product took 0.15x the matmul at d=896, ``triton/scale.py``).
 
 Memory: the ``[R, V]`` chunk (see :func:`plan_chunks`) and, from the forward to the backward,
 the gradients themselves (``[N, d]`` and ``[V, d]``, which a backward would allocate anyway).
@@ -165,10 +166,15 @@ def loss_and_grads(hidden, weight, targets, *, ignore_index, reduction, chunk_st
 
 
 class FusedLinearCrossEntropy(torch.autograd.Function):
-    """The scalar loss; its gradients are computed in the forward and scaled in the backward."""
+    """The scalar loss; its gradients are computed in the forward and scaled in the backward.
+
+    ``apply(hidden, weight, targets, ignore_index, reduction, chunk_step, scale)``: ``chunk_step``
+    as in :func:`loss_and_grads`; ``scale(grad, factor [])`` gives ``grad * factor`` in ``grad``'s
+    dtype, out of place (``torch.mul``, or Triton's ``scale.scaled`` on CUDA).
+    """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, ignore_index, reduction, chunk_step):
+    def forward(ctx, hidden, weight, targets, ignore_index, reduction, chunk_step, scale):
         loss, grad_hidden, grad_weight = loss_and_grads(
             hidden,
             weight,
@@ -180,6 +186,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
             need_weight=ctx.needs_input_grad[1],
         )
         ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.scale = scale
         return loss
 
     @staticmethod
@@ -187,6 +194,6 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         grad_hidden, grad_weight = ctx.saved_tensors
         # Out of place, so the saved gradients stay valid for a second backward of a retained
         # graph. A 0-dim float32 factor keeps the 16-bit dtype of the gradients.
-        grad_hidden = None if grad_hidden is None else grad_hidden * grad_loss
-        grad_weight = None if grad_weight is None else grad_weight * grad_loss
-        return grad_hidden, grad_weight, None, None, None, None
+        grad_hidden = None if grad_hidden is None else ctx.scale(grad_hidden, grad_loss)
+        grad_weight = None if grad_weight is None else ctx.scale(grad_weight, grad_loss)
+        return grad_hidden, grad_weight, None, None, None, None, None

@@ -276,17 +276,24 @@ def _fused_cross_entropy(hidden, weight, targets, ignore_index, reduction, backe
     """The gradient-in-forward path of :func:`linear_cross_entropy` (arguments validated)."""
     if backend == "triton":
         from genssd_kernels.triton import check_kernel_dtype, device_guard
-        from genssd_kernels.triton.cross_entropy_rows import cross_entropy_rows_
+        from genssd_kernels.triton.cross_entropy_rows import fused_chunk_step
+        from genssd_kernels.triton.scale import scaled
 
         check_kernel_dtype("hidden", hidden)
         with device_guard(hidden):
             return FusedLinearCrossEntropy.apply(
-                hidden, weight, targets, int(ignore_index), reduction, matmul_then(cross_entropy_rows_)
+                hidden,
+                weight,
+                targets,
+                int(ignore_index),
+                reduction,
+                fused_chunk_step(hidden.shape[1]),
+                scaled,
             )
     from genssd_kernels import cpp
 
     return FusedLinearCrossEntropy.apply(
-        hidden, weight, targets, int(ignore_index), reduction, matmul_then(cpp.cross_entropy_rows_)
+        hidden, weight, targets, int(ignore_index), reduction, matmul_then(cpp.cross_entropy_rows_), torch.mul
     )
 
 

@@ -293,6 +293,7 @@ def test_fused_loss_with_the_triton_chunk_step(device, dtype, shape, reduction, 
     both gradients within the tolerance rule, over one, several and many chunks."""
     _triton_here(device)
     from genssd_kernels.triton.cross_entropy_rows import cross_entropy_chunk_
+    from genssd_kernels.triton.scale import scaled
 
     hidden, weight, targets = testing.random_gather_inputs(
         *shape, dtype, device=device, seed=sum(shape), ignore_fraction=0.2
@@ -300,10 +301,74 @@ def test_fused_loss_with_the_triton_chunk_step(device, dtype, shape, reduction, 
 
     def fused(h, w):
         return fused_loss.FusedLinearCrossEntropy.apply(
-            h, w, targets, IGNORE, reduction, cross_entropy_chunk_
+            h, w, targets, IGNORE, reduction, cross_entropy_chunk_, scaled
         )
 
     _check("triton", hidden, weight, targets, reduction, what=f"chunk step {chunking} {shape}", fused=fused)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("hidden_size", [40, 48], ids=["below", "at"])
+def test_triton_default_picks_the_chunk_step_by_hidden_size(device, hidden_size, monkeypatch):
+    """The default call takes ``cross_entropy_chunk_`` from ``LOGITS_KERNEL_MIN_HIDDEN`` on and
+    the matmul + row step below it, and is right either way."""
+    _triton_here(device)
+    from genssd_kernels.triton import cross_entropy_rows
+
+    monkeypatch.setattr(cross_entropy_rows, "LOGITS_KERNEL_MIN_HIDDEN", 48)
+    calls = {"logits kernel": 0, "row step": 0}
+
+    def counted(name, step):
+        def wrapped(*args, **kwargs):
+            calls[name] += 1
+            return step(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(
+        cross_entropy_rows,
+        "cross_entropy_chunk_",
+        counted("logits kernel", cross_entropy_rows.cross_entropy_chunk_),
+    )
+    monkeypatch.setattr(
+        cross_entropy_rows, "cross_entropy_rows_", counted("row step", cross_entropy_rows.cross_entropy_rows_)
+    )
+    hidden, weight, targets = testing.random_gather_inputs(
+        37, hidden_size, 300, torch.float32, device=device, seed=hidden_size, ignore_fraction=0.2
+    )
+    _check("triton", hidden, weight, targets, what=f"d={hidden_size}")
+    taken = "logits kernel" if hidden_size >= 48 else "row step"
+    assert calls[taken] == 1 and sum(calls.values()) == 1, calls
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", [(), (1,), (63,), (65,), (7, 300)], ids=str)
+def test_triton_scaled_is_torch_mul(device, dtype, shape):
+    """The backward's ``grad * upstream``: bit-identical to PyTorch's product (fp32 math, one
+    rounding), on sizes around the interpreter's 64-element block and a 0-dim tensor."""
+    _triton_here(device)
+    from genssd_kernels.triton.scale import scaled
+
+    gen = torch.Generator().manual_seed(len(shape) + 7)
+    x = (torch.randn(shape, generator=gen) * 3).to(dtype).to(device)
+    factor = torch.tensor(0.3713, device=device)
+    expected = (x.float() * factor).to(dtype)
+    assert torch.equal(scaled(x, factor), expected)
+    if x.dim():  # a 0-dim x times a 0-dim factor promotes to fp32 in PyTorch; the gradients are 2-D
+        assert torch.equal(x * factor, expected)
+
+
+def test_triton_scaled_refuses_bad_arguments():
+    from genssd_kernels.triton.scale import scaled
+
+    x = torch.randn(4, 6)
+    with pytest.raises(ValueError, match="contiguous x and a 0-dim float32 factor"):
+        scaled(x.T, torch.tensor(2.0))
+    with pytest.raises(ValueError, match="contiguous x and a 0-dim float32 factor"):
+        scaled(x, torch.tensor([2.0]))
+    with pytest.raises(ValueError, match="fp16/bf16/fp32"):
+        scaled(x.double(), torch.tensor(2.0))
 
 
 BF16 = torch.bfloat16

@@ -88,6 +88,14 @@ def test_labels_ignore_prompt_and_padding_and_keep_eos(pad_is_eos):
         assert batch["attention_mask"][b].tolist() == [1] * length + [0] * (width - length)
         # The EOS is trained even when it is also the padding id.
         assert batch["labels"][b, length - 1].item() == eos
+    # completion_positions: the flat [B, T-1] index of every position whose next token is labelled.
+    expected_positions = [
+        b * (width - 1) + t
+        for b in range(len(examples))
+        for t in range(width - 1)
+        if batch["labels"][b, t + 1] != IGNORE_INDEX
+    ]
+    assert batch["completion_positions"].tolist() == expected_positions
 
 
 def test_long_completions_are_cut_and_short_max_length_is_an_error():
@@ -163,6 +171,9 @@ def test_fused_loss_and_gradients_match_cross_entropy_on_logits(tie):
     fused.backward()
     fused_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
+    # Without completion_positions every position reaches the kernel, ignored rows adding nothing.
+    every_position = CompletionLoss(model)(**{k: v for k, v in batch.items() if k != "completion_positions"})
+    torch.testing.assert_close(every_position, fused, atol=1e-5, rtol=1e-5)
 
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     reference = torch.nn.CrossEntropyLoss(reduction="sum")(

@@ -14,11 +14,8 @@ See ``genssd_kernels.reference.cross_entropy_rows`` for the contract.
 write the chunk's logits while they take its statistics, and ``_softmax_grad_kernel`` then
 overwrites them with the gradient in one read and one write, where the matmul + row step above
 stream the chunk four times (the matmul's write, the statistics' read, the gradient's read and
-write). Expected on an H200 (``fused_loss_parts``: row step 0.58 / 0.26 / 0.13x the matmul at
-A / B / C): a third of the row step, 0.19 / 0.09 / 0.04x, less per call. Measured (H200, commit
-02f1449): 0.06 / 0.06 / 0.02x less in the parts, and in the whole loss 0.10-0.14x more at A,
-0.00-0.14x less at B and C over two runs, so ``fused_loss`` keeps the matmul + row step as its
-default and this step is timed beside it (``benchmarks/README.md``).
+write). :func:`fused_chunk_step` picks between the two by the hidden size (see
+``LOGITS_KERNEL_MIN_HIDDEN``).
 """
 
 from __future__ import annotations
@@ -27,6 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
+from genssd_kernels.fused_loss import matmul_then
 from genssd_kernels.triton import INTERPRETED, check_kernel_dtype, device_guard, logprob_gather, round_to
 
 # 4096 columns a slice: 8 KiB of bf16 per load at 8 warps (16 bytes a thread), enough bytes in
@@ -34,6 +32,11 @@ from genssd_kernels.triton import INTERPRETED, check_kernel_dtype, device_guard,
 # wants small slices so that the tests cover several of them and a ragged last one.
 BLOCK = 64 if INTERPRETED else 4096
 NUM_WARPS = 8
+# From this hidden size on, the fused loss's chunk step is cross_entropy_chunk_, below it the
+# cuBLAS matmul + row step. H200, the whole loss (bench_kernels.py --ops train, three runs, codes
+# 02f1449 and 75b045f): at d = 2048 the logits kernel took 0.01 / 0.14 / 0.09x the matmul less,
+# at d = 4096 0.04 / 0.00 / 0.01x less, at d = 896 0.14 / 0.10 / 0.07x more.
+LOGITS_KERNEL_MIN_HIDDEN = 2048
 
 
 @triton.jit
@@ -192,3 +195,12 @@ def cross_entropy_chunk_(
             BLOCK=BLOCK, num_warps=NUM_WARPS,
         )  # fmt: skip
     return losses
+
+
+def fused_chunk_step(hidden_size: int):
+    """The chunk step of ``fused_loss.loss_and_grads`` for hidden size ``hidden_size``:
+    :func:`cross_entropy_chunk_` from ``LOGITS_KERNEL_MIN_HIDDEN`` on, else the cuBLAS matmul then
+    :func:`cross_entropy_rows_`."""
+    if hidden_size >= LOGITS_KERNEL_MIN_HIDDEN:
+        return cross_entropy_chunk_
+    return matmul_then(cross_entropy_rows_)

@@ -199,10 +199,12 @@ def prepare_examples(rows: Sequence[dict], tokenizer, config: TrainConfig, *, ta
 def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded batch tensors.
 
-    Returns ``input_ids [B, T]`` int64, ``attention_mask [B, T]`` int64 and ``labels [B, T]``
-    int64: the token id on completion positions, ``IGNORE_INDEX`` on prompt and padding
-    positions. Labels come from the lengths, never from comparing ids with ``pad_id``, so an
-    EOS that doubles as padding is still trained.
+    Returns ``input_ids [B, T]`` int64, ``attention_mask [B, T]`` int64, ``labels [B, T]``
+    int64 (the token id on completion positions, ``IGNORE_INDEX`` on prompt and padding
+    positions) and ``completion_positions [n]`` int64 (:func:`completion_positions`, found here
+    on the host so that :class:`CompletionLoss` never reads the labels back from the GPU). Labels
+    come from the lengths, never from comparing ids with ``pad_id``, so an EOS that doubles as
+    padding is still trained.
     """
     width = max(len(e.input_ids) for e in examples)
     input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
@@ -213,7 +215,19 @@ def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]
         input_ids[b, : len(ids)] = ids
         attention_mask[b, : len(ids)] = 1
         labels[b, example.num_prompt : len(ids)] = ids[example.num_prompt :]
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": labels,
+        "completion_positions": completion_positions(labels),
+    }
+
+
+def completion_positions(labels: torch.Tensor) -> torch.Tensor:
+    """``[n]`` int64: the flat indices into ``[B, T-1]`` of the positions ``t`` whose next label
+    ``labels[:, t+1]`` is not ``IGNORE_INDEX`` (``labels [B, T]``; on a GPU tensor this waits for
+    the device)."""
+    return (labels[:, 1:] != IGNORE_INDEX).flatten().nonzero().squeeze(1)
 
 
 def epoch_order(num_examples: int, seed: int, epoch: int) -> list[int]:
@@ -240,19 +254,29 @@ class CompletionLoss(nn.Module):
         self.model = model
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        completion_positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Args: ``input_ids``, ``attention_mask``, ``labels``: ``[B, T]`` int64 (see :func:`collate`).
+        """Args: ``input_ids``, ``attention_mask``, ``labels``: ``[B, T]`` int64;
+        ``completion_positions``: ``[n]`` int64 on their device, the flat indices into ``[B, T-1]``
+        of the labelled positions (:func:`collate` gives them). Only those rows reach the kernel,
+        so prompt and padding cost no vocabulary work; without them every position does (ignored
+        rows add nothing to the loss). Finding them here would read the labels back from the GPU,
+        a sync that leaves the GPU idle while the host launches the backward: on an H200 the
+        Qwen2-0.5B-shaped step took 0.85-0.92x HF's speed with activation checkpointing.
 
         Returns: the fp32 scalar sum of ``-log p(labels[:, t+1] | input_ids[:, :t+1])`` over
         positions whose label is not ``IGNORE_INDEX``.
         """
         outputs = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         hidden = outputs[0][:, :-1]  # [B, T-1, d]: position t predicts token t+1
-        targets = labels[:, 1:]  # [B, T-1]
-        keep = targets != IGNORE_INDEX
-        # Only completion positions reach the kernel: prompt tokens cost no vocabulary work.
-        hidden, targets = hidden[keep], targets[keep]  # [n, d], [n]
+        hidden = hidden.reshape(-1, hidden.shape[-1])  # [B * (T-1), d]
+        targets = labels[:, 1:].reshape(-1)  # [B * (T-1)]
+        if completion_positions is not None:
+            hidden, targets = hidden[completion_positions], targets[completion_positions]  # [n, d], [n]
         weight = self.model.get_output_embeddings().weight  # [V, d]
         # Under autocast the op casts both to the autocast dtype, as the LM-head matmul would be.
         hidden = hidden.to(weight.dtype)
@@ -446,6 +470,7 @@ def _accumulate_gradients(
     tokens = 0
     for k in range(config.grad_accum):
         batch = collate(mine[k * config.batch_size : (k + 1) * config.batch_size], pad_id)
+        tokens += int(batch["attention_mask"].sum())  # counted on the host: no sync
         batch = {name: t.to(device) for name, t in batch.items()}
         # DDP all-reduces gradients on the last micro-batch only.
         last = k == config.grad_accum - 1
@@ -455,7 +480,6 @@ def _accumulate_gradients(
             # DDP averages gradients over ranks; scaling by world_size turns that into a sum.
             (micro_sum * (world / step_tokens)).backward()
         loss_sum += micro_sum.detach()
-        tokens += int(batch["attention_mask"].sum())
     return loss_sum, tokens
 
 

@@ -10,7 +10,7 @@ needs only one number from upstream, so the forward computes it right away: for 
    ``scale * (softmax - onehot)``, ``scale`` being ``1 / count`` for the mean (a device tensor:
    no host sync) and 1 for the sum (steps 1 and 2 are the chunk step: :func:`matmul_then` a row
    step, or Triton's ``cross_entropy_chunk_``, which takes the statistics while it writes the
-   logits);
+   logits: the default from d = 2048 on, ``cross_entropy_rows.fused_chunk_step``);
 3. ``grad_hidden[rows] = grad_logits @ weight`` (complete per chunk, one rounding) and
    ``grad_weight += grad_logits.T @ hidden[rows]``.
 

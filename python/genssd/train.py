@@ -265,8 +265,9 @@ class CompletionLoss(nn.Module):
         of the labelled positions (:func:`collate` gives them). Only those rows reach the kernel,
         so prompt and padding cost no vocabulary work; without them every position does (ignored
         rows add nothing to the loss). Finding them here would read the labels back from the GPU,
-        a sync that leaves the GPU idle while the host launches the backward: on an H200 the
-        Qwen2-0.5B-shaped step took 0.85-0.92x HF's speed with activation checkpointing.
+        a sync that leaves the GPU idle while the host launches the backward: with it the
+        Qwen2-0.5B-shaped step with activation checkpointing ran at 0.85-0.92x HF's speed on an
+        H200 (three runs), without it 1.02-1.04x (two; ``benchmarks/README.md``).
 
         Returns: the fp32 scalar sum of ``-log p(labels[:, t+1] | input_ids[:, :t+1])`` over
         positions whose label is not ``IGNORE_INDEX``.

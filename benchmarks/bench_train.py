@@ -89,7 +89,7 @@ def step_fn(model, optimizer, batch, loss_kind: str):
     from genssd.train import CompletionLoss
 
     fused = CompletionLoss(model)
-    count = int((batch["labels"][:, 1:] != -100).sum())
+    count = batch["completion_positions"].numel()  # the labelled positions
 
     def step() -> torch.Tensor:
         with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -150,7 +150,7 @@ def loss_agreement(model, batch) -> dict:
     """Both losses of one batch on the same weights under bf16 autocast (a correctness check)."""
     from genssd.train import CompletionLoss
 
-    count = int((batch["labels"][:, 1:] != -100).sum())
+    count = batch["completion_positions"].numel()  # the labelled positions
     with torch.autocast("cuda", dtype=torch.bfloat16):
         fused = float(CompletionLoss(model)(**batch)) / count
         hf = float(model(**hf_inputs(batch), use_cache=False).loss)

@@ -90,7 +90,7 @@ def _with_backward(loss_fn, hidden, weight):
     return run
 
 
-def matmul_then_row_step():
+def _matmul_then_row_step():
     """The fused loss's chunk step of cuBLAS + the Triton row step."""
     from genssd_kernels.fused_loss import matmul_then
     from genssd_kernels.triton.cross_entropy_rows import cross_entropy_rows_
@@ -98,7 +98,7 @@ def matmul_then_row_step():
     return matmul_then(cross_entropy_rows_)
 
 
-def logits_kernel_step():
+def _logits_kernel_step():
     """The fused loss's chunk step of the Triton logits kernel + one gradient pass."""
     from genssd_kernels.triton.cross_entropy_rows import cross_entropy_chunk_
 
@@ -154,8 +154,8 @@ def train_providers():
         "matmul": matmul,
         "genssd": genssd_triton,
         "genssd (recompute)": genssd_recompute,
-        "genssd (cuBLAS + row step)": genssd_chunk_step(matmul_then_row_step),
-        "genssd (logits kernel)": genssd_chunk_step(logits_kernel_step),
+        "genssd (cuBLAS + row step)": genssd_chunk_step(_matmul_then_row_step),
+        "genssd (logits kernel)": genssd_chunk_step(_logits_kernel_step),
         "torch.compile": compiled,
         "liger": liger,
         "cce": cce,

@@ -22,29 +22,24 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_kernels import make_inputs  # noqa: E402
-from kernel_providers import SHAPES, _with_backward, logits_kernel_step, matmul_then_row_step  # noqa: E402
-
-from genssd_kernels import linear_cross_entropy  # noqa: E402
-from genssd_kernels.fused_loss import FusedLinearCrossEntropy  # noqa: E402
-from genssd_kernels.triton.scale import scaled  # noqa: E402
+from kernel_providers import SHAPES, train_providers  # noqa: E402
 
 PROFILED_CALLS = 3
 NAME_WIDTH = 70
 
 
+# The study's variant -> the kernel benchmark's provider of the same closure.
+VARIANTS = {
+    "default": "genssd",
+    "cuBLAS + row step": "genssd (cuBLAS + row step)",
+    "logits kernel": "genssd (logits kernel)",
+}
+
+
 def variants(h, w, t):
     """name -> closure running one fwd+bwd."""
-
-    def forced(step):
-        return _with_backward(
-            lambda: FusedLinearCrossEntropy.apply(h, w, t, -100, "mean", step, scaled), h, w
-        )
-
-    return {
-        "default": _with_backward(lambda: linear_cross_entropy(h, w, t, backend="triton"), h, w),
-        "cuBLAS + row step": forced(matmul_then_row_step()),
-        "logits kernel": forced(logits_kernel_step()),
-    }
+    providers = train_providers()
+    return {variant: providers[provider](h, w, t, None) for variant, provider in VARIANTS.items()}
 
 
 def kernel_times(fn) -> dict[str, tuple[float, float]]:
